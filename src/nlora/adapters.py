@@ -1,0 +1,84 @@
+"""Continual LoRA on upstream PEFT: one adapter per task, earlier ones frozen but kept in the forward pass."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, PeftModel, TaskType, get_peft_model
+from peft.tuners.lora import LoraLayer
+
+from .config import LoraSettings
+
+
+@dataclass
+class LayerFactors:
+    """One adapted layer's factors for one adapter: delta W = scaling * B @ A (B: out x r, A: r x in)."""
+
+    module: str
+    A: torch.Tensor
+    B: torch.Tensor
+    scaling: float
+
+
+class ContinualLoRA:
+    """Owns the PEFT model and the order of adapters; only the newest adapter trains."""
+
+    def __init__(self, base_model, lora: LoraSettings, target_modules: list[str], seq2seq: bool):
+        self.base_model = base_model
+        self.lora_config = LoraConfig(
+            r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=list(target_modules),
+            task_type=TaskType.SEQ_2_SEQ_LM if seq2seq else TaskType.CAUSAL_LM, bias="none",
+        )
+        self.model: PeftModel | None = None
+        self.adapters: list[str] = []  # in creation order
+
+    @property
+    def current(self) -> str:
+        return self.adapters[-1]
+
+    def start_adapter(self, name: str) -> None:
+        """Add a fresh adapter ``name`` (or keep training it if it exists); freeze all others."""
+        if self.model is None:
+            self.model = get_peft_model(self.base_model, self.lora_config, adapter_name=name)
+        elif name not in self.adapters:
+            self.model.add_adapter(name, self.lora_config)
+        if name not in self.adapters:
+            self.adapters.append(name)
+        # set_adapter with a list activates every adapter (they all add to the output) ...
+        self.model.base_model.set_adapter(list(self.adapters))
+        # ... and marks them all trainable, so freeze every adapter but ``name`` again.
+        for pname, p in self.model.named_parameters():
+            p.requires_grad = f".{name}." in pname and "lora_" in pname
+
+    def lora_layers(self) -> list[tuple[str, LoraLayer]]:
+        return [(n, m) for n, m in self.model.named_modules() if isinstance(m, LoraLayer)]
+
+    def factors(self, adapter: str) -> list[LayerFactors]:
+        out = []
+        for name, layer in self.lora_layers():
+            if adapter in layer.lora_A:
+                out.append(LayerFactors(name, layer.lora_A[adapter].weight, layer.lora_B[adapter].weight,
+                                        float(layer.scaling[adapter])))
+        return out
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def save_adapter(self, adapter: str, dest: Path) -> None:
+        """Write ``adapter`` in PEFT format (adapter_config.json + adapter_model.safetensors), atomically."""
+        dest = Path(dest)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+        try:
+            self.model.save_pretrained(str(tmp), selected_adapters=[adapter], safe_serialization=True)
+            saved = tmp / adapter if (tmp / adapter).is_dir() else tmp
+            if dest.exists():
+                shutil.rmtree(dest)
+            os.replace(saved, dest)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,108 @@
+"""Command line: ``nlora run | presets | methods``. Every user error is one line on stderr and exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .errors import NloraError
+
+
+def _csv(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def add_run_args(p: argparse.ArgumentParser) -> None:
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--preset", help="a reference preset (see `nlora presets`)")
+    src.add_argument("--config", help="a YAML config file (same keys as the presets)")
+    p.add_argument("--model", help="HF model folder, hub name, or a .gguf file")
+    p.add_argument("--data-dir", help="CL_Benchmark folder (<Category>/<dataset>/{train,test}.json, labels.json)")
+    p.add_argument("--output-dir", help="run directory to create")
+    p.add_argument("--tasks", type=_csv, dest="task_names", help="task order as dataset names, e.g. agnews,amazon")
+    p.add_argument("--method", help="continual method (see `nlora methods`); default n-lora")
+    p.add_argument("--nlora-form", choices=["paper", "reference"], help="N-LoRA loss: paper (default) or reference")
+    p.add_argument("--lambda", dest="lambda", type=float, help="method coefficient (N-LoRA lambda, O-LoRA lambda1)")
+    p.add_argument("--lambda2", type=float, help="O-LoRA lambda2")
+    p.add_argument("--lr", type=float, help="learning rate for every task")
+    p.add_argument("--epochs", type=float, help="epochs for every task")
+    p.add_argument("--batch-size", type=int, help="training batch size for every task")
+    p.add_argument("--grad-accum", type=int, help="gradient accumulation steps for every task")
+    p.add_argument("--eval-batch-size", type=int, help="generation batch size")
+    p.add_argument("--max-train-per-task", type=int, help="cap on training examples per task (seeded sample)")
+    p.add_argument("--max-test-per-task", type=int, help="cap on test examples per task (seeded sample)")
+    p.add_argument("--max-source-length", type=int, help="prompt token limit (default 512)")
+    p.add_argument("--max-target-length", type=int, help="answer / new-token limit (default 50)")
+    p.add_argument("--lora-r", dest="r", type=int, help="LoRA rank (default 8)")
+    p.add_argument("--lora-alpha", dest="alpha", type=float, help="LoRA alpha (default 32)")
+    p.add_argument("--lora-dropout", dest="dropout", type=float, help="LoRA dropout (default 0.1)")
+    p.add_argument("--target-modules", type=_csv, help="modules to adapt (default: query/value projections)")
+    p.add_argument("--instructions", help="instruction JSON overriding the built-in one")
+    p.add_argument("--unknown-labels", choices=["error", "drop", "keep"],
+                   help="examples whose label is not in labels.json: error (default), drop, or keep (reference)")
+    p.add_argument("--seed", type=int, help="random seed (default 42)")
+    p.add_argument("--device", help="auto (default), cpu or cuda")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], help="auto: bf16 autocast on GPU, fp32 on CPU")
+    p.add_argument("--overwrite", action="store_true", help="reuse a non-empty output directory")
+
+
+OVERRIDE_KEYS = ("model", "data_dir", "output_dir", "task_names", "method", "nlora_form", "lambda", "lambda2", "lr",
+                 "epochs", "batch_size", "grad_accum", "eval_batch_size", "max_train_per_task", "max_test_per_task",
+                 "max_source_length", "max_target_length", "r", "alpha", "dropout", "target_modules",
+                 "instructions", "unknown_labels", "seed", "device", "precision")
+
+
+def cmd_run(args) -> int:
+    from .config import resolve
+    from .recipe import run
+
+    overrides = {k: getattr(args, k) for k in OVERRIDE_KEYS}
+    cfg = resolve(preset=args.preset, config_file=args.config, overrides=overrides)
+    run(cfg, overwrite=args.overwrite)
+    return 0
+
+
+def cmd_presets(args) -> int:
+    from .config import load_preset, preset_names
+
+    for name in preset_names():
+        p = load_preset(name)
+        tasks = ",".join(t["name"] for t in p["tasks"])
+        print(f"{name:20s} {p['method']:8s} {p['model']:22s} {tasks}")
+    return 0
+
+
+def cmd_methods(args) -> int:
+    from .methods import REGISTRY
+
+    for name in sorted(REGISTRY):
+        print(f"{name:10s} {REGISTRY[name].summary}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nlora", description="Continual learning with low-rank adapters.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="train a task sequence and evaluate after each task")
+    add_run_args(run)
+    run.set_defaults(func=cmd_run)
+    sub.add_parser("presets", help="list the reference presets").set_defaults(func=cmd_presets)
+    sub.add_parser("methods", help="list the continual-learning methods").set_defaults(func=cmd_methods)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except NloraError as e:
+        print(f"nlora: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("nlora: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,55 @@
+"""The method interface: what a continual-learning method changes, so the training loop needs no branches."""
+
+from __future__ import annotations
+
+import torch
+
+from ..adapters import ContinualLoRA
+from ..config import RunConfig, TaskSettings
+from ..errors import NloraError
+
+
+class Method:
+    """Base class. Subclasses set ``name``/``summary`` and override only the hooks they need.
+
+    ``check(model, target_modules)`` runs once before any output is written: refuse impossible settings.
+    Hooks, in the order the loop calls them for task ``t``:
+      ``begin_task``  - choose and create the adapter that trains on task t (default: a fresh one);
+      ``penalty``     - an extra loss term added to every training step (default: none);
+      ``end_task``    - anything to do once task t is trained (default: nothing).
+    """
+
+    name: str = ""
+    summary: str = ""
+    fresh_adapter_per_task: bool = True
+    default_lambda: float | None = None
+    default_lambda2: float | None = None
+
+    def __init__(self, cfg: RunConfig):
+        self.cfg = cfg
+
+    def check(self, model: torch.nn.Module, target_modules: list[str]) -> None:
+        return None
+
+    def adapter_name(self, task_index: int) -> str:
+        return f"task{task_index}" if self.fresh_adapter_per_task else "seq"
+
+    def begin_task(self, lora: ContinualLoRA, task_index: int, settings: TaskSettings) -> str:
+        name = self.adapter_name(task_index)
+        lora.start_adapter(name)
+        return name
+
+    def penalty(self, lora: ContinualLoRA, settings: TaskSettings) -> torch.Tensor | None:
+        return None
+
+    def end_task(self, lora: ContinualLoRA, task_index: int, settings: TaskSettings) -> None:
+        return None
+
+    def lam(self, settings: TaskSettings) -> float:
+        value = settings.lam if settings.lam is not None else self.default_lambda
+        if value is None:
+            raise NloraError(f"method {self.name} needs --lambda for task {settings.name}")
+        return value
+
+    def lam2(self, settings: TaskSettings) -> float:
+        return settings.lam2 if settings.lam2 is not None else (self.default_lambda2 or 0.0)

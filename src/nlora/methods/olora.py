@@ -1,0 +1,52 @@
+"""O-LoRA (Wang et al., EMNLP 2023 Findings): keep each new task's A orthogonal to earlier tasks' A.
+
+L = L_task + lambda1 * sum_layers sum |A_old A_t^T| + lambda2 * sum ||P||_F over the current A and B.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..adapters import ContinualLoRA, LayerFactors
+from ..config import TaskSettings
+from . import register
+from .base import Method
+
+
+def orthogonality_penalty(current: list[LayerFactors], old: list[list[LayerFactors]]) -> torch.Tensor:
+    """sum over layers of sum |[A_1; ...; A_{t-1}] A_t^T| (element-wise abs of the stacked product)."""
+    total = current[0].A.new_zeros(())
+    for layer_index, cur in enumerate(current):
+        olds = [adapter[layer_index].A for adapter in old]
+        if olds:
+            total = total + (torch.cat(olds, dim=0) @ cur.A.T).abs().sum()
+    return total
+
+
+def l2_penalty(current: list[LayerFactors]) -> torch.Tensor:
+    """sum of Frobenius norms (not squared) of the current A and B matrices."""
+    return sum(torch.linalg.norm(f.A) + torch.linalg.norm(f.B) for f in current)
+
+
+@register
+class OLoRA(Method):
+    name = "o-lora"
+    summary = "fresh LoRA per task, old ones frozen, new A kept orthogonal to old A's (Wang et al., 2023)"
+    default_lambda = 0.5
+    default_lambda2 = 0.0
+
+    def begin_task(self, lora: ContinualLoRA, task_index: int, settings: TaskSettings) -> str:
+        name = super().begin_task(lora, task_index, settings)
+        self._current = lora.factors(name)
+        self._old = [[f for f in lora.factors(a)] for a in lora.adapters[:-1]]
+        for adapter in self._old:  # old factors are constants: detach once instead of every step
+            for f in adapter:
+                f.A = f.A.detach()
+        return name
+
+    def penalty(self, lora: ContinualLoRA, settings: TaskSettings) -> torch.Tensor | None:
+        total = self.lam(settings) * orthogonality_penalty(self._current, self._old)
+        lam2 = self.lam2(settings)
+        if lam2:
+            total = total + lam2 * l2_penalty(self._current)
+        return total

@@ -1,0 +1,13 @@
+"""SeqLoRA: one LoRA trained on every task in turn, no regulariser (the forgetting baseline)."""
+
+from __future__ import annotations
+
+from . import register
+from .base import Method
+
+
+@register
+class SeqLoRA(Method):
+    name = "seq-lora"
+    summary = "one LoRA trained through all tasks in turn, no regulariser (lower bound)"
+    fresh_adapter_per_task = False

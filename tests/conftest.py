@@ -1,0 +1,87 @@
+"""Shared fixtures: tiny random T5 and GQA LLaMA models (ByT5 tokenizer, no files needed) and toy CL data."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a hub
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+CL_BENCHMARK = SHARED / "CL_Benchmark"
+
+TOY_TASKS = {
+    # name: (category, labels, sentence maker)
+    "topic": ("TC", ["World", "Sports"], lambda r, lab: f"{'war' if lab == 'World' else 'goal'} {r.randint(0, 99)}"),
+    "mood": ("SC", ["positive", "negative"], lambda r, lab: f"{'nice' if lab == 'positive' else 'awful'} {r.randint(0, 99)}"),
+    "COPA": ("COPA", ["A", "B"], lambda r, lab: f"pick {lab}? A: x B: y {r.randint(0, 9)}"),
+}
+
+
+def write_task(root: Path, name: str, n_train: int = 24, n_test: int = 8, seed: int = 0) -> Path:
+    category, labels, make = TOY_TASKS[name]
+    rng = random.Random(seed)
+    d = root / category / name
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "labels.json").write_text(json.dumps(labels))
+    for split, n in (("train", n_train), ("dev", n_test), ("test", n_test)):
+        rows = []
+        for i in range(n):
+            lab = labels[i % len(labels)]
+            rows.append({"label": lab, "sentence": make(rng, lab)})
+        (d / f"{split}.json").write_text(json.dumps(rows))
+    return d
+
+
+@pytest.fixture
+def data_dir(tmp_path) -> Path:
+    root = tmp_path / "CL"
+    for name in TOY_TASKS:
+        write_task(root, name)
+    return root
+
+
+def tiny_t5():
+    from transformers import ByT5Tokenizer, T5Config, T5ForConditionalGeneration
+
+    torch.manual_seed(0)
+    cfg = T5Config(vocab_size=384, d_model=32, d_ff=64, d_kv=8, num_layers=2, num_decoder_layers=2, num_heads=4,
+                   decoder_start_token_id=0, pad_token_id=0, eos_token_id=1, dropout_rate=0.0)
+    return T5ForConditionalGeneration(cfg), ByT5Tokenizer()
+
+
+def tiny_llama():
+    """LLaMA with grouped-query attention: v_proj is narrower than q_proj (out 16 vs in 32)."""
+    from transformers import ByT5Tokenizer, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=384, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+                      pad_token_id=0, eos_token_id=1, bos_token_id=None, tie_word_embeddings=False)
+    return LlamaForCausalLM(cfg), ByT5Tokenizer()
+
+
+MODEL_FACTORIES = {"t5": tiny_t5, "llama": tiny_llama}
+
+
+@pytest.fixture(scope="session")
+def model_dirs(tmp_path_factory) -> dict[str, Path]:
+    out = {}
+    for kind, make in MODEL_FACTORIES.items():
+        d = tmp_path_factory.mktemp(f"tiny-{kind}")
+        model, tok = make()
+        model.save_pretrained(d)
+        tok.save_pretrained(d)
+        out[kind] = d
+    return out
+
+
+@pytest.fixture(params=["t5", "llama"])
+def model_kind(request) -> str:
+    return request.param

