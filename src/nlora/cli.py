@@ -43,13 +43,15 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, help="random seed (default 42)")
     p.add_argument("--device", help="auto (default), cpu or cuda")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], help="auto: bf16 autocast on GPU, fp32 on CPU")
+    p.add_argument("--full-matrix", action="store_true", default=None,
+                   help="also evaluate not-yet-seen tasks and the starting model, so FWT can be computed")
     p.add_argument("--overwrite", action="store_true", help="reuse a non-empty output directory")
 
 
 OVERRIDE_KEYS = ("model", "data_dir", "output_dir", "task_names", "method", "nlora_form", "lambda", "lambda2", "lr",
                  "epochs", "batch_size", "grad_accum", "eval_batch_size", "max_train_per_task", "max_test_per_task",
                  "max_source_length", "max_target_length", "r", "alpha", "dropout", "target_modules",
-                 "instructions", "unknown_labels", "seed", "device", "precision")
+                 "instructions", "unknown_labels", "full_matrix", "seed", "device", "precision")
 
 
 def cmd_run(args) -> int:
@@ -80,12 +82,63 @@ def cmd_methods(args) -> int:
     return 0
 
 
+def cmd_analyze(args) -> int:
+    from .recipe import log
+    from .report import analyze
+
+    for run_dir in args.run_dirs:
+        a = analyze(run_dir, args.threshold)
+        acr = "-" if a["acr"] is None else f"{100 * a['acr']:.3f}%"
+        log(f"{run_dir}: ACR {acr} at |dW| > {args.threshold:g}, mean nuclear norm {a['nuclear_norm']['mean']:.4g}, "
+            f"orthogonality (dW) {a['orthogonality_update']['total']:.4g} -> {run_dir}/analysis.json")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .recipe import log
+    from .report import build_report
+
+    path = build_report(args.run_dirs, args.out, args.threshold)
+    log(f"report written to {path}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from .recipe import log, evaluate_run
+
+    dest, results = evaluate_run(args.run_dir, args.task_names, args.after_task, args.data_dir,
+                                 args.max_test_per_task, args.eval_batch_size, args.device)
+    scores = ", ".join(f"{t} {results[f'predict_exact_match_for_{t}']:.1f}" for t in args.task_names)
+    log(f"exact match: {scores} -> {dest / 'predict_results.json'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nlora", description="Continual learning with low-rank adapters.")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="train a task sequence and evaluate after each task")
     add_run_args(run)
     run.set_defaults(func=cmd_run)
+    from .analysis import DEFAULT_THRESHOLD
+
+    an = sub.add_parser("analyze", help="collision, orthogonality and nuclear norms of a run's adapters")
+    an.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    an.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD, help="|dW| above which an entry counts")
+    an.set_defaults(func=cmd_analyze)
+    rep = sub.add_parser("report", help="Markdown report with figures comparing runs")
+    rep.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    rep.add_argument("--out", default="report", help="folder for report.md and its figures (default ./report)")
+    rep.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD, help="collision threshold on |dW|")
+    rep.set_defaults(func=cmd_report)
+    ev = sub.add_parser("eval", help="evaluate a run's model after task K on any tasks")
+    ev.add_argument("run_dir", metavar="RUN_DIR")
+    ev.add_argument("--tasks", type=_csv, dest="task_names", required=True, help="dataset names")
+    ev.add_argument("--after-task", type=int, help="1-based task index (default: the last trained)")
+    ev.add_argument("--data-dir", help="CL_Benchmark folder (default: the run's)")
+    ev.add_argument("--max-test-per-task", type=int, help="cap on test examples per task")
+    ev.add_argument("--eval-batch-size", type=int, help="generation batch size")
+    ev.add_argument("--device", help="auto, cpu or cuda (default: the run's)")
+    ev.set_defaults(func=cmd_eval)
     sub.add_parser("presets", help="list the reference presets").set_defaults(func=cmd_presets)
     sub.add_parser("methods", help="list the continual-learning methods").set_defaults(func=cmd_methods)
     return parser

@@ -55,6 +55,7 @@ class RunConfig:
     eval_batch_size: int = 32
     instructions: str | None = None
     unknown_labels: str = "error"
+    full_matrix: bool = False  # also evaluate not-yet-seen tasks and the starting model (for FWT)
     preset: str | None = None
     description: str | None = None
     lora: LoraSettings = field(default_factory=LoraSettings)
@@ -65,6 +66,11 @@ class RunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "RunConfig":
+        """Inverse of to_dict (a run directory's config.yaml)."""
+        return cls(**{**d, "tasks": [TaskSettings(**t) for t in d["tasks"]], "lora": LoraSettings(**d["lora"])})
 
 
 TOP_KEYS = {f.name for f in dataclasses.fields(RunConfig)} - {"tasks", "lora"}

@@ -125,8 +125,8 @@ def load_task(task_dir: Path, instructions: dict[str, str], caps: dict[str, int 
 
 
 def load_tasks(data_dir, tasks: list[str], instructions: dict[str, str], max_train: int | None,
-               max_test: int | None, seed: int, unknown_labels: str = "error") -> dict[str, TaskData]:
+               max_test: int | None, seed: int, unknown_labels: str = "error", splits=SPLITS) -> dict[str, TaskData]:
     """Check all files first, then read and validate every task; raises NloraError on any problem."""
-    dirs = resolve_task_dirs(data_dir, tasks)
+    dirs = resolve_task_dirs(data_dir, tasks, splits)
     caps = {"train": max_train, "test": max_test}
-    return {t: load_task(d, instructions, caps, seed, unknown_labels=unknown_labels) for t, d in dirs.items()}
+    return {t: load_task(d, instructions, caps, seed, splits, unknown_labels) for t, d in dirs.items()}

@@ -50,6 +50,13 @@ def log(msg: str) -> None:
     tqdm.write(f"[nlora] {msg}")
 
 
+def evaluate_and_write(model, tok, tasks: list[TaskData], dest: Path, gen_kw: dict) -> dict:
+    preds, results = timed_predict(model, tok, tasks, **gen_kw)
+    write_jsonl(dest / "predictions.jsonl", prediction_rows(preds))
+    write_json(dest / "predict_results.json", results)
+    return results
+
+
 def run(cfg: RunConfig, overwrite: bool = False) -> dict:
     """Run the whole sequence; returns the summary dict (also written to summary.json)."""
     started = time.perf_counter()
@@ -78,6 +85,12 @@ def run(cfg: RunConfig, overwrite: bool = False) -> dict:
     per_task = []
     gen_kw = dict(seq2seq=loaded.seq2seq, device=device, amp_dtype=amp, batch_size=cfg.eval_batch_size,
                   max_source=cfg.max_source_length, max_new_tokens=cfg.max_target_length)
+    all_tasks = [tasks[s.name] for s in cfg.tasks]
+    zero_shot = None
+    if cfg.full_matrix:  # the starting model on every task: the b[j] of FWT
+        log("evaluating the starting model on every task (--full-matrix)")
+        results = evaluate_and_write(model, tok, all_tasks, out / "zero_shot", gen_kw)
+        zero_shot = [results[f"predict_exact_match_for_{t.name}"] for t in all_tasks]
     for t, settings in enumerate(cfg.tasks):
         task = tasks[settings.name]
         adapter = method.begin_task(lora, t, settings)
@@ -90,14 +103,12 @@ def run(cfg: RunConfig, overwrite: bool = False) -> dict:
         tdir = task_dir(out, t, task.name)
         lora.save_adapter(adapter, tdir / "adapter")
 
-        seen: list[TaskData] = [tasks[s.name] for s in cfg.tasks[: t + 1]]
-        preds, results = timed_predict(lora.model, tok, seen, **gen_kw)
-        for j, s in enumerate(cfg.tasks[: t + 1]):
+        evaluated = all_tasks if cfg.full_matrix else all_tasks[: t + 1]
+        results = evaluate_and_write(lora.model, tok, evaluated, tdir, gen_kw)
+        for j, s in enumerate(all_tasks[: len(evaluated)]):
             matrix[t][j] = results[f"predict_exact_match_for_{s.name}"]
-        write_jsonl(tdir / "predictions.jsonl", prediction_rows(preds))
-        write_json(tdir / "predict_results.json", results)
         log(f"after {task.name}: loss {stats.final_loss:.4f}, exact match "
-            + ", ".join(f"{s.name} {matrix[t][j]:.1f}" for j, s in enumerate(cfg.tasks[: t + 1])))
+            + ", ".join(f"{s.name} {matrix[t][j]:.1f}" for j, s in enumerate(evaluated)))
         per_task.append({"task": task.name, "adapter": adapter, "train_steps": stats.steps,
                          "train_examples": stats.examples, "train_loss": round(stats.final_loss, 6),
                          "mean_penalty": round(stats.mean_penalty, 6), "train_seconds": round(stats.seconds, 2),
@@ -106,7 +117,7 @@ def run(cfg: RunConfig, overwrite: bool = False) -> dict:
     summary = {
         "tasks": cfg.task_names, "method": cfg.method, "model": cfg.model, "preset": cfg.preset,
         "accuracy_matrix": matrix, "aa": metrics.average_accuracy(matrix), "bwt": metrics.backward_transfer(matrix),
-        "fwt": None, "wall_time_s": round(time.perf_counter() - started, 2), "per_task": per_task,
+        "fwt": metrics.forward_transfer(matrix, zero_shot) if zero_shot else None, "zero_shot": zero_shot, "wall_time_s": round(time.perf_counter() - started, 2), "per_task": per_task,
         "seed": cfg.seed, "device": str(device), "precision": "bf16" if amp else "fp32",
         "machine": {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
                     "cpu_threads": torch.get_num_threads(),
@@ -117,3 +128,47 @@ def run(cfg: RunConfig, overwrite: bool = False) -> dict:
     log(f"done in {summary['wall_time_s']:.0f}s: AA {summary['aa']:.2f}"
         + (f", BWT {summary['bwt']:.2f}" if summary["bwt"] is not None else "") + f" -> {out / 'summary.json'}")
     return summary
+
+
+def evaluate_run(run_dir: str | Path, task_names: list[str], after_task: int | None = None,
+                 data_dir: str | None = None, max_test: int | None = None, eval_batch_size: int | None = None,
+                 device: str | None = None) -> tuple[Path, dict]:
+    """The model as it was after task K (1-based, default the last trained), on any tasks, trained or not.
+
+    Writes RUN_DIR/eval/after-KK/<tasks>/predict_results.json and predictions.jsonl; the summary is untouched.
+    """
+    import yaml
+    from peft import PeftModel
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise NloraError(f"{run_dir} is not a run directory (no config.yaml)")
+    cfg = RunConfig.from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()))
+    trained = [i for i, s in enumerate(cfg.tasks) if (task_dir(run_dir, i, s.name) / "adapter").is_dir()]
+    k = len(trained) if after_task is None else after_task
+    if not trained or k < 1 or k > len(trained):
+        raise NloraError(f"--after-task must be between 1 and {len(trained)} (tasks trained in {run_dir}), got {k}")
+    method = get_method(cfg.method)(cfg)
+    dev = pick_device(device or cfg.device)
+    amp = autocast_dtype(cfg.precision, dev)
+    tasks = load_tasks(data_dir or cfg.data_dir, task_names, load_instructions(cfg.instructions), None,
+                       max_test if max_test is not None else cfg.max_test_per_task, cfg.seed, cfg.unknown_labels,
+                       splits=("test",))
+    loaded = load_model(cfg.model)
+    model = None
+    names = []
+    for i in method.eval_adapters(k - 1):
+        path, name = str(task_dir(run_dir, i, cfg.tasks[i].name) / "adapter"), method.adapter_name(i)
+        if model is None:
+            model = PeftModel.from_pretrained(loaded.model, path, adapter_name=name)
+        else:
+            model.load_adapter(path, adapter_name=name)
+        names.append(name)
+    model.base_model.set_adapter(names)
+    model.to(dev)
+    gen_kw = dict(seq2seq=loaded.seq2seq, device=dev, amp_dtype=amp, batch_size=eval_batch_size or cfg.eval_batch_size,
+                  max_source=cfg.max_source_length, max_new_tokens=cfg.max_target_length)
+    dest = run_dir / "eval" / f"after-{k:02d}" / "+".join(task_names)
+    log(f"evaluating {run_dir} after task {k} ({cfg.tasks[k - 1].name}) on {', '.join(task_names)}")
+    results = evaluate_and_write(model, loaded.tokenizer, [tasks[t] for t in task_names], dest, gen_kw)
+    return dest, results

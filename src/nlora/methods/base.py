@@ -42,6 +42,10 @@ class Method:
     def penalty(self, lora: ContinualLoRA, settings: TaskSettings) -> torch.Tensor | None:
         return None
 
+    def eval_adapters(self, task_index: int) -> list[int]:
+        """Tasks whose saved adapters make up the model as it was after ``task_index`` (all so far)."""
+        return list(range(task_index + 1)) if self.fresh_adapter_per_task else [task_index]
+
     def end_task(self, lora: ContinualLoRA, task_index: int, settings: TaskSettings) -> None:
         return None
 

@@ -1,0 +1,95 @@
+"""Figures as PNG (matplotlib, no display needed), each written atomically beside the JSON it shows."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from .io import atomic_write  # noqa: E402
+
+
+def _save(fig, path: Path) -> Path:
+    atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=120, bbox_inches="tight"))
+    plt.close(fig)
+    return path
+
+
+def _heatmap(matrix, rows, cols, title, path, fmt="{:.1f}", cmap="viridis", xlabel="", ylabel=""):
+    import numpy as np
+
+    data = np.array([[float("nan") if v is None else v for v in r] for r in matrix], dtype=float)
+    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(cols), 1.0 + 0.7 * len(rows)))
+    im = ax.imshow(data, cmap=cmap)
+    ax.set_xticks(range(len(cols)), cols, rotation=45, ha="right")
+    ax.set_yticks(range(len(rows)), rows)
+    for i in range(len(rows)):
+        for j in range(len(cols)):
+            if not np.isnan(data[i, j]):
+                ax.text(j, i, fmt.format(data[i, j]), ha="center", va="center", color="w", fontsize=8)
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    return _save(fig, path)
+
+
+def accuracy_heatmap(summary: dict, path: Path) -> Path:
+    tasks = summary["tasks"]
+    return _heatmap(summary["accuracy_matrix"], [f"after {t}" for t in tasks], tasks,
+                    f"Exact match, {summary['method']}", path, xlabel="evaluated on", ylabel="trained up to")
+
+
+def collision_heatmap(analysis: dict, path: Path) -> Path:
+    tasks = analysis["tasks"]
+    m = [[100 * v for v in row] for row in analysis["collision_matrix"]]
+    return _heatmap(m, tasks, tasks, f"Collision rate % (|dW| > {analysis['threshold']:g}), {analysis['method']}",
+                    path, fmt="{:.2f}", cmap="magma")
+
+
+def nuclear_norm_per_layer(analyses: list[tuple[str, dict]], path: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(9, 3.5))
+    for label, a in analyses:
+        layers = list(a["layers"])
+        values = [sum(a["layers"][l]["nuclear_norm"]) / len(a["layers"][l]["nuclear_norm"]) for l in layers]
+        ax.plot(range(len(layers)), values, marker=".", label=f"{label} (mean {a['nuclear_norm']['mean']:.3g})")
+    ax.set_xlabel("adapted layer (model order)")
+    ax.set_ylabel("nuclear norm of dW, mean over tasks")
+    ax.set_yscale("log")
+    ax.legend()
+    ax.set_title("Nuclear norm per layer")
+    return _save(fig, path)
+
+
+def collision_curves(analyses: list[tuple[str, dict]], path: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for label, a in analyses:
+        pts = [(p["threshold"], 100 * p["acr"]) for p in a["acr_curve"] if p["acr"] is not None]
+        if pts:
+            ax.plot(*zip(*pts), marker="o", label=label)
+    ax.set_xscale("log")
+    ax.set_xlabel("threshold on |dW|")
+    ax.set_ylabel("average collision rate %")
+    ax.legend()
+    ax.set_title("Collision rate against threshold")
+    return _save(fig, path)
+
+
+def aa_bwt_bars(runs: list[tuple[str, dict]], path: Path) -> Path:
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(1.5 + 1.2 * len(runs), 3.5))
+    x = np.arange(len(runs))
+    aa = [s["aa"] or 0 for _, s in runs]
+    bwt = [s["bwt"] or 0 for _, s in runs]
+    ax.bar(x - 0.2, aa, 0.4, label="AA")
+    ax.bar(x + 0.2, bwt, 0.4, label="BWT")
+    ax.axhline(0, color="k", lw=0.5)
+    ax.set_xticks(x, [label for label, _ in runs], rotation=20, ha="right")
+    ax.set_ylabel("exact match (points)")
+    ax.legend()
+    ax.set_title("Average accuracy and backward transfer")
+    return _save(fig, path)

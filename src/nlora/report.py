@@ -1,0 +1,116 @@
+"""``nlora analyze`` and ``nlora report``: numbers and figures for one or more run directories."""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+
+from . import plots
+from .analysis import DEFAULT_THRESHOLD, analyze_run
+from .errors import NloraError
+from .io import write_json, write_text
+
+
+def analyze(run_dir: str | Path, threshold: float = DEFAULT_THRESHOLD) -> dict:
+    """Write analysis.json and the run's own figures into the run directory."""
+    run_dir = Path(run_dir)
+    result = analyze_run(run_dir, threshold)
+    write_json(run_dir / "analysis.json", result)
+    plots.collision_heatmap(result, run_dir / "collision.png")
+    plots.nuclear_norm_per_layer([(run_dir.name, result)], run_dir / "nuclear_norm.png")
+    summary = _summary(run_dir, required=False)
+    if summary:
+        plots.accuracy_heatmap(summary, run_dir / "accuracy_matrix.png")
+    return result
+
+
+def _summary(run_dir: Path, required: bool = True) -> dict | None:
+    path = run_dir / "summary.json"
+    if not path.is_file():
+        if required:
+            raise NloraError(f"{run_dir}: no summary.json (the run is not complete)")
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise NloraError(f"{path}: malformed JSON at line {e.lineno} column {e.colno}") from None
+
+
+def _cached_analysis(run_dir: Path, threshold: float) -> dict:
+    path = run_dir / "analysis.json"
+    if path.is_file():
+        cached = json.loads(path.read_text())
+        if cached.get("threshold") == threshold:
+            return cached
+    return analyze(run_dir, threshold)
+
+
+def paper_results() -> dict:
+    return json.loads(resources.files("nlora.resources").joinpath("paper_results.json").read_text("utf-8"))
+
+
+def _fmt(v, digits=2) -> str:
+    return "-" if v is None else f"{v:.{digits}f}"
+
+
+def _labels(run_dirs: list[Path]) -> list[str]:
+    labels = []
+    for d in run_dirs:
+        label = d.name
+        while label in labels:
+            label = f"{d.parent.name}/{label}"
+        labels.append(label)
+    return labels
+
+
+def build_report(run_dirs: list[str | Path], out_dir: str | Path, threshold: float = DEFAULT_THRESHOLD) -> Path:
+    """A Markdown report comparing runs, with its figures, in out_dir/report.md."""
+    dirs = [Path(d) for d in run_dirs]
+    for d in dirs:
+        if not d.is_dir():
+            raise NloraError(f"run directory not found: {d}")
+    out = Path(out_dir)
+    labels = _labels(dirs)
+    summaries = [_summary(d) for d in dirs]
+    analyses = [_cached_analysis(d, threshold) for d in dirs]
+    figs = {"bars": plots.aa_bwt_bars(list(zip(labels, summaries)), out / "aa_bwt.png"),
+            "nuclear": plots.nuclear_norm_per_layer(list(zip(labels, analyses)), out / "nuclear_norm.png"),
+            "curve": plots.collision_curves(list(zip(labels, analyses)), out / "collision_curve.png")}
+    per_run = []
+    for label, s, a in zip(labels, summaries, analyses):
+        safe = label.replace("/", "_")
+        per_run.append((plots.accuracy_heatmap(s, out / f"{safe}-accuracy.png"),
+                        plots.collision_heatmap(a, out / f"{safe}-collision.png")))
+
+    lines = ["# nlora report", "",
+             f"Collision threshold |dW| > {threshold:g}; ACR = mean collision rate over task pairs and layers.", "",
+             "| run | method | model | tasks | AA | BWT | FWT | ACR % | orth. (dW) | orth. (A) | mean nuclear norm | wall time s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for label, s, a in zip(labels, summaries, analyses):
+        acr = None if a["acr"] is None else 100 * a["acr"]
+        lines.append(f"| {label} | {s['method']} | {Path(str(s['model'])).name} | {len(s['tasks'])} | {_fmt(s['aa'])} | "
+                     f"{_fmt(s['bwt'])} | {_fmt(s.get('fwt'))} | {_fmt(acr, 3)} | "
+                     f"{a['orthogonality_update']['total']:.3g} | {a['orthogonality_lora_A']['total']:.3g} | "
+                     f"{a['nuclear_norm']['mean']:.3g} | {_fmt(s['wall_time_s'], 0)} |")
+    tasks = list(dict.fromkeys(t for s in summaries for t in s["tasks"]))
+    lines += ["", "## Final accuracy per task (exact match after the last task)", "",
+              "| run | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]
+    for label, s in zip(labels, summaries):
+        final = dict(zip(s["tasks"], s["accuracy_matrix"][-1]))
+        lines.append(f"| {label} | " + " | ".join(_fmt(final.get(t), 1) for t in tasks) + " |")
+    paper = paper_results()
+    refs = [(label, s["preset"], paper[s["preset"]]) for label, s in zip(labels, summaries) if s.get("preset") in paper]
+    if refs:
+        lines += ["", "## Reported in the papers (AA %, T5-large / LLaMA-7B)", "",
+                  "| run | preset | this run AA | N-LoRA reported | O-LoRA reported |", "|---|---|---|---|---|"]
+        for (label, preset, ref), s in zip(refs, [s for s in summaries if s.get("preset") in paper]):
+            lines.append(f"| {label} | {preset} | {_fmt(s['aa'])} | {ref['N-LoRA']} | {ref['O-LoRA']} |")
+    lines += ["", "## Figures", "", f"![AA and BWT]({figs['bars'].name})", "",
+              f"![Nuclear norm per layer]({figs['nuclear'].name})", "",
+              f"![Collision rate against threshold]({figs['curve'].name})", ""]
+    for label, (acc, col) in zip(labels, per_run):
+        lines += [f"### {label}", "", f"![accuracy matrix]({acc.name}) ![collision]({col.name})", ""]
+    path = out / "report.md"
+    write_text(path, "\n".join(lines))
+    return path
