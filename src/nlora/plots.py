@@ -18,18 +18,21 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def _heatmap(matrix, rows, cols, title, path, fmt="{:.1f}", cmap="viridis", xlabel="", ylabel=""):
+def _heatmap(matrix, rows, cols, title, path, fmt="{:.1f}", cmap="viridis", xlabel="", ylabel="", vrange=None):
     import numpy as np
 
     data = np.array([[float("nan") if v is None else v for v in r] for r in matrix], dtype=float)
     fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(cols), 1.0 + 0.7 * len(rows)))
-    im = ax.imshow(data, cmap=cmap)
+    lo, hi = vrange or (np.nanmin(data), np.nanmax(data))
+    im = ax.imshow(data, cmap=cmap, vmin=lo, vmax=hi)
+    mid = (lo + hi) / 2
     ax.set_xticks(range(len(cols)), cols, rotation=45, ha="right")
     ax.set_yticks(range(len(rows)), rows)
     for i in range(len(rows)):
         for j in range(len(cols)):
             if not np.isnan(data[i, j]):
-                ax.text(j, i, fmt.format(data[i, j]), ha="center", va="center", color="w", fontsize=8)
+                color = "black" if data[i, j] > mid else "white"  # readable on light and dark cells
+                ax.text(j, i, fmt.format(data[i, j]), ha="center", va="center", color=color, fontsize=8)
     ax.set_title(title)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
@@ -40,7 +43,8 @@ def _heatmap(matrix, rows, cols, title, path, fmt="{:.1f}", cmap="viridis", xlab
 def accuracy_heatmap(summary: dict, path: Path) -> Path:
     tasks = summary["tasks"]
     return _heatmap(summary["accuracy_matrix"], [f"after {t}" for t in tasks], tasks,
-                    f"Exact match, {summary['method']}", path, xlabel="evaluated on", ylabel="trained up to")
+                    f"Exact match, {summary['method']}", path, xlabel="evaluated on", ylabel="trained up to",
+                    vrange=(0, 100))
 
 
 def collision_heatmap(analysis: dict, path: Path) -> Path:
@@ -53,10 +57,14 @@ def collision_heatmap(analysis: dict, path: Path) -> Path:
 def nuclear_norm_per_layer(analyses: list[tuple[str, dict]], path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(9, 3.5))
     for label, a in analyses:
-        layers = list(a["layers"])
-        values = [sum(a["layers"][l]["nuclear_norm"]) / len(a["layers"][l]["nuclear_norm"]) for l in layers]
-        ax.plot(range(len(layers)), values, marker=".", label=f"{label} (mean {a['nuclear_norm']['mean']:.3g})")
-    ax.set_xlabel("adapted layer (model order)")
+        by_module: dict[str, list[float]] = {}  # one line per projection (q, v, ...), x = block in model order
+        for name, layer in a["layers"].items():
+            values = layer["nuclear_norm"]
+            by_module.setdefault(name.rsplit(".", 1)[-1], []).append(sum(values) / len(values))
+        for module, values in by_module.items():
+            ax.plot(range(len(values)), values, marker=".",
+                    label=f"{label} {module} (run mean {a['nuclear_norm']['mean']:.3g})")
+    ax.set_xlabel("block (model order)")
     ax.set_ylabel("nuclear norm of dW, mean over tasks")
     ax.set_yscale("log")
     ax.legend()

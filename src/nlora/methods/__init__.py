@@ -16,6 +16,7 @@ def register(cls: type[Method]) -> type[Method]:
 
 
 _MODULES = [
+    "inclora",
     "nlora",
     "olora",
     "seqlora",
