@@ -26,6 +26,7 @@ def test_presets_match_reference_runs():
             preset = "olora-" + preset
         cfg = resolve(preset=preset, overrides=BASE)
         assert cfg.method == method
+        assert cfg.nlora_form == ("reference" if method == "n-lora" else "paper")  # the release's loss
         assert cfg.task_names == [r["task"] for r in rows]
         for t, r in zip(cfg.tasks, rows):
             assert (t.lr, t.epochs, t.batch_size, t.grad_accum, t.lam) == (r["lr"], r["epochs"], r["batch"],
