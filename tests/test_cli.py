@@ -103,12 +103,15 @@ def test_bad_input_one_line_exit_2(model_dirs, data_dir, tmp_path, capsys, case)
     assert not out.exists()  # every problem is found before the run directory is made
 
 
-def test_existing_output_dir_refused(model_dirs, data_dir, tmp_path, capsys):
+def test_existing_output_dir_refused_unless_overwrite(model_dirs, data_dir, tmp_path, capsys):
     out = tmp_path / "run"
-    out.mkdir()
+    (out / "tasks" / "07-stale").mkdir(parents=True)
     (out / "keep.txt").write_text("x")
     assert main(run_args(model_dirs["t5"], data_dir, out)) == 2
     assert "not empty" in capsys.readouterr().err and (out / "keep.txt").read_text() == "x"
+    assert main(run_args(model_dirs["t5"], data_dir, out, "--overwrite")) == 0
+    assert not (out / "tasks" / "07-stale").exists() and (out / "keep.txt").read_text() == "x"
+    assert sorted(p.name for p in (out / "tasks").iterdir()) == ["01-topic", "02-mood"]
 
 
 @pytest.mark.skipif(not CL_BENCHMARK.is_dir(), reason="../shared/CL_Benchmark not present")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import platform
 import random
 import re
+import shutil
 import time
 from pathlib import Path
 
@@ -34,14 +35,19 @@ def task_dir(out: Path, index: int, name: str) -> Path:
     return out / "tasks" / f"{index + 1:02d}-{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}"
 
 
+RUN_OUTPUTS = ("summary.json", "config.yaml", "tasks", "zero_shot", "eval", "analysis.json", "*.png")
+
+
 def prepare_output_dir(path: str, overwrite: bool) -> Path:
     out = Path(path)
     if out.exists() and not out.is_dir():
         raise NloraError(f"output path exists and is not a directory: {out}")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise NloraError(f"output directory {out} is not empty; choose another or pass --overwrite")
-    if overwrite and (out / "summary.json").exists():
-        (out / "summary.json").unlink()  # the old summary must not outlive the run it describes
+    if overwrite and out.is_dir():  # remove what an earlier run wrote (only nlora's own names), summary first
+        for name in RUN_OUTPUTS:
+            for p in sorted(out.glob(name)):
+                shutil.rmtree(p) if p.is_dir() else p.unlink()
     out.mkdir(parents=True, exist_ok=True)
     return out
 

@@ -106,6 +106,11 @@ def build_report(run_dirs: list[str | Path], out_dir: str | Path, threshold: flo
                   "| run | preset | this run AA | N-LoRA reported | O-LoRA reported |", "|---|---|---|---|---|"]
         for (label, preset, ref), s in zip(refs, [s for s in summaries if s.get("preset") in paper]):
             lines.append(f"| {label} | {preset} | {_fmt(s['aa'])} | {ref['N-LoRA']} | {ref['O-LoRA']} |")
+    ref = paper["_analysis"]
+    lines += ["", "For scale, the N-LoRA paper reports on T5-large (threshold unstated): ACR "
+              f"{ref['acr_percent']['O-LoRA']}% (O-LoRA) vs {ref['acr_percent']['N-LoRA']}% (N-LoRA), orthogonality "
+              f"{ref['orthogonality']['O-LoRA']} vs {ref['orthogonality']['N-LoRA']}, mean nuclear norm "
+              f"{ref['mean_nuclear_norm']['O-LoRA']} vs {ref['mean_nuclear_norm']['N-LoRA']}."]
     lines += ["", "## Figures", "", f"![AA and BWT]({figs['bars'].name})", "",
               f"![Nuclear norm per layer]({figs['nuclear'].name})", "",
               f"![Collision rate against threshold]({figs['curve'].name})", ""]
