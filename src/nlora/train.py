@@ -79,7 +79,7 @@ def train_task(lora: ContinualLoRA, method: Method, data: list[Encoded], setting
         batch = {k: v.to(device) for k, v in collate_train([data[i] for i in indices], pad_id, seq2seq).items()}
         with autocast(device, amp_dtype):
             loss = task_loss(model, batch, seq2seq, keep_logits)
-            extra = method.penalty(lora, settings)
+        extra = method.penalty(lora, settings)  # fp32: a sum over millions of |dW| entries would lose bits in bf16
         total = loss + extra if extra is not None else loss
         step = micro // settings.grad_accum + 1
         if not torch.isfinite(total):
