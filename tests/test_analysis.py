@@ -59,6 +59,7 @@ def test_chunked_counts_equal_one_pass(monkeypatch):
     chunked = dense_counts(us, [0.5, 1.0])
     assert torch.equal(full[0], chunked[0]) and torch.equal(full[1], chunked[1])
     d = torch.stack([dense(u).abs() for u in us])
+    torch.testing.assert_close(chunked[3], d.flatten(1).sum(1))
     assert full[1][0, 0, 1] == float(((d[0] > 0.5) & (d[1] > 0.5)).sum())
 
 

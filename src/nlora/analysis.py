@@ -105,20 +105,23 @@ def nuclear_norm(u: Update) -> float:
     return float(torch.linalg.svdvals(Ru @ Rv.T).sum())
 
 
-def dense_counts(updates: list[Update], thresholds: list[float]) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Entries above each threshold per task (T x n) and jointly per task pair (T x n x n), in row chunks."""
+def dense_counts(updates: list[Update], thresholds: list[float]) -> tuple[torch.Tensor, torch.Tensor, int, torch.Tensor]:
+    """Entries above each threshold per task (T x n) and jointly per task pair (T x n x n), and each task's
+    ||dW||_1 (n), in one pass over row chunks of the dense updates."""
     n, out_f, in_f = len(updates), updates[0].U.shape[0], updates[0].V.shape[1]
     rows = max(1, CHUNK_ELEMENTS // max(1, n * in_f))
     th = torch.tensor(thresholds, dtype=torch.float64)
     single = torch.zeros(len(thresholds), n, dtype=torch.float64)
     joint = torch.zeros(len(thresholds), n, n, dtype=torch.float64)
+    l1 = torch.zeros(n, dtype=torch.float64)
     for r0 in range(0, out_f, rows):
         dense = torch.stack([u.U[r0:r0 + rows] @ u.V for u in updates]).abs().flatten(1)  # n x chunk
+        l1 += dense.sum(1)
         for k, t in enumerate(th):
             above = (dense > t).double()
             single[k] += above.sum(1)
             joint[k] += above @ above.T
-    return single, joint, out_f * in_f
+    return single, joint, out_f * in_f, l1
 
 
 def analyze_updates(layers: list[str], updates: list[dict[str, Update]], threshold: float,
@@ -132,7 +135,7 @@ def analyze_updates(layers: list[str], updates: list[dict[str, Update]], thresho
     collision_sum = torch.zeros(n, n, dtype=torch.float64)
     for name in layers:
         us = [u[name] for u in updates]
-        single, joint, numel = dense_counts(us, curve)
+        single, joint, numel, l1 = dense_counts(us, curve)
         rates = joint / numel  # T x n x n; diagonal = density
         collision_sum += rates[k_main]
         if n > 1:
@@ -146,7 +149,7 @@ def analyze_updates(layers: list[str], updates: list[dict[str, Update]], thresho
             "collision": rates[k_main].tolist(),
             "density": (single[k_main] / numel).tolist(),
             "nuclear_norm": [nuclear_norm(u) for u in us],
-            "l1": [float(sum((u.U[r:r + 256] @ u.V).abs().sum() for r in range(0, u.U.shape[0], 256))) for u in us],
+            "l1": l1.tolist(),
         }
     L = len(layers)
     off = [(i, j) for i in range(n) for j in range(i + 1, n)]
