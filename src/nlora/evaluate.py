@@ -10,7 +10,7 @@ from tqdm.auto import tqdm
 
 from . import metrics
 from .batching import collate_prompts, encode
-from .data import TaskData
+from .data import Example, TaskData
 from .prompts import answer_from_generation
 from .train import autocast
 
@@ -29,8 +29,6 @@ def generate(model, tokenizer, prompts: list[str], *, seq2seq: bool, device: tor
              amp_dtype: torch.dtype | None, batch_size: int, max_source: int, max_new_tokens: int,
              desc: str = "eval") -> list[str]:
     """Greedy decoding, longest prompts first (less padding); stops once every sequence hit EOS."""
-    from .data import Example
-
     encoded = encode(tokenizer, [Example(p, "") for p in prompts], seq2seq, max_source, 2)
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i].source))
     out: list[str] = [""] * len(prompts)

@@ -100,12 +100,13 @@ def build_report(run_dirs: list[str | Path], out_dir: str | Path, threshold: flo
         final = dict(zip(s["tasks"], s["accuracy_matrix"][-1]))
         lines.append(f"| {label} | " + " | ".join(_fmt(final.get(t), 1) for t in tasks) + " |")
     paper = paper_results()
-    refs = [(label, s["preset"], paper[s["preset"]]) for label, s in zip(labels, summaries) if s.get("preset") in paper]
+    refs = [(label, s) for label, s in zip(labels, summaries) if s.get("preset") in paper]
     if refs:
         lines += ["", "## Reported in the papers (AA %, T5-large / LLaMA-7B)", "",
                   "| run | preset | this run AA | N-LoRA reported | O-LoRA reported |", "|---|---|---|---|---|"]
-        for (label, preset, ref), s in zip(refs, [s for s in summaries if s.get("preset") in paper]):
-            lines.append(f"| {label} | {preset} | {_fmt(s['aa'])} | {ref['N-LoRA']} | {ref['O-LoRA']} |")
+        for label, s in refs:
+            ref = paper[s["preset"]]
+            lines.append(f"| {label} | {s['preset']} | {_fmt(s['aa'])} | {ref['N-LoRA']} | {ref['O-LoRA']} |")
     ref = paper["_analysis"]
     lines += ["", "For scale, the N-LoRA paper reports on T5-large (threshold unstated): ACR "
               f"{ref['acr_percent']['O-LoRA']}% (O-LoRA) vs {ref['acr_percent']['N-LoRA']}% (N-LoRA), orthogonality "

@@ -38,7 +38,7 @@ class OLoRA(Method):
     def begin_task(self, lora: ContinualLoRA, task_index: int, settings: TaskSettings) -> str:
         name = super().begin_task(lora, task_index, settings)
         self._current = lora.factors(name)
-        self._old = [[f for f in lora.factors(a)] for a in lora.adapters[:-1]]
+        self._old = [lora.factors(a) for a in lora.adapters[:-1]]
         for adapter in self._old:  # old factors are constants: detach once instead of every step
             for f in adapter:
                 f.A = f.A.detach()
