@@ -1,4 +1,6 @@
-"""Command line: ``nlora run | presets | methods``. Every user error is one line on stderr and exit code 2."""
+"""Command line: ``nlora run | demo | data | analyze | report | eval | presets | methods``.
+
+Every user error is one line on stderr and exit code 2."""
 
 from __future__ import annotations
 
@@ -113,6 +115,44 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_demo(args) -> int:
+    from .demo import main as demo_main
+
+    demo_main(args.output_dir, args.model, args.device, args.seed, args.overwrite)
+    return 0
+
+
+def cmd_data_fetch(args) -> int:
+    from .fetch import describe, fetch
+
+    result = fetch(args.dest, args.url, args.timeout)
+    print("\n".join(describe(result)))
+    return 0 if not (result.missing or result.invalid) else 1
+
+
+def cmd_data_check(args) -> int:
+    from .fetch import check_dir, describe
+
+    result = check_dir(args.data_dir)
+    print("\n".join(describe(result)))
+    return 0 if not (result.missing or result.invalid) else 1
+
+
+def add_data_parser(sub) -> None:
+    from .fetch import DEFAULT_URL
+
+    data = sub.add_parser("data", help="get CL_Benchmark, or check a local copy")
+    dsub = data.add_subparsers(dest="data_command", required=True)
+    fe = dsub.add_parser("fetch", help="download CL_Benchmark (skips files already valid); exit 1 if incomplete")
+    fe.add_argument("--dest", default="CL_Benchmark", help="folder to fill (default ./CL_Benchmark)")
+    fe.add_argument("--url", default=DEFAULT_URL, help="base URL of the CL_Benchmark folder (default: O-LoRA's)")
+    fe.add_argument("--timeout", type=float, default=60.0, help="seconds per request (default 60)")
+    fe.set_defaults(func=cmd_data_fetch)
+    ch = dsub.add_parser("check", help="check every expected file and list the presets a folder can serve")
+    ch.add_argument("data_dir", metavar="DIR")
+    ch.set_defaults(func=cmd_data_check)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nlora", description="Continual learning with low-rank adapters.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -139,6 +179,14 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--eval-batch-size", type=int, help="generation batch size")
     ev.add_argument("--device", help="auto, cpu or cuda (default: the run's)")
     ev.set_defaults(func=cmd_eval)
+    demo = sub.add_parser("demo", help="offline demo: seq-lora vs n-lora on 3 generated tasks (minutes on a CPU)")
+    demo.add_argument("--output-dir", default="runs/demo", help="where runs, data and report go (default runs/demo)")
+    demo.add_argument("--model", default="smollm2", help="default: SmolLM2-135M-Instruct from nlora[demo]")
+    demo.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
+    demo.add_argument("--seed", type=int, default=42, help="training seed (default 42)")
+    demo.add_argument("--overwrite", action="store_true", help="replace an earlier demo in --output-dir")
+    demo.set_defaults(func=cmd_demo)
+    add_data_parser(sub)
     sub.add_parser("presets", help="list the reference presets").set_defaults(func=cmd_presets)
     sub.add_parser("methods", help="list the continual-learning methods").set_defaults(func=cmd_methods)
     return parser
