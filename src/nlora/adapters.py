@@ -13,6 +13,7 @@ from peft import LoraConfig, PeftModel, TaskType, get_peft_model
 from peft.tuners.lora import LoraLayer
 
 from .config import LoraSettings
+from .errors import NloraError
 
 
 @dataclass
@@ -68,6 +69,16 @@ class ContinualLoRA:
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         return [p for p in self.model.parameters() if p.requires_grad]
+
+    def load_adapter_weights(self, adapter: str, src: Path) -> None:
+        """Put the weights saved by ``save_adapter`` back into the existing adapter ``adapter``."""
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        state = load_file(str(Path(src) / "adapter_model.safetensors"))
+        result = set_peft_model_state_dict(self.model, state, adapter_name=adapter)
+        if getattr(result, "unexpected_keys", None):
+            raise NloraError(f"{src}: adapter does not fit this model (unexpected {result.unexpected_keys[0]})")
 
     def save_adapter(self, adapter: str, dest: Path) -> None:
         """Write ``adapter`` in PEFT format (adapter_config.json + adapter_model.safetensors), atomically."""

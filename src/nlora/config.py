@@ -56,6 +56,7 @@ class RunConfig:
     instructions: str | None = None
     unknown_labels: str = "error"
     full_matrix: bool = False  # also evaluate not-yet-seen tasks and the starting model (for FWT)
+    save_every: int = 100  # optimizer steps between step checkpoints (0: none); resuming needs no more
     preset: str | None = None
     description: str | None = None
     lora: LoraSettings = field(default_factory=LoraSettings)
@@ -195,6 +196,8 @@ def _validate(cfg: RunConfig) -> None:
             raise NloraError(f"{key} must be >= 1, got {v}")
     if cfg.unknown_labels not in ("error", "drop", "keep"):
         raise NloraError(f"unknown_labels must be error, drop or keep, got {cfg.unknown_labels!r}")
+    if cfg.save_every < 0:
+        raise NloraError(f"save_every must be >= 0 (0: no step checkpoints), got {cfg.save_every}")
     if cfg.lora.r < 1:
         raise NloraError(f"lora rank must be >= 1, got {cfg.lora.r}")
 

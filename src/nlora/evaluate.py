@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 from . import metrics
 from .batching import collate_prompts, encode
 from .data import Example, TaskData
+from .dist import Dist
 from .prompts import answer_from_generation
 from .train import autocast
 
@@ -24,30 +25,61 @@ class TaskPredictions:
     predictions: list[str]
 
 
+def _is_oom(e: BaseException) -> bool:
+    return isinstance(e, torch.OutOfMemoryError) or "out of memory" in str(e).lower()
+
+
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[str], *, seq2seq: bool, device: torch.device,
              amp_dtype: torch.dtype | None, batch_size: int, max_source: int, max_new_tokens: int,
-             desc: str = "eval") -> list[str]:
-    """Greedy decoding, longest prompts first (less padding); stops once every sequence hit EOS."""
+             desc: str = "eval", dist: Dist | None = None) -> list[str]:
+    """Greedy decoding, longest prompts first (less padding); stops once every sequence hit EOS.
+
+    Under several processes, batch k goes to rank k % world and the texts are gathered on every rank. Out of
+    memory halves the batch and goes on.
+    """
+    dist = dist or Dist()
     encoded = encode(tokenizer, [Example(p, "") for p in prompts], seq2seq, max_source, 2)
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i].source))
-    out: list[str] = [""] * len(prompts)
+    mine = [order[s:s + batch_size] for s in range(0, len(order), batch_size)][dist.rank::dist.world]
+    texts: dict[int, str] = {}
     model.eval()
-    for s in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", leave=False, dynamic_ncols=True):
-        idx = order[s:s + batch_size]
-        batch = {k: v.to(device) for k, v in collate_prompts([encoded[i] for i in idx], tokenizer.pad_token_id,
-                                                             seq2seq).items()}
-        with autocast(device, amp_dtype):
-            gen = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-        if not seq2seq:  # keep prompt + continuation: the answer is what follows the last "Answer:"
-            texts = tokenizer.batch_decode(gen[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
-            texts = [answer_from_generation(p + t) for p, t in zip((prompts[i] for i in idx), texts)]
-        else:
-            texts = tokenizer.batch_decode(gen, skip_special_tokens=True)
-        for i, t in zip(idx, texts):
-            out[i] = t.strip()
-    return out
+    bar = tqdm(total=sum(map(len, mine)), desc=desc, unit="ex", leave=False, dynamic_ncols=True,
+               disable=not dist.is_main)
+    for chunk in mine:
+        size = len(chunk)
+        while chunk:
+            idx = chunk[:size]
+            try:
+                out = _generate_batch(model, tokenizer, [encoded[i] for i in idx], [prompts[i] for i in idx],
+                                      seq2seq, device, amp_dtype, max_new_tokens)
+            except (torch.OutOfMemoryError, RuntimeError) as e:
+                if not _is_oom(e) or size == 1:
+                    raise
+                size = max(1, size // 2)
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                tqdm.write(f"[nlora] out of memory in evaluation: batch of {len(idx)} -> {size}")
+                continue
+            texts.update(zip(idx, out))
+            chunk = chunk[len(idx):]
+            bar.update(len(idx))
+    bar.close()
+    for part in dist.all_gather(texts):
+        texts.update(part)
+    return [texts[i] for i in range(len(prompts))]
+
+
+def _generate_batch(model, tokenizer, encoded, prompts, seq2seq, device, amp_dtype, max_new_tokens) -> list[str]:
+    batch = {k: v.to(device) for k, v in collate_prompts(encoded, tokenizer.pad_token_id, seq2seq).items()}
+    with autocast(device, amp_dtype):
+        gen = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    if seq2seq:
+        return [t.strip() for t in tokenizer.batch_decode(gen, skip_special_tokens=True)]
+    # keep prompt + continuation: the answer is what follows the last "Answer:"
+    texts = tokenizer.batch_decode(gen[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+    return [answer_from_generation(p + t).strip() for p, t in zip(prompts, texts)]
 
 
 def predict_tasks(model, tokenizer, tasks: list[TaskData], **kw) -> list[TaskPredictions]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import platform
 import random
 import re
@@ -10,13 +11,17 @@ import time
 from pathlib import Path
 
 import torch
+import yaml
 from tqdm.auto import tqdm
 
 from . import __version__, metrics
+from . import checkpoint as ckpt
 from .adapters import ContinualLoRA
 from .batching import encode
 from .config import RunConfig, save_config
 from .data import TaskData, load_tasks
+from .dist import Dist
+from .dist import setup as dist_setup
 from .errors import NloraError
 from .evaluate import prediction_rows, timed_predict
 from .io import write_json, write_jsonl
@@ -36,14 +41,21 @@ def task_dir(out: Path, index: int, name: str) -> Path:
 
 
 RUN_OUTPUTS = ("summary.json", "config.yaml", "tasks", "zero_shot", "eval", "analysis.json", "*.png")
+# Settings that may change between a run and its resumption: they do not change any result.
+RESUME_FREE = ("output_dir", "device", "save_every")
+
+
+def check_output_dir(out: Path, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise NloraError(f"output path exists and is not a directory: {out}")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise NloraError(f"output directory {out} is not empty and holds no nlora run to resume; choose another "
+                         "or pass --overwrite")
 
 
 def prepare_output_dir(path: str, overwrite: bool) -> Path:
     out = Path(path)
-    if out.exists() and not out.is_dir():
-        raise NloraError(f"output path exists and is not a directory: {out}")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise NloraError(f"output directory {out} is not empty; choose another or pass --overwrite")
+    check_output_dir(out, overwrite)
     if overwrite and out.is_dir():  # remove what an earlier run wrote (only nlora's own names), summary first
         for name in RUN_OUTPUTS:
             for p in sorted(out.glob(name)):
@@ -52,39 +64,122 @@ def prepare_output_dir(path: str, overwrite: bool) -> Path:
     return out
 
 
+def check_resumable(saved: Path, cfg: RunConfig) -> None:
+    """A run directory is resumed only with the settings it was made with."""
+    try:
+        before = RunConfig.from_dict(yaml.safe_load(saved.read_text())).to_dict()
+    except (yaml.YAMLError, TypeError, KeyError, AttributeError) as e:
+        raise NloraError(f"{saved}: not a readable nlora config ({e.__class__.__name__}); pass --overwrite to "
+                         "start over") from None
+    now = cfg.to_dict()
+    diff = [k for k in sorted(set(before) | set(now)) if k not in RESUME_FREE and before.get(k) != now.get(k)]
+    if diff:
+        shown = "; ".join(f"{k}: {before.get(k)!r} there, {now.get(k)!r} now" for k in diff[:3])
+        raise NloraError(f"{saved.parent} holds a run with different settings ({shown}"
+                         f"{'; ...' if len(diff) > 3 else ''}); resume it with the same settings, choose another "
+                         "--output-dir, or pass --overwrite to start over")
+
+
+def plan_run_dir(cfg: RunConfig, overwrite: bool) -> bool:
+    """Read-only checks of the output directory (every rank); True if an earlier run there is resumed."""
+    out = Path(cfg.output_dir)
+    if not overwrite and (out / "config.yaml").is_file():
+        check_resumable(out / "config.yaml", cfg)
+        return True
+    check_output_dir(out, overwrite)
+    return False
+
+
+def make_run_dir(cfg: RunConfig, overwrite: bool, dist: Dist) -> Path:
+    if dist.is_main:
+        prepare_output_dir(cfg.output_dir, overwrite)
+        save_config(cfg, Path(cfg.output_dir) / "config.yaml")
+    dist.barrier()
+    return Path(cfg.output_dir)
+
+
 def log(msg: str) -> None:
     tqdm.write(f"[nlora] {msg}")
 
 
-def evaluate_and_write(model, tok, tasks: list[TaskData], dest: Path, gen_kw: dict) -> dict:
-    preds, results = timed_predict(model, tok, tasks, **gen_kw)
-    write_jsonl(dest / "predictions.jsonl", prediction_rows(preds))
-    write_json(dest / "predict_results.json", results)
+def _read_json(path: Path):
+    return json.loads(path.read_text())
+
+
+def evaluate_and_write(model, tok, tasks: list[TaskData], dest: Path, gen_kw: dict, dist: Dist | None = None,
+                       reuse: bool = False) -> dict:
+    """Predictions on every rank's share, gathered; rank 0 writes. ``reuse``: a finished evaluation in
+    ``dest`` (a resumed run's, same settings) is read instead of redone."""
+    dist = dist or Dist()
+    if reuse and (dest / "predict_results.json").is_file():
+        return _read_json(dest / "predict_results.json")
+    preds, results = timed_predict(model, tok, tasks, dist=dist, **gen_kw)
+    if dist.is_main:
+        write_jsonl(dest / "predictions.jsonl", prediction_rows(preds))
+        write_json(dest / "predict_results.json", results)  # last: its presence marks the evaluation done
+    dist.barrier()
     return results
 
 
+def train_or_reuse(lora, method, t, settings, task, tdir, tok, loaded, cfg, device, amp, dist) -> dict:
+    """Train task t (resuming its step checkpoint if any), or reload its adapter if it finished earlier."""
+    adapter = method.begin_task(lora, t, settings)
+    stats_path = tdir / "train_stats.json"
+    if stats_path.is_file() and (tdir / "adapter").is_dir():
+        lora.load_adapter_weights(adapter, tdir / "adapter")
+        method.end_task(lora, t, settings)
+        if dist.is_main:  # a crash between the stats and the clean-up leaves it behind
+            shutil.rmtree(tdir / "checkpoint", ignore_errors=True)
+        log(f"task {t + 1}/{len(cfg.tasks)} {task.name}: trained earlier, adapter reloaded")
+        return _read_json(stats_path)
+    train_data = encode(tok, task.splits["train"], loaded.seq2seq, cfg.max_source_length, cfg.max_target_length)
+    checkpoint = tdir / "checkpoint" / ckpt.STATE_FILE
+    log(f"task {t + 1}/{len(cfg.tasks)} {task.name}: {len(train_data)} examples, {settings.epochs:g} epoch(s), "
+        f"batch {settings.batch_size}x{settings.grad_accum}, lr {settings.lr:g}"
+        + (" (resuming from its step checkpoint)" if checkpoint.is_file() else ""))
+    stats = train_task(lora, method, train_data, settings, pad_id=tok.pad_token_id, seq2seq=loaded.seq2seq,
+                       device=device, amp_dtype=amp, seed=cfg.seed + t, desc=f"train {task.name}", dist=dist,
+                       checkpoint=checkpoint, save_every=cfg.save_every)
+    method.end_task(lora, t, settings)
+    entry = {"task": task.name, "adapter": adapter, "train_steps": stats.steps, "train_examples": stats.examples,
+             "train_loss": round(stats.final_loss, 6), "mean_penalty": round(stats.mean_penalty, 6),
+             "train_seconds": round(stats.seconds, 2)}
+    if dist.is_main:
+        lora.save_adapter(adapter, tdir / "adapter")
+        write_json(stats_path, entry)  # after the adapter: its presence marks the training done
+        shutil.rmtree(tdir / "checkpoint", ignore_errors=True)
+    dist.barrier()
+    return entry
+
+
 def run(cfg: RunConfig, overwrite: bool = False) -> dict:
-    """Run the whole sequence; returns the summary dict (also written to summary.json)."""
+    """Run the whole sequence, or resume it; returns the summary dict (also written to summary.json)."""
     started = time.perf_counter()
+    dist = dist_setup(cfg.device)
     method = get_method(cfg.method)(cfg)
-    device = pick_device(cfg.device)
+    device = dist.device or pick_device(cfg.device)
     amp = autocast_dtype(cfg.precision, device)
     instructions = load_instructions(cfg.instructions)
     # All data is read and checked before the model loads or any directory is written.
     tasks = load_tasks(cfg.data_dir, cfg.task_names, instructions, cfg.max_train_per_task,
                        cfg.max_test_per_task, cfg.seed, cfg.unknown_labels)
+    resuming = plan_run_dir(cfg, overwrite)
+    out = Path(cfg.output_dir)
+    if resuming and (out / "summary.json").is_file():
+        log(f"{out} holds a complete run; nothing to do (--overwrite to run again)")
+        return _read_json(out / "summary.json")
     log(f"loading model {cfg.model}")
     loaded = load_model(cfg.model)
     targets = cfg.lora.target_modules or default_target_modules(loaded.model)
     method.check(loaded.model, targets)
-    out = prepare_output_dir(cfg.output_dir, overwrite)
-    save_config(cfg, out / "config.yaml")
-    seed_everything(cfg.seed)
+    if not resuming:  # only now, with data, model and method checked, is anything written
+        make_run_dir(cfg, overwrite, dist)
 
     model, tok = loaded.model.to(device), loaded.tokenizer
     lora = ContinualLoRA(model, cfg.lora, targets, loaded.seq2seq)
-    log(f"{cfg.method} on {len(tasks)} tasks ({', '.join(cfg.task_names)}), model {cfg.model}, "
-        f"device {device}, {'bf16 autocast' if amp else 'fp32'}, LoRA r={cfg.lora.r} on {targets}")
+    log(f"{'resuming ' if resuming else ''}{cfg.method} on {len(tasks)} tasks ({', '.join(cfg.task_names)}), "
+        f"model {cfg.model}, device {device}{f' x {dist.world} processes' if dist.active else ''}, "
+        f"{'bf16 autocast' if amp else 'fp32'}, LoRA r={cfg.lora.r} on {targets}")
 
     n = len(cfg.tasks)
     matrix: list[list[float | None]] = [[None] * n for _ in range(n)]
@@ -95,44 +190,36 @@ def run(cfg: RunConfig, overwrite: bool = False) -> dict:
     zero_shot = None
     if cfg.full_matrix:  # the starting model on every task: the b[j] of FWT
         log("evaluating the starting model on every task (--full-matrix)")
-        results = evaluate_and_write(model, tok, all_tasks, out / "zero_shot", gen_kw)
+        results = evaluate_and_write(model, tok, all_tasks, out / "zero_shot", gen_kw, dist, reuse=True)
         zero_shot = [results[f"predict_exact_match_for_{t.name}"] for t in all_tasks]
     for t, settings in enumerate(cfg.tasks):
-        task = tasks[settings.name]
-        adapter = method.begin_task(lora, t, settings)
-        train_data = encode(tok, task.splits["train"], loaded.seq2seq, cfg.max_source_length, cfg.max_target_length)
-        log(f"task {t + 1}/{n} {task.name}: {len(train_data)} examples, {settings.epochs:g} epoch(s), "
-            f"batch {settings.batch_size}x{settings.grad_accum}, lr {settings.lr:g}")
-        stats = train_task(lora, method, train_data, settings, pad_id=tok.pad_token_id, seq2seq=loaded.seq2seq,
-                           device=device, amp_dtype=amp, seed=cfg.seed + t, desc=f"train {task.name}")
-        method.end_task(lora, t, settings)
-        tdir = task_dir(out, t, task.name)
-        lora.save_adapter(adapter, tdir / "adapter")
-
+        task, tdir = tasks[settings.name], task_dir(out, t, settings.name)
+        seed_everything(cfg.seed + t)  # per task, so a resumed run replays every remaining task exactly
+        entry = train_or_reuse(lora, method, t, settings, task, tdir, tok, loaded, cfg, device, amp, dist)
         evaluated = all_tasks if cfg.full_matrix else all_tasks[: t + 1]
-        results = evaluate_and_write(lora.model, tok, evaluated, tdir, gen_kw)
+        results = evaluate_and_write(lora.model, tok, evaluated, tdir, gen_kw, dist, reuse=True)
         for j, s in enumerate(all_tasks[: len(evaluated)]):
             matrix[t][j] = results[f"predict_exact_match_for_{s.name}"]
-        log(f"after {task.name}: loss {stats.final_loss:.4f}, exact match "
+        log(f"after {task.name}: loss {entry['train_loss']:.4f}, exact match "
             + ", ".join(f"{s.name} {matrix[t][j]:.1f}" for j, s in enumerate(evaluated)))
-        per_task.append({"task": task.name, "adapter": adapter, "train_steps": stats.steps,
-                         "train_examples": stats.examples, "train_loss": round(stats.final_loss, 6),
-                         "mean_penalty": round(stats.mean_penalty, 6), "train_seconds": round(stats.seconds, 2),
-                         "eval_seconds": results["predict_runtime"]})
+        per_task.append({**entry, "eval_seconds": results["predict_runtime"]})
 
     summary = {
         "tasks": cfg.task_names, "method": cfg.method, "model": cfg.model, "preset": cfg.preset,
         "accuracy_matrix": matrix, "aa": metrics.average_accuracy(matrix), "bwt": metrics.backward_transfer(matrix),
-        "fwt": metrics.forward_transfer(matrix, zero_shot) if zero_shot else None, "zero_shot": zero_shot, "wall_time_s": round(time.perf_counter() - started, 2), "per_task": per_task,
-        "seed": cfg.seed, "device": str(device), "precision": "bf16" if amp else "fp32",
+        "fwt": metrics.forward_transfer(matrix, zero_shot) if zero_shot else None, "zero_shot": zero_shot,
+        "wall_time_s": round(time.perf_counter() - started, 2), "resumed": bool(resuming), "per_task": per_task,
+        "seed": cfg.seed, "device": str(device), "processes": dist.world, "precision": "bf16" if amp else "fp32",
         "machine": {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
                     "cpu_threads": torch.get_num_threads(),
                     "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None},
         "nlora_version": __version__,
     }
-    write_json(out / "summary.json", summary)
-    log(f"done in {summary['wall_time_s']:.0f}s: AA {summary['aa']:.2f}"
-        + (f", BWT {summary['bwt']:.2f}" if summary["bwt"] is not None else "") + f" -> {out / 'summary.json'}")
+    if dist.is_main:
+        write_json(out / "summary.json", summary)
+        log(f"done in {summary['wall_time_s']:.0f}s: AA {summary['aa']:.2f}"
+            + (f", BWT {summary['bwt']:.2f}" if summary["bwt"] is not None else "") + f" -> {out / 'summary.json'}")
+    dist.barrier()
     return summary
 
 
@@ -143,7 +230,6 @@ def evaluate_run(run_dir: str | Path, task_names: list[str], after_task: int | N
 
     Writes RUN_DIR/eval/after-KK/<tasks>/predict_results.json and predictions.jsonl; the summary is untouched.
     """
-    import yaml
     from peft import PeftModel
 
     run_dir = Path(run_dir)

@@ -7,14 +7,17 @@ import math
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from . import checkpoint as ckpt
 from .adapters import ContinualLoRA
 from .batching import Encoded, batch_order, collate_train
 from .config import TaskSettings
+from .dist import Dist
 from .errors import NloraError
 from .methods.base import Method
 
@@ -38,64 +41,106 @@ def _accepts_logits_to_keep(model) -> bool:
     return "logits_to_keep" in inspect.signature(base.forward).parameters
 
 
-def task_loss(model, batch: dict[str, torch.Tensor], seq2seq: bool, keep_logits: bool) -> torch.Tensor:
-    """Mean cross-entropy over answer tokens."""
-    if seq2seq:
-        return model(**batch).loss
+def task_loss_sum(model, batch: dict[str, torch.Tensor], seq2seq: bool, keep_logits: bool) -> tuple[torch.Tensor, int]:
+    """Summed cross-entropy over answer tokens, and their number (so ranks can weight by a global count)."""
     labels = batch["labels"]
     inputs = {k: v for k, v in batch.items() if k != "labels"}
-    # Answers sit at the end (left padding): keep only the logits that predict them.
-    answer_span = int((labels != -100).sum(-1).max()) + 1
-    if keep_logits:
-        logits = model(**inputs, logits_to_keep=answer_span).logits
+    if seq2seq:
+        logits = model(**inputs, labels=labels).logits
+        targets = labels
     else:
-        logits = model(**inputs).logits[:, -answer_span:]
-    targets = labels[:, -answer_span + 1:]
-    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
+        # Answers sit at the end (left padding): keep only the logits that predict them.
+        answer_span = int((labels != -100).sum(-1).max()) + 1
+        if keep_logits:
+            logits = model(**inputs, logits_to_keep=answer_span).logits
+        else:
+            logits = model(**inputs).logits[:, -answer_span:]
+        logits, targets = logits[:, :-1], labels[:, -answer_span + 1:]
+    total = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100, reduction="sum")
+    return total, int((targets != -100).sum())
+
+
+def task_loss(model, batch: dict[str, torch.Tensor], seq2seq: bool, keep_logits: bool) -> torch.Tensor:
+    """Mean cross-entropy over answer tokens."""
+    total, count = task_loss_sum(model, batch, seq2seq, keep_logits)
+    return total / max(count, 1)
+
+
+def build_schedule(lengths: list[int], settings: TaskSettings, seed: int) -> list[list[int]]:
+    """The task's micro-batches, a function of the seed only (so a resumed run replays the same order)."""
+    per_epoch = math.ceil(len(lengths) / settings.batch_size)
+    schedule = []
+    for epoch in range(math.ceil(settings.epochs)):
+        schedule += batch_order(lengths, settings.batch_size, seed * 1000 + epoch)
+    return schedule[:math.ceil(settings.epochs * per_epoch)]
 
 
 def train_task(lora: ContinualLoRA, method: Method, data: list[Encoded], settings: TaskSettings, *,
                pad_id: int, seq2seq: bool, device: torch.device, amp_dtype: torch.dtype | None, seed: int,
-               desc: str = "train") -> TrainStats:
+               desc: str = "train", dist: Dist | None = None, checkpoint: Path | None = None,
+               save_every: int = 0) -> TrainStats:
+    """Train the current adapter on one task; resumes from ``checkpoint`` if it exists, saves it every
+    ``save_every`` optimizer steps (0: never)."""
+    dist = dist or Dist()
     model = lora.model
     model.train()
     params = lora.trainable_parameters()
     optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=0.0)
     keep_logits = not seq2seq and _accepts_logits_to_keep(model)
-    lengths = [len(e.source) + len(e.target) for e in data]
+    schedule = build_schedule([len(e.source) + len(e.target) for e in data], settings, seed)
+    total_steps = math.ceil(len(schedule) / settings.grad_accum)
 
-    per_epoch = math.ceil(len(data) / settings.batch_size)
-    total_micro = math.ceil(settings.epochs * per_epoch)
-    schedule = []
-    for epoch in range(math.ceil(settings.epochs)):
-        schedule += batch_order(lengths, settings.batch_size, seed * 1000 + epoch)
-    schedule = schedule[:total_micro]
-    total_steps = math.ceil(total_micro / settings.grad_accum)
-
-    start, losses, penalties = time.perf_counter(), [], []
-    bar = tqdm(total=total_steps, desc=desc, unit="step", dynamic_ncols=True, leave=False)
+    state = ckpt.TrainState()
+    if checkpoint is not None and checkpoint.is_file():
+        state = ckpt.load(checkpoint, model, optimizer, dist)
+    start = time.perf_counter() - state.seconds
+    bar = tqdm(total=total_steps, initial=state.micro // settings.grad_accum, desc=desc, unit="step",
+               dynamic_ncols=True, leave=False, disable=not dist.is_main)
     optimizer.zero_grad(set_to_none=True)
-    for micro, indices in enumerate(schedule):
-        batch = {k: v.to(device) for k, v in collate_train([data[i] for i in indices], pad_id, seq2seq).items()}
-        with autocast(device, amp_dtype):
-            loss = task_loss(model, batch, seq2seq, keep_logits)
-        extra = method.penalty(lora, settings)  # fp32: a sum over millions of |dW| entries would lose bits in bf16
-        total = loss + extra if extra is not None else loss
+    for micro in range(state.micro, len(schedule)):
         step = micro // settings.grad_accum + 1
-        if not torch.isfinite(total):
-            bar.close()
-            raise NloraError(f"non-finite loss ({float(total)}) at step {step} of task {settings.name}; "
-                             "lower --lr or --lambda")
-        (total / settings.grad_accum).backward()
-        losses.append(loss.item())
-        penalties.append(extra.item() if extra is not None else 0.0)
+        loss, extra = _micro_step(model, method, lora, settings, [data[i] for i in dist.shard(schedule[micro])],
+                                  pad_id, seq2seq, device, amp_dtype, keep_logits, dist, step)
+        state.losses.append(loss)
+        state.penalties.append(extra)
         if (micro + 1) % settings.grad_accum == 0 or micro + 1 == len(schedule):
+            dist.sum_gradients(params)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             bar.update(1)
-            bar.set_postfix(loss=f"{losses[-1]:.3f}", pen=f"{penalties[-1]:.3g}")
+            bar.set_postfix(loss=f"{loss:.3f}", pen=f"{extra:.3g}")
+            state.micro = micro + 1
+            if checkpoint is not None and save_every and step % save_every == 0 and micro + 1 < len(schedule):
+                state.seconds = time.perf_counter() - start
+                ckpt.save(checkpoint, model, optimizer, state, dist)
     bar.close()
-    tail = losses[-max(1, per_epoch // 10):]
+    per_epoch = math.ceil(len(data) / settings.batch_size)
+    tail = state.losses[-max(1, per_epoch // 10):]
     return TrainStats(steps=total_steps, examples=sum(len(b) for b in schedule),
-                      final_loss=sum(tail) / len(tail), mean_loss=sum(losses) / len(losses),
-                      mean_penalty=sum(penalties) / len(penalties), seconds=time.perf_counter() - start)
+                      final_loss=sum(tail) / len(tail), mean_loss=sum(state.losses) / len(state.losses),
+                      mean_penalty=sum(state.penalties) / len(state.penalties),
+                      seconds=time.perf_counter() - start)
+
+
+def _micro_step(model, method, lora, settings, examples, pad_id, seq2seq, device, amp_dtype, keep_logits,
+                dist: Dist, step: int) -> tuple[float, float]:
+    """Forward and backward of one micro-batch (this rank's share); returns the global mean loss and penalty."""
+    loss_sum, count = torch.zeros((), device=device), 0
+    if examples:
+        batch = {k: v.to(device) for k, v in collate_train(examples, pad_id, seq2seq).items()}
+        with autocast(device, amp_dtype):
+            loss_sum, count = task_loss_sum(model, batch, seq2seq, keep_logits)
+    counts = dist.sum_(torch.tensor([float(count), loss_sum.detach().float().item()], device=device))
+    global_count = max(float(counts[0]), 1.0)
+    extra = method.penalty(lora, settings)  # fp32: a sum over millions of |dW| entries would lose bits in bf16
+    # Gradients are summed over ranks: each rank's share of the mean, and the penalty once in total.
+    objective = loss_sum / global_count + (extra / dist.world if extra is not None else 0.0)
+    mean_loss = float(counts[1]) / global_count
+    penalty = float(extra.detach()) if extra is not None else 0.0
+    total = mean_loss + penalty
+    if not math.isfinite(total):
+        raise NloraError(f"non-finite loss ({total}) at step {step} of task {settings.name}; lower --lr or "
+                         "--lambda (the last step checkpoint, if any, is kept)")
+    if torch.is_tensor(objective) and objective.requires_grad:
+        (objective / settings.grad_accum).backward()
+    return mean_loss, penalty

@@ -1,0 +1,254 @@
+"""Resume after a crash (in-process interruptions and SIGKILL), guards, and bad input against a run directory."""
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import nlora.evaluate as evaluate_mod
+import nlora.recipe as recipe_mod
+import nlora.train as train_mod
+from nlora.cli import main
+from nlora.errors import NloraError
+
+TASKS = ["01-topic", "02-mood"]
+VOLATILE = {"wall_time_s", "resumed", "train_seconds", "eval_seconds", "predict_runtime"}
+
+
+def args_for(model_dir, data_dir, out, *extra):
+    return ["run", "--model", str(model_dir), "--data-dir", str(data_dir), "--output-dir", str(out),
+            "--tasks", "topic,mood", "--max-train-per-task", "12", "--max-test-per-task", "6", "--batch-size", "2",
+            "--eval-batch-size", "2", "--max-target-length", "6", "--lr", "0.01", "--method", "o-lora",
+            "--save-every", "1", *extra]
+
+
+def stable(obj):
+    """A summary without the figures that measure time."""
+    if isinstance(obj, dict):
+        return {k: stable(v) for k, v in obj.items() if k not in VOLATILE}
+    if isinstance(obj, list):
+        return [stable(v) for v in obj]
+    return obj
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    sa, sb = (json.loads((d / "summary.json").read_text()) for d in (a, b))
+    assert stable(sa) == stable(sb)
+    for t in TASKS:
+        ta = load_file(a / "tasks" / t / "adapter" / "adapter_model.safetensors")
+        tb = load_file(b / "tasks" / t / "adapter" / "adapter_model.safetensors")
+        assert ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta), t
+        assert (a / "tasks" / t / "predictions.jsonl").read_text() == (b / "tasks" / t / "predictions.jsonl").read_text()
+        assert not (b / "tasks" / t / "checkpoint").exists()  # removed once the task is trained
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def reference(model_dirs, tmp_path_factory):
+    """One uninterrupted run per model kind, shared by the tests of this module."""
+    from conftest import write_task
+
+    root = tmp_path_factory.mktemp("ref")
+    data = root / "CL"
+    for name in ("topic", "mood"):
+        write_task(data, name)
+    runs = {}
+    for kind in ("t5", "llama"):
+        out = root / f"run-{kind}"
+        assert main(args_for(model_dirs[kind], data, out)) == 0
+        runs[kind] = out
+    return data, runs
+
+
+class Crash(Exception):
+    pass
+
+
+def crash_after(monkeypatch, module, name, calls: int):
+    """Make module.name raise Crash on its ``calls``-th call (the process dies there)."""
+    real, count = getattr(module, name), {"n": 0}
+
+    def wrapper(*a, **k):
+        count["n"] += 1
+        if count["n"] == calls:
+            raise Crash(name)
+        return real(*a, **k)
+
+    monkeypatch.setattr(module, name, wrapper)
+
+
+@pytest.mark.parametrize("where", ["mid task 1", "mid task 2", "between tasks", "during evaluation"])
+def test_interrupted_then_resumed_equals_uninterrupted(reference, model_dirs, tmp_path, monkeypatch, where):
+    data, runs = reference
+    out = tmp_path / "run"
+    target = {"mid task 1": (train_mod, "_micro_step", 4), "mid task 2": (train_mod, "_micro_step", 6 + 3),
+              "between tasks": (recipe_mod, "train_or_reuse", 2),
+              "during evaluation": (evaluate_mod, "_generate_batch", 3 + 2)}[where]
+    with monkeypatch.context() as m:
+        crash_after(m, *target)
+        with pytest.raises(Crash):
+            main(args_for(model_dirs["t5"], data, out))
+    assert not (out / "summary.json").exists()
+    if where.startswith("mid task"):
+        assert list(out.glob("tasks/*/checkpoint/state.pt"))  # a step checkpoint was there to resume from
+    assert main(args_for(model_dirs["t5"], data, out)) == 0
+    assert json.loads((out / "summary.json").read_text())["resumed"] is True
+    assert_same_run(runs["t5"], out)
+
+
+WRAPPER = """
+import sys, time
+import nlora.train as tr, nlora.evaluate as ev
+step, gen = tr._micro_step, ev._generate_batch
+tr._micro_step = lambda *a, **k: (time.sleep(0.2), step(*a, **k))[1]
+ev._generate_batch = lambda *a, **k: (time.sleep(0.3), gen(*a, **k))[1]
+from nlora.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+KILL_POINTS = {  # name -> condition on the run directory at which the process gets SIGKILL
+    "mid task 1": lambda o: (o / "tasks/01-topic/checkpoint/state.pt").is_file(),
+    "between tasks": lambda o: (o / "tasks/01-topic/predict_results.json").is_file(),
+    "mid task 2": lambda o: (o / "tasks/02-mood/checkpoint/state.pt").is_file(),
+    "during evaluation": lambda o: (o / "tasks/02-mood/train_stats.json").is_file(),
+}
+
+
+@pytest.mark.parametrize("kind", ["t5", "llama"])
+def test_sigkill_at_several_points_then_resume(reference, model_dirs, tmp_path, kind):
+    """One run killed with SIGKILL at each point in turn (resumed in between), then finished by a resume."""
+    data, runs = reference
+    out = tmp_path / "run"
+    script = tmp_path / "slow_nlora.py"
+    script.write_text(WRAPPER)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    for point, reached in KILL_POINTS.items():
+        proc = subprocess.Popen([sys.executable, str(script), *args_for(model_dirs[kind], data, out)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+        deadline = time.time() + 180
+        while not reached(out) and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.01)
+        assert proc.poll() is None, f"run ended before {point}: {proc.stderr.read().decode()[-500:]}"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        assert not (out / "summary.json").exists(), point
+    assert main(args_for(model_dirs[kind], data, out)) == 0
+    assert_same_run(runs[kind], out)
+
+
+def test_complete_run_is_not_redone(reference, model_dirs, capsys):
+    data, runs = reference
+    before = tree_digest(runs["t5"])
+    assert main(args_for(model_dirs["t5"], data, runs["t5"])) == 0
+    captured = capsys.readouterr()
+    assert "nothing to do" in captured.out + captured.err
+    assert tree_digest(runs["t5"]) == before
+
+
+def bad_input_cases(data: Path, tmp_path: Path) -> dict:
+    """name -> (how to break the input, extra flags, expected text). Applied to a copy of the data."""
+    topic = data / "TC" / "topic"
+    return {
+        "truncated json": (lambda: (topic / "train.json").write_text('[{"label": "World", "sen'), [],
+                           "malformed JSON at line 1"),
+        "missing labels.json": (lambda: (topic / "labels.json").unlink(), [], "missing data files"),
+        "unknown label": (lambda: (topic / "test.json").write_text('[{"label": "Space", "sentence": "a"}]'), [],
+                          "has label 'Space'"),
+        "empty split": (lambda: (topic / "train.json").write_text("[]"), [], "split is empty"),
+        "wrong preset": (lambda: None, ["--preset", "t5-order9"], "unknown preset 't5-order9'"),
+        "mismatched run directory": (lambda: None, ["--lr", "0.02"], "holds a run with different settings"),
+        "mismatched task order": (lambda: None, ["--tasks", "mood,topic"], "holds a run with different settings"),
+        "negative save-every": (lambda: None, ["--save-every", "-1"], "save_every must be >= 0"),
+    }
+
+
+BAD = ["truncated json", "missing labels.json", "unknown label", "empty split", "wrong preset",
+       "mismatched run directory", "mismatched task order", "negative save-every"]
+
+
+@pytest.mark.parametrize("case", BAD)
+def test_bad_input_leaves_interrupted_run_untouched(reference, model_dirs, tmp_path, monkeypatch, capsys, case):
+    import shutil
+
+    src, _ = reference
+    data = tmp_path / "CL"
+    shutil.copytree(src, data)
+    out = tmp_path / "run"
+    with monkeypatch.context() as m:  # an interrupted run: task 1 done, task 2 mid-way
+        crash_after(m, train_mod, "_micro_step", 6 + 3)
+        with pytest.raises(Crash):
+            main(args_for(model_dirs["t5"], data, out))
+    before = tree_digest(out)
+    breaker, extra, expect = bad_input_cases(data, tmp_path)[case]
+    breaker()
+    args = args_for(model_dirs["t5"], data, out)
+    if case == "wrong preset":
+        args = [a for a in args if a not in ("--tasks", "topic,mood")]
+    for flag, value in zip(extra[::2], extra[1::2]):
+        args += [flag, value]
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("nlora: error: ") and expect in err[0], err
+    assert tree_digest(out) == before
+
+
+def test_non_finite_loss_names_step_and_keeps_checkpoint(reference, model_dirs, tmp_path, monkeypatch):
+    from nlora.methods.nlora import NLoRA
+
+    data, _ = reference
+    out = tmp_path / "run"
+    calls = {"n": 0}
+
+    def bad_penalty(self, lora, settings):
+        calls["n"] += 1
+        return torch.tensor(float("nan")) if calls["n"] == 4 else None
+
+    monkeypatch.setattr(NLoRA, "penalty", bad_penalty)
+    args = args_for(model_dirs["t5"], data, out, "--method", "n-lora", "--lambda", "0.1")
+    with pytest.raises(NloraError, match="non-finite loss .* at step 4 of task topic"):
+        recipe_mod.run(*_resolved(args))
+    blob = torch.load(out / "tasks/01-topic/checkpoint/state.pt", weights_only=True)
+    assert blob["micro"] == 3  # the last good step's checkpoint stays
+
+
+def _resolved(args):
+    from nlora.cli import OVERRIDE_KEYS, build_parser
+    from nlora.config import resolve
+
+    ns = build_parser().parse_args(args)
+    return resolve(preset=None, config_file=None, overrides={k: getattr(ns, k) for k in OVERRIDE_KEYS}), False
+
+
+def test_out_of_memory_in_evaluation_halves_the_batch(model_dirs, monkeypatch, capsys):
+    from nlora.models import load_model
+
+    loaded = load_model(str(model_dirs["llama"]))
+    prompts = [f"Task:TC\nDataset:topic\nsentence {i} {'x' * i}\nAnswer:" for i in range(7)]
+    kw = dict(seq2seq=False, device=torch.device("cpu"), amp_dtype=None, max_source=64, max_new_tokens=4)
+    expected = evaluate_mod.generate(loaded.model, loaded.tokenizer, prompts, batch_size=8, **kw)
+    real, sizes = evaluate_mod._generate_batch, []
+
+    def small_memory(model, tok, encoded, *a):
+        sizes.append(len(encoded))
+        if len(encoded) > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")
+        return real(model, tok, encoded, *a)
+
+    monkeypatch.setattr(evaluate_mod, "_generate_batch", small_memory)
+    got = evaluate_mod.generate(loaded.model, loaded.tokenizer, prompts, batch_size=8, **kw)
+    assert got == expected
+    assert sizes[:3] == [7, 3, 1] and max(sizes[3:]) <= 2 and sum(sizes[2:]) == 7
+    assert "out of memory in evaluation: batch of 7 -> 3" in capsys.readouterr().out
