@@ -16,14 +16,14 @@ from nlora.train import train_task
 SEQ2SEQ = {"t5": True, "llama": False}
 
 
-def setup(model_dirs, kind, data_dir, method="n-lora"):
+def setup(model_dirs, kind, data_dir, method="n-lora", fold=False):
     loaded = load_model(str(model_dirs[kind]))
     lora = ContinualLoRA(loaded.model, LoraSettings(dropout=0.0), default_target_modules(loaded.model),
                          loaded.seq2seq)
     tasks = load_tasks(data_dir, ["topic", "mood"], load_instructions(), 16, 4, 0)
     enc = {n: encode(loaded.tokenizer, t.splits["train"], loaded.seq2seq, 256, 8) for n, t in tasks.items()}
     cfg = resolve(overrides={"model": "m", "data_dir": "d", "output_dir": "o", "task_names": ["topic", "mood"],
-                             "method": method})
+                             "method": method, "fold_adapters": fold})
     return loaded, lora, enc, get_method(method)(cfg)
 
 
@@ -96,3 +96,52 @@ def test_reference_form_refused_for_gqa(model_dirs, data_dir):
 
     with pytest.raises(NloraError, match=r"v_proj is 16 x 32 .*grouped-query"):
         get_method("n-lora")(cfg).begin_task(lora, 0, cfg.tasks[0])
+
+
+def _loss_and_grads(lora, batch, seq2seq, amp):
+    from nlora.train import autocast, task_loss
+
+    lora.model.eval()  # dropout off: folding drops the old branches' dropout, the only intended difference
+    lora.model.zero_grad(set_to_none=True)
+    with autocast(torch.device("cpu"), amp):
+        out = task_loss(lora.model, batch, seq2seq, keep_logits=False)
+    out.backward()
+    return out.detach(), {n: p.grad.clone() for n, p in lora.model.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("amp,tol,grad_tol", [(None, 1e-5, 1e-5), (torch.bfloat16, 3e-2, 1e-1)])
+def test_folding_keeps_the_function(model_dirs, model_kind, data_dir, amp, tol, grad_tol):
+    """Earlier adapters folded into fp32 base weights: same outputs and same gradients for the new adapter,
+    within 1e-5 in fp32 (float association only); under bf16 autocast the loss within 3e-2 and each gradient
+    within 10% relative Frobenius error (bf16 rounds W x and dW x separately in one case, (W + dW) x in the
+    other)."""
+    loaded, lora, enc, _ = setup(model_dirs, model_kind, data_dir)
+    torch.manual_seed(1)
+    for i in range(3):
+        lora.start_adapter(f"task{i}")
+        with torch.no_grad():  # trained-looking updates: B is zero at initialisation
+            for f in lora.factors(f"task{i}"):
+                f.B.normal_(0, 0.05)
+    batch = collate_train(enc["topic"][:4], loaded.tokenizer.pad_token_id, loaded.seq2seq)
+    loss_before, grads_before = _loss_and_grads(lora, batch, loaded.seq2seq, amp)
+    factors_before = [(f.A.detach().clone(), f.B.detach().clone()) for f in lora.factors("task0")]
+
+    lora.fold("task0")
+    lora.fold("task1")
+    lora.start_adapter("task2")
+    assert lora.live_adapters() == ["task2"] and lora.adapters == ["task0", "task1", "task2"]
+    assert not any(".task0." in n or ".task1." in n for n, _ in lora.model.named_parameters())
+    assert all(torch.equal(f.A, a) and torch.equal(f.B, b) for f, (a, b) in zip(lora.factors("task0"), factors_before))
+    loss_after, grads_after = _loss_and_grads(lora, batch, loaded.seq2seq, amp)
+    torch.testing.assert_close(loss_after, loss_before, rtol=tol, atol=tol)
+    assert grads_after.keys() == grads_before.keys() and grads_after
+    for n in grads_before:  # relative Frobenius error of each gradient
+        err = (grads_after[n] - grads_before[n]).norm() / grads_before[n].norm().clamp_min(1e-12)
+        assert err < grad_tol, (n, float(err))
+
+
+def test_fold_is_default_for_fresh_adapter_methods(model_dirs, data_dir):
+    loaded, lora, enc, method = setup(model_dirs, "llama", data_dir, fold=True)
+    fit(lora, method, enc["topic"], 0, "topic", loaded)
+    fit(lora, method, enc["mood"], 1, "mood", loaded)
+    assert lora.live_adapters() == ["task1"] and list(lora.folded) == ["task0"]

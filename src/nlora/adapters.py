@@ -36,7 +36,8 @@ class ContinualLoRA:
             task_type=TaskType.SEQ_2_SEQ_LM if seq2seq else TaskType.CAUSAL_LM, bias="none",
         )
         self.model: PeftModel | None = None
-        self.adapters: list[str] = []  # in creation order
+        self.adapters: list[str] = []  # in creation order, folded ones included
+        self.folded: dict[str, list[LayerFactors]] = {}  # name -> detached copies of its factors
 
     @property
     def current(self) -> str:
@@ -51,15 +52,40 @@ class ContinualLoRA:
         if name not in self.adapters:
             self.adapters.append(name)
         # set_adapter with a list activates every adapter (they all add to the output) ...
-        self.model.base_model.set_adapter(list(self.adapters))
+        self.model.base_model.set_adapter(self.live_adapters())
         # ... and marks them all trainable, so freeze every adapter but ``name`` again.
         for pname, p in self.model.named_parameters():
             p.requires_grad = f".{name}." in pname and "lora_" in pname
+
+    def live_adapters(self) -> list[str]:
+        return [a for a in self.adapters if a not in self.folded]
+
+    def fold(self, name: str) -> None:
+        """Add adapter ``name``'s update s*B@A into its layers' base weights and drop the adapter.
+
+        Keeps the cost of a step flat in the number of earlier tasks: the model computes (W + dW) x instead
+        of W x + sum over old tasks of s B (A x). Only done for fp32 base weights, so a small dW is never
+        rounded into bf16; the factors stay available (``factors``) for regularisers such as O-LoRA's.
+        """
+        layers = [layer for _, layer in self.lora_layers() if name in layer.lora_A]
+        if any(layer.get_base_layer().weight.dtype != torch.float32 for layer in layers):
+            return
+        copies = [LayerFactors(f.module, f.A.detach().clone(), f.B.detach().clone(), f.scaling)
+                  for f in self.factors(name)]
+        with torch.no_grad():
+            for layer in layers:
+                base = layer.get_base_layer().weight
+                base += layer.get_delta_weight(name).to(base.dtype)
+        self.model.base_model.set_adapter([a for a in self.live_adapters() if a != name])
+        self.model.delete_adapter(name)
+        self.folded[name] = copies
 
     def lora_layers(self) -> list[tuple[str, LoraLayer]]:
         return [(n, m) for n, m in self.model.named_modules() if isinstance(m, LoraLayer)]
 
     def factors(self, adapter: str) -> list[LayerFactors]:
+        if adapter in self.folded:
+            return self.folded[adapter]
         out = []
         for name, layer in self.lora_layers():
             if adapter in layer.lora_A:

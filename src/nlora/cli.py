@@ -47,6 +47,9 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], help="auto: bf16 autocast on GPU, fp32 on CPU")
     p.add_argument("--full-matrix", action="store_true", default=None,
                    help="also evaluate not-yet-seen tasks and the starting model, so FWT can be computed")
+    p.add_argument("--no-fold", dest="fold_adapters", action="store_false", default=None,
+                   help="keep earlier tasks' adapters as separate LoRA branches (default: fold them into fp32 "
+                        "base weights, so steps do not slow down as tasks accumulate)")
     p.add_argument("--save-every", type=int, help="optimizer steps between step checkpoints (default 100, 0: none)")
     p.add_argument("--overwrite", action="store_true",
                    help="start over in a non-empty output directory (without it, an earlier run there is resumed)")
@@ -55,7 +58,7 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
 OVERRIDE_KEYS = ("model", "data_dir", "output_dir", "task_names", "method", "nlora_form", "lambda", "lambda2", "lr",
                  "epochs", "batch_size", "grad_accum", "eval_batch_size", "max_train_per_task", "max_test_per_task",
                  "max_source_length", "max_target_length", "r", "alpha", "dropout", "target_modules",
-                 "instructions", "unknown_labels", "full_matrix", "seed", "device", "precision", "save_every")
+                 "instructions", "unknown_labels", "full_matrix", "seed", "device", "precision", "save_every", "fold_adapters")
 
 
 def cmd_run(args) -> int:

@@ -37,6 +37,10 @@ class Method:
     def begin_task(self, lora: ContinualLoRA, task_index: int, settings: TaskSettings) -> str:
         name = self.adapter_name(task_index)
         lora.start_adapter(name)
+        if self.cfg.fold_adapters:  # earlier adapters are frozen: one folded update per layer costs the same
+            for earlier in lora.live_adapters()[:-1]:
+                lora.fold(earlier)
+            lora.start_adapter(name)  # re-assert: only the new adapter active and trainable
         return name
 
     def penalty(self, lora: ContinualLoRA, settings: TaskSettings) -> torch.Tensor | None:
