@@ -46,7 +46,7 @@ def run_demo(output_dir: str = "runs/demo", model: str = "smollm2", device: str 
     names = list(DEMO_TASKS)
     log(f"demo: {model} learns {len(names)} generated tasks in turn ({' -> '.join(names)}; {sizes['train']} "
         f"training examples each, 2 epochs), once with seq-lora and once with n-lora, evaluating every seen task "
-        f"after each; about 7 minutes on 2 CPU cores. Outputs: {out}/")
+        f"after each; about 6 minutes on 2 CPU cores. Outputs: {out}/")
     _prepare(out, overwrite)
     data = write_demo_tasks(out / "data", sizes["train"], sizes["test"], seed=0)
     summaries = {}
