@@ -57,6 +57,15 @@ class ContinualLoRA:
         for pname, p in self.model.named_parameters():
             p.requires_grad = f".{name}." in pname and "lora_" in pname
 
+    def activate(self, names: list[str]) -> None:
+        """Only ``names`` take part in the forward pass; only the newest adapter stays trainable."""
+        self.model.base_model.set_adapter(list(names))
+        for pname, p in self.model.named_parameters():
+            p.requires_grad = f".{self.current}." in pname and "lora_" in pname
+
+    def active(self) -> list[str]:
+        return list(self.model.base_model.active_adapters)
+
     def live_adapters(self) -> list[str]:
         return [a for a in self.adapters if a not in self.folded]
 

@@ -25,6 +25,8 @@ def fit_length(ids: list[int], max_len: int, head: int = 64) -> list[int]:
 
 
 def encode(tokenizer, examples: list[Example], seq2seq: bool, max_source: int, max_target: int) -> list[Encoded]:
+    if not examples:
+        return []
     prompts = tokenizer([e.prompt for e in examples], add_special_tokens=seq2seq)["input_ids"]
     labels = tokenizer([e.label for e in examples], add_special_tokens=False)["input_ids"]
     eos, bos = tokenizer.eos_token_id, tokenizer.bos_token_id

@@ -45,7 +45,10 @@ def backward_transfer(matrix: list[list[float | None]]) -> float | None:
     n = len(matrix)
     if n < 2:
         return None
-    return sum(matrix[-1][j] - matrix[j][j] for j in range(n - 1)) / (n - 1)
+    pairs = [(matrix[-1][j], matrix[j][j]) for j in range(n - 1)]
+    if any(a is None or b is None for a, b in pairs):  # e.g. MTL: evaluated only once, at the end
+        return None
+    return sum(a - b for a, b in pairs) / (n - 1)
 
 
 def forward_transfer(matrix: list[list[float | None]], zero_shot: list[float | None]) -> float | None:

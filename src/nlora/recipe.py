@@ -17,18 +17,19 @@ from tqdm.auto import tqdm
 from . import __version__, metrics
 from . import checkpoint as ckpt
 from .adapters import ContinualLoRA
-from .batching import encode
+from .batching import collate_train, encode
 from .config import RunConfig, save_config
 from .data import TaskData, load_tasks
 from .dist import Dist
 from .dist import setup as dist_setup
 from .errors import NloraError
-from .evaluate import prediction_rows, timed_predict
+from .evaluate import predict_tasks, prediction_rows, results_dict
 from .io import write_json, write_jsonl
 from .methods import get_method
+from .methods.base import TaskContext
 from .models import autocast_dtype, default_target_modules, load_model, pick_device
 from .prompts import load_instructions
-from .train import train_task
+from .train import _accepts_logits_to_keep, autocast, task_loss, train_task
 
 
 def seed_everything(seed: int) -> None:
@@ -107,13 +108,26 @@ def _read_json(path: Path):
 
 
 def evaluate_and_write(model, tok, tasks: list[TaskData], dest: Path, gen_kw: dict, dist: Dist | None = None,
-                       reuse: bool = False) -> dict:
+                       reuse: bool = False, routes=None, lora: ContinualLoRA | None = None) -> dict:
     """Predictions on every rank's share, gathered; rank 0 writes. ``reuse``: a finished evaluation in
-    ``dest`` (a resumed run's, same settings) is read instead of redone."""
+    ``dest`` (a resumed run's, same settings) is read instead of redone. ``routes``: [(adapters, positions in
+    ``tasks``)] when different adapters answer different tasks (per-task); None: the model as it is."""
     dist = dist or Dist()
     if reuse and (dest / "predict_results.json").is_file():
         return _read_json(dest / "predict_results.json")
-    preds, results = timed_predict(model, tok, tasks, dist=dist, **gen_kw)
+    start = time.perf_counter()
+    if routes is None:
+        preds = predict_tasks(model, tok, tasks, dist=dist, **gen_kw)
+    else:
+        preds = [None] * len(tasks)
+        trained_with = lora.active()
+        for adapters, positions in routes:
+            lora.activate(adapters if adapters is not None else trained_with)
+            for i, p in zip(positions, predict_tasks(lora.model, tok, [tasks[i] for i in positions], dist=dist,
+                                                     **gen_kw)):
+                preds[i] = p
+        lora.activate(trained_with)
+    results = results_dict(preds, time.perf_counter() - start)
     if dist.is_main:
         write_jsonl(dest / "predictions.jsonl", prediction_rows(preds))
         write_json(dest / "predict_results.json", results)  # last: its presence marks the evaluation done
@@ -121,31 +135,50 @@ def evaluate_and_write(model, tok, tasks: list[TaskData], dest: Path, gen_kw: di
     return results
 
 
-def train_or_reuse(lora, method, t, settings, task, tdir, tok, loaded, cfg, device, amp, dist) -> dict:
+def task_context(lora, examples, settings, tok, seq2seq, device, amp) -> TaskContext:
+    keep = not seq2seq and _accepts_logits_to_keep(lora.model)
+
+    def loss(batch_examples):
+        batch = {k: v.to(device) for k, v in collate_train(batch_examples, tok.pad_token_id, seq2seq).items()}
+        with autocast(device, amp):
+            return task_loss(lora.model, batch, seq2seq, keep)
+    return TaskContext(examples, settings.batch_size, loss)
+
+
+def train_or_reuse(lora, method, t, settings, tasks, tdir, tok, loaded, cfg, device, amp, dist) -> dict:
     """Train task t (resuming its step checkpoint if any), or reload its adapter if it finished earlier."""
+    task = tasks[settings.name]
+    examples = method.train_examples(t, [tasks[s.name].splits["train"] for s in cfg.tasks])
+    train_data = encode(tok, examples, loaded.seq2seq, cfg.max_source_length, cfg.max_target_length)
     adapter = method.begin_task(lora, t, settings)
+    ctx = task_context(lora, train_data, settings, tok, loaded.seq2seq, device, amp)
     stats_path = tdir / "train_stats.json"
-    if stats_path.is_file() and (tdir / "adapter").is_dir():
-        lora.load_adapter_weights(adapter, tdir / "adapter")
-        method.end_task(lora, t, settings)
+    if stats_path.is_file():
+        if (tdir / "adapter").is_dir():
+            lora.load_adapter_weights(adapter, tdir / "adapter")
+        method.end_task(lora, t, settings, ctx)
         if dist.is_main:  # a crash between the stats and the clean-up leaves it behind
             shutil.rmtree(tdir / "checkpoint", ignore_errors=True)
         log(f"task {t + 1}/{len(cfg.tasks)} {task.name}: trained earlier, adapter reloaded")
         return _read_json(stats_path)
-    train_data = encode(tok, task.splits["train"], loaded.seq2seq, cfg.max_source_length, cfg.max_target_length)
     checkpoint = tdir / "checkpoint" / ckpt.STATE_FILE
-    log(f"task {t + 1}/{len(cfg.tasks)} {task.name}: {len(train_data)} examples, {settings.epochs:g} epoch(s), "
-        f"batch {settings.batch_size}x{settings.grad_accum}, lr {settings.lr:g}"
-        + (" (resuming from its step checkpoint)" if checkpoint.is_file() else ""))
-    stats = train_task(lora, method, train_data, settings, pad_id=tok.pad_token_id, seq2seq=loaded.seq2seq,
-                       device=device, amp_dtype=amp, seed=cfg.seed + t, desc=f"train {task.name}", dist=dist,
-                       checkpoint=checkpoint, save_every=cfg.save_every)
-    method.end_task(lora, t, settings)
-    entry = {"task": task.name, "adapter": adapter, "train_steps": stats.steps, "train_examples": stats.examples,
-             "train_loss": round(stats.final_loss, 6), "mean_penalty": round(stats.mean_penalty, 6),
-             "train_seconds": round(stats.seconds, 2)}
+    entry = {"task": task.name, "adapter": adapter, "train_steps": 0, "train_examples": 0, "train_loss": None,
+             "mean_penalty": None, "train_seconds": 0.0}
+    if train_data:
+        log(f"task {t + 1}/{len(cfg.tasks)} {task.name}: {len(train_data)} examples, {settings.epochs:g} "
+            f"epoch(s), batch {settings.batch_size}x{settings.grad_accum}, lr {settings.lr:g}"
+            + (" (resuming from its step checkpoint)" if checkpoint.is_file() else ""))
+        stats = train_task(lora, method, train_data, settings, pad_id=tok.pad_token_id, seq2seq=loaded.seq2seq,
+                           device=device, amp_dtype=amp, seed=cfg.seed + t, desc=f"train {task.name}", dist=dist,
+                           checkpoint=checkpoint, save_every=cfg.save_every)
+        entry.update(train_steps=stats.steps, train_examples=stats.examples, train_loss=round(stats.final_loss, 6),
+                     mean_penalty=round(stats.mean_penalty, 6), train_seconds=round(stats.seconds, 2))
+    else:
+        log(f"task {t + 1}/{len(cfg.tasks)} {task.name}: nothing to train at this point for {cfg.method}")
+    method.end_task(lora, t, settings, ctx)
     if dist.is_main:
-        lora.save_adapter(adapter, tdir / "adapter")
+        if train_data:
+            lora.save_adapter(adapter, tdir / "adapter")
         write_json(stats_path, entry)  # after the adapter: its presence marks the training done
         shutil.rmtree(tdir / "checkpoint", ignore_errors=True)
     dist.barrier()
@@ -195,13 +228,18 @@ def run(cfg: RunConfig, overwrite: bool = False) -> dict:
     for t, settings in enumerate(cfg.tasks):
         task, tdir = tasks[settings.name], task_dir(out, t, settings.name)
         seed_everything(cfg.seed + t)  # per task, so a resumed run replays every remaining task exactly
-        entry = train_or_reuse(lora, method, t, settings, task, tdir, tok, loaded, cfg, device, amp, dist)
-        evaluated = all_tasks if cfg.full_matrix else all_tasks[: t + 1]
-        results = evaluate_and_write(lora.model, tok, evaluated, tdir, gen_kw, dist, reuse=True)
-        for j, s in enumerate(all_tasks[: len(evaluated)]):
-            matrix[t][j] = results[f"predict_exact_match_for_{s.name}"]
-        log(f"after {task.name}: loss {entry['train_loss']:.4f}, exact match "
-            + ", ".join(f"{s.name} {matrix[t][j]:.1f}" for j, s in enumerate(evaluated)))
+        entry = train_or_reuse(lora, method, t, settings, tasks, tdir, tok, loaded, cfg, device, amp, dist)
+        if not method.evaluate_after(t, n):
+            per_task.append({**entry, "eval_seconds": None})
+            continue
+        evaluated = list(range(n if cfg.full_matrix else t + 1))
+        results = evaluate_and_write(lora.model, tok, [all_tasks[j] for j in evaluated], tdir, gen_kw, dist,
+                                     reuse=True, routes=route_positions(method, t, evaluated), lora=lora)
+        for j in evaluated:
+            matrix[t][j] = results[f"predict_exact_match_for_{all_tasks[j].name}"]
+        loss = "-" if entry["train_loss"] is None else f"{entry['train_loss']:.4f}"
+        log(f"after {task.name}: loss {loss}, exact match "
+            + ", ".join(f"{all_tasks[j].name} {matrix[t][j]:.1f}" for j in evaluated))
         per_task.append({**entry, "eval_seconds": results["predict_runtime"]})
 
     summary = {
@@ -223,44 +261,52 @@ def run(cfg: RunConfig, overwrite: bool = False) -> dict:
     return summary
 
 
+def route_positions(method, task_index: int, evaluated: list[int]):
+    """The method's routes as positions in the evaluated list; None when the model answers everything as is."""
+    distinct = sorted(set(evaluated))
+    routes = method.eval_routes(task_index, distinct)
+    if routes == [(None, distinct)]:
+        return None
+    return [(a, [p for p, j in enumerate(evaluated) if j in js]) for a, js in routes]
+
+
 def evaluate_run(run_dir: str | Path, task_names: list[str], after_task: int | None = None,
                  data_dir: str | None = None, max_test: int | None = None, eval_batch_size: int | None = None,
                  device: str | None = None) -> tuple[Path, dict]:
     """The model as it was after task K (1-based, default the last trained), on any tasks, trained or not.
 
-    Writes RUN_DIR/eval/after-KK/<tasks>/predict_results.json and predictions.jsonl; the summary is untouched.
+    Rebuilt from the base model and the saved adapters alone. Writes
+    RUN_DIR/eval/after-KK/<tasks>/predict_results.json and predictions.jsonl; the summary is untouched.
     """
-    from peft import PeftModel
-
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise NloraError(f"{run_dir} is not a run directory (no config.yaml)")
     cfg = RunConfig.from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()))
-    trained = [i for i, s in enumerate(cfg.tasks) if (task_dir(run_dir, i, s.name) / "adapter").is_dir()]
-    k = len(trained) if after_task is None else after_task
-    if not trained or k < 1 or k > len(trained):
-        raise NloraError(f"--after-task must be between 1 and {len(trained)} (tasks trained in {run_dir}), got {k}")
     method = get_method(cfg.method)(cfg)
+    trained = [i for i, s in enumerate(cfg.tasks) if (task_dir(run_dir, i, s.name) / "adapter").is_dir()]
+    k = (trained[-1] + 1 if trained else 0) if after_task is None else after_task
+    needed = method.eval_adapters(k - 1) if k >= 1 else []
+    if not trained or k < 1 or k > len(cfg.tasks) or any(i not in trained for i in needed):
+        raise NloraError(f"--after-task {k}: {run_dir} has no saved model after that task (adapters saved after "
+                         f"tasks {', '.join(str(i + 1) for i in trained) or 'none'})")
     dev = pick_device(device or cfg.device)
     amp = autocast_dtype(cfg.precision, dev)
     tasks = load_tasks(data_dir or cfg.data_dir, task_names, load_instructions(cfg.instructions), None,
                        max_test if max_test is not None else cfg.max_test_per_task, cfg.seed, cfg.unknown_labels,
                        splits=("test",))
     loaded = load_model(cfg.model)
-    model = None
-    names = []
-    for i in method.eval_adapters(k - 1):
-        path, name = str(task_dir(run_dir, i, cfg.tasks[i].name) / "adapter"), method.adapter_name(i)
-        if model is None:
-            model = PeftModel.from_pretrained(loaded.model, path, adapter_name=name)
-        else:
-            model.load_adapter(path, adapter_name=name)
-        names.append(name)
-    model.base_model.set_adapter(names)
-    model.to(dev)
+    targets = cfg.lora.target_modules or default_target_modules(loaded.model)
+    lora = ContinualLoRA(loaded.model.to(dev), cfg.lora, targets, loaded.seq2seq)
+    for i in needed:
+        lora.start_adapter(method.adapter_name(i))
+        lora.load_adapter_weights(method.adapter_name(i), task_dir(run_dir, i, cfg.tasks[i].name) / "adapter")
+    lora.model.to(dev)
+    index = {s.name: i for i, s in enumerate(cfg.tasks)}
+    evaluated = [min(index.get(name, k - 1), k - 1) for name in task_names]  # unseen tasks: the newest model
     gen_kw = dict(seq2seq=loaded.seq2seq, device=dev, amp_dtype=amp, batch_size=eval_batch_size or cfg.eval_batch_size,
                   max_source=cfg.max_source_length, max_new_tokens=cfg.max_target_length)
     dest = run_dir / "eval" / f"after-{k:02d}" / "+".join(task_names)
     log(f"evaluating {run_dir} after task {k} ({cfg.tasks[k - 1].name}) on {', '.join(task_names)}")
-    results = evaluate_and_write(model, loaded.tokenizer, [tasks[t] for t in task_names], dest, gen_kw)
+    results = evaluate_and_write(lora.model, loaded.tokenizer, [tasks[t] for t in task_names], dest, gen_kw,
+                                 routes=route_positions(method, k - 1, evaluated), lora=lora)
     return dest, results

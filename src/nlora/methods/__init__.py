@@ -16,9 +16,13 @@ def register(cls: type[Method]) -> type[Method]:
 
 
 _MODULES = [
+    "ewc",
     "inclora",
+    "mtl",
     "nlora",
     "olora",
+    "pertask",
+    "replay",
     "seqlora",
 ]
 for _m in _MODULES:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable
+
 import torch
 
 from ..adapters import ContinualLoRA
@@ -9,19 +12,33 @@ from ..config import RunConfig, TaskSettings
 from ..errors import NloraError
 
 
+@dataclass
+class TaskContext:
+    """What a method may use of task t beyond the adapters: its encoded training examples, and the task
+    loss of a list of them under the current model (for Fisher information, distillation targets...)."""
+
+    examples: list
+    batch_size: int
+    loss: Callable[[list], torch.Tensor]
+
+
 class Method:
     """Base class. Subclasses set ``name``/``summary`` and override only the hooks they need.
 
     ``check(model, target_modules)`` runs once before any output is written: refuse impossible settings.
     Hooks, in the order the loop calls them for task ``t``:
+      ``train_examples`` - the examples task t trains on (default: its training split);
       ``begin_task``  - choose and create the adapter that trains on task t (default: a fresh one);
       ``penalty``     - an extra loss term added to every training step (default: none);
-      ``end_task``    - anything to do once task t is trained (default: nothing).
+      ``end_task``    - anything to do once task t is trained (default: nothing);
+      ``evaluate_after`` - whether to evaluate after task t (default: always);
+      ``eval_routes`` - which adapters answer which tasks (default: all adapters, every seen task).
     """
 
     name: str = ""
     summary: str = ""
     fresh_adapter_per_task: bool = True
+    foldable: bool = True  # earlier adapters may be folded into the base weights (needs them all active)
     default_lambda: float | None = None
     default_lambda2: float | None = None
 
@@ -37,7 +54,7 @@ class Method:
     def begin_task(self, lora: ContinualLoRA, task_index: int, settings: TaskSettings) -> str:
         name = self.adapter_name(task_index)
         lora.start_adapter(name)
-        if self.cfg.fold_adapters:  # earlier adapters are frozen: one folded update per layer costs the same
+        if self.cfg.fold_adapters and self.foldable:  # earlier adapters are frozen: one folded update per layer costs the same
             for earlier in lora.live_adapters()[:-1]:
                 lora.fold(earlier)
             lora.start_adapter(name)  # re-assert: only the new adapter active and trainable
@@ -50,8 +67,20 @@ class Method:
         """Tasks whose saved adapters make up the model as it was after ``task_index`` (all so far)."""
         return list(range(task_index + 1)) if self.fresh_adapter_per_task else [task_index]
 
-    def end_task(self, lora: ContinualLoRA, task_index: int, settings: TaskSettings) -> None:
+    def end_task(self, lora: ContinualLoRA, task_index: int, settings: TaskSettings,
+                 ctx: TaskContext | None = None) -> None:
         return None
+
+    def train_examples(self, task_index: int, train_splits: list[list]) -> list:
+        """Examples to train on at task t; ``train_splits`` holds every task's training split, in order."""
+        return train_splits[task_index]
+
+    def evaluate_after(self, task_index: int, n_tasks: int) -> bool:
+        return True
+
+    def eval_routes(self, task_index: int, evaluated: list[int]) -> list[tuple[list[str] | None, list[int]]]:
+        """[(adapters to activate, or None for the model as trained, the task indices they answer)]."""
+        return [(None, evaluated)]
 
     def lam(self, settings: TaskSettings) -> float:
         value = settings.lam if settings.lam is not None else self.default_lambda

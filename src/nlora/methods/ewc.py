@@ -1,0 +1,62 @@
+"""EWC (Kirkpatrick et al., PNAS 2017) on the LoRA parameters: one LoRA trained through the tasks, with a
+diagonal Fisher penalty pulling it towards where it was after each earlier task.
+
+L = L_task + lambda / 2 * sum_i F_i (theta_i - theta*_i)^2, F summed over earlier tasks, theta* the
+parameters after the last task. F is the empirical Fisher: squared gradients of the task loss over up to
+``FISHER_BATCHES`` training batches, averaged.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..adapters import ContinualLoRA
+from ..config import TaskSettings
+from . import register
+from .base import Method, TaskContext
+
+FISHER_BATCHES = 32
+
+
+def diagonal_fisher(params: list[torch.nn.Parameter], ctx: TaskContext, batches: int = FISHER_BATCHES) -> list:
+    fisher = [torch.zeros_like(p) for p in params]
+    chunks = [ctx.examples[s:s + ctx.batch_size] for s in range(0, len(ctx.examples), ctx.batch_size)][:batches]
+    for chunk in chunks:
+        grads = torch.autograd.grad(ctx.loss(chunk), params, allow_unused=True)
+        for f, g in zip(fisher, grads):
+            if g is not None:
+                f += g.detach().float() ** 2 / len(chunks)
+    return fisher
+
+
+@register
+class EWC(Method):
+    name = "ewc"
+    summary = "one LoRA through all tasks, diagonal-Fisher pull towards earlier solutions (Kirkpatrick et al., 2017)"
+    fresh_adapter_per_task = False
+    default_lambda = 1e4
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.fisher: list[torch.Tensor] | None = None
+        self.anchor: list[torch.Tensor] | None = None
+
+    def begin_task(self, lora: ContinualLoRA, task_index: int, settings: TaskSettings) -> str:
+        name = super().begin_task(lora, task_index, settings)
+        self.params = lora.trainable_parameters()
+        return name
+
+    def penalty(self, lora: ContinualLoRA, settings: TaskSettings) -> torch.Tensor | None:
+        if self.fisher is None:
+            return None
+        total = sum((f * (p.float() - a) ** 2).sum() for f, p, a in zip(self.fisher, self.params, self.anchor))
+        return self.lam(settings) / 2 * total
+
+    def end_task(self, lora: ContinualLoRA, task_index: int, settings: TaskSettings,
+                 ctx: TaskContext | None = None) -> None:
+        was_training = lora.model.training
+        lora.model.eval()  # Fisher of the model as it will be used, without dropout noise
+        new = diagonal_fisher(self.params, ctx)
+        lora.model.train(was_training)
+        self.fisher = new if self.fisher is None else [f + n for f, n in zip(self.fisher, new)]
+        self.anchor = [p.detach().float().clone() for p in self.params]

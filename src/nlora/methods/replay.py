@@ -1,0 +1,29 @@
+"""Replay: one LoRA trained through the tasks, each task's data mixed with a kept sample of every earlier
+task's training data (experience replay, e.g. de Masson d'Autume et al., 2019; the paper's "Replay")."""
+
+from __future__ import annotations
+
+import math
+import random
+
+from . import register
+from .base import Method
+
+
+@register
+class Replay(Method):
+    name = "replay"
+    summary = "one LoRA through all tasks; mixes in --lambda (default 0.02) of each earlier task's training data"
+    fresh_adapter_per_task = False
+    default_lambda = 0.02  # the fraction of each earlier task's training examples kept in memory
+
+    def memory(self, task_index: int, split: list) -> list:
+        """The examples kept from one earlier task: a fixed seeded sample, at least one example."""
+        fraction = self.lam(self.cfg.tasks[task_index])
+        k = min(len(split), max(1, math.ceil(fraction * len(split))))
+        rng = random.Random(self.cfg.seed * 7919 + task_index)
+        return [split[i] for i in sorted(rng.sample(range(len(split)), k))]
+
+    def train_examples(self, task_index: int, train_splits: list[list]) -> list:
+        replayed = [e for j in range(task_index) for e in self.memory(j, train_splits[j])]
+        return list(train_splits[task_index]) + replayed
