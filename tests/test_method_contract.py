@@ -142,3 +142,21 @@ def test_per_task_routes_by_task_id(model_dirs, data_dir, tmp_path):
     first = [r["prediction"] for r in rows(out / "tasks" / "01-topic" / "predictions.jsonl")]
     later = [r["prediction"] for r in rows(out / "tasks" / "02-mood" / "predictions.jsonl") if r["task"] == "topic"]
     assert first == later and s["bwt"] == 0.0
+
+
+def test_lwf_distillation_is_zero_before_the_task_moves_the_adapter(model_dirs, data_dir):
+    from nlora.batching import collate_train
+
+    lora, method, _ = _fit("lwf", "llama", model_dirs, data_dir, fold=False)
+    settings = TaskSettings(name="third", lr=1e-3, epochs=1, batch_size=4, grad_accum=1, lam=1.0)
+    method.begin_task(lora, 2, settings)  # the teacher is the adapter as it is now
+    loaded = load_model(str(model_dirs["llama"]))
+    tasks = load_tasks(data_dir, ["topic"], load_instructions(), 4, 4, 0)
+    batch = collate_train(encode(loaded.tokenizer, tasks["topic"].splits["train"], False, 256, 8), 0, False)
+    assert method.batch_penalty(lora, settings, batch, False).item() == pytest.approx(0.0, abs=1e-6)
+    with torch.no_grad():
+        for f in lora.factors(lora.current):
+            f.B.add_(0.05 * torch.randn_like(f.B))
+    moved = method.batch_penalty(lora, settings, batch, False)
+    assert moved.item() > 1e-4 and moved.requires_grad
+    assert [n for n, p in lora.model.named_parameters() if p.requires_grad and "lwf_teacher" in n] == []

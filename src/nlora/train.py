@@ -125,16 +125,21 @@ def train_task(lora: ContinualLoRA, method: Method, data: list[Encoded], setting
 def _micro_step(model, method, lora, settings, examples, pad_id, seq2seq, device, amp_dtype, keep_logits,
                 dist: Dist, step: int) -> tuple[float, float]:
     """Forward and backward of one micro-batch (this rank's share); returns the global mean loss and penalty."""
-    loss_sum, count = torch.zeros((), device=device), 0
+    loss_sum, count, batch_extra = torch.zeros((), device=device), 0, None
     if examples:
         batch = {k: v.to(device) for k, v in collate_train(examples, pad_id, seq2seq).items()}
         with autocast(device, amp_dtype):
             loss_sum, count = task_loss_sum(model, batch, seq2seq, keep_logits)
+            batch_extra = method.batch_penalty(lora, settings, batch, seq2seq)
     counts = dist.sum_(torch.tensor([float(count), loss_sum.detach().float().item()], device=device))
     global_count = max(float(counts[0]), 1.0)
     extra = method.penalty(lora, settings)  # fp32: a sum over millions of |dW| entries would lose bits in bf16
     # Gradients are summed over ranks: each rank's share of the mean, and the penalty once in total.
     objective = loss_sum / global_count + (extra / dist.world if extra is not None else 0.0)
+    if batch_extra is not None:  # a mean over this rank's batch, weighted by its share of the answer tokens
+        share = count / global_count
+        objective = objective + share * batch_extra.float()
+        extra = batch_extra.float() * share if extra is None else extra + batch_extra.float() * share
     mean_loss = float(counts[1]) / global_count
     penalty = float(extra.detach()) if extra is not None else 0.0
     total = mean_loss + penalty

@@ -18,6 +18,7 @@ def register(cls: type[Method]) -> type[Method]:
 _MODULES = [
     "ewc",
     "inclora",
+    "lwf",
     "mtl",
     "nlora",
     "olora",

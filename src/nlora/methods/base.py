@@ -30,6 +30,7 @@ class Method:
       ``train_examples`` - the examples task t trains on (default: its training split);
       ``begin_task``  - choose and create the adapter that trains on task t (default: a fresh one);
       ``penalty``     - an extra loss term added to every training step (default: none);
+      ``batch_penalty`` - an extra loss term computed from the step's batch (default: none);
       ``end_task``    - anything to do once task t is trained (default: nothing);
       ``evaluate_after`` - whether to evaluate after task t (default: always);
       ``eval_routes`` - which adapters answer which tasks (default: all adapters, every seen task).
@@ -61,6 +62,11 @@ class Method:
         return name
 
     def penalty(self, lora: ContinualLoRA, settings: TaskSettings) -> torch.Tensor | None:
+        return None
+
+    def batch_penalty(self, lora: ContinualLoRA, settings: TaskSettings, batch: dict, seq2seq: bool):
+        """An extra loss that depends on the training batch (e.g. distillation), mean over its examples;
+        called inside autocast after the task loss. Default: none."""
         return None
 
     def eval_adapters(self, task_index: int) -> list[int]:

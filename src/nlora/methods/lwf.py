@@ -1,0 +1,65 @@
+"""LwF (Li & Hoiem, 2017), for LoRA: one LoRA trained through the tasks; on each new task's inputs the model
+is also distilled towards its own outputs from before the task (a frozen copy of the adapter), which keeps
+what the shared adapter computed for earlier tasks.
+
+L = L_task + lambda * T^2 * KL(softmax(z_old / T) || softmax(z / T)) over the answer positions.
+Costs two extra forward passes per step (teacher, and the student's full logits).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..adapters import ContinualLoRA
+from ..config import TaskSettings
+from . import register
+from .base import Method
+
+TEACHER = "lwf_teacher"
+
+
+@register
+class LwF(Method):
+    name = "lwf"
+    summary = "one LoRA through all tasks, distilled towards its pre-task outputs on new inputs (Li & Hoiem, 2017)"
+    fresh_adapter_per_task = False
+    default_lambda = 1.0
+    temperature = 2.0
+
+    def begin_task(self, lora: ContinualLoRA, task_index: int, settings: TaskSettings) -> str:
+        name = super().begin_task(lora, task_index, settings)
+        self.distil = task_index > 0
+        if self.distil:  # the teacher: the adapter as it is now, after the previous task, frozen
+            if TEACHER not in lora.model.peft_config:
+                lora.model.add_adapter(TEACHER, lora.lora_config)
+            with torch.no_grad():
+                for _, layer in lora.lora_layers():
+                    if name in layer.lora_A:
+                        layer.lora_A[TEACHER].weight.copy_(layer.lora_A[name].weight)
+                        layer.lora_B[TEACHER].weight.copy_(layer.lora_B[name].weight)
+            lora.activate([name])
+        return name
+
+    def batch_penalty(self, lora: ContinualLoRA, settings: TaskSettings, batch: dict, seq2seq: bool):
+        if not self.distil:
+            return None
+        model, name = lora.model, lora.current
+        inputs = batch if seq2seq else {k: v for k, v in batch.items() if k != "labels"}
+        was_training = model.training
+        with torch.no_grad():
+            model.base_model.set_adapter([TEACHER])
+            model.eval()
+            teacher = model(**inputs).logits.float()
+        lora.activate([name])
+        model.train(was_training)
+        student = model(**inputs).logits.float()
+        labels = batch["labels"]
+        if seq2seq:
+            mask = labels != -100
+        else:  # position i predicts token i + 1
+            teacher, student, mask = teacher[:, :-1], student[:, :-1], labels[:, 1:] != -100
+        t = self.temperature
+        kl = F.kl_div(F.log_softmax(student[mask] / t, -1), F.log_softmax(teacher[mask] / t, -1),
+                      log_target=True, reduction="batchmean")
+        return self.lam(settings) * t * t * kl
