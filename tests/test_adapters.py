@@ -145,3 +145,32 @@ def test_fold_is_default_for_fresh_adapter_methods(model_dirs, data_dir):
     fit(lora, method, enc["topic"], 0, "topic", loaded)
     fit(lora, method, enc["mood"], 1, "mood", loaded)
     assert lora.live_adapters() == ["task1"] and list(lora.folded) == ["task0"]
+
+
+def test_merged_evaluation_same_function_and_exact_restore(model_dirs, model_kind, data_dir):
+    """Inside ``merged`` the model has no LoRA branches and computes the same logits (within 1e-5, fp32);
+    afterwards every parameter is bit-identical to before."""
+    loaded, lora, enc, _ = setup(model_dirs, model_kind, data_dir)
+    torch.manual_seed(2)
+    for i in range(2):
+        lora.start_adapter(f"task{i}")
+        with torch.no_grad():
+            for f in lora.factors(f"task{i}"):
+                f.B.normal_(0, 0.05)
+    probe = collate_train(enc["topic"][:4], loaded.tokenizer.pad_token_id, loaded.seq2seq)
+    before = logits(lora.model, probe)
+    params = {n: p.detach().clone() for n, p in lora.model.named_parameters()}
+    calls = []
+    from peft.tuners.lora import Linear
+
+    real = Linear.forward
+    with lora.merged(lora.active()):
+        Linear.forward = lambda self, x, *a, **k: (calls.append(self.disable_adapters), real(self, x, *a, **k))[1]
+        try:
+            inside = logits(lora.model, probe)
+        finally:
+            Linear.forward = real
+    assert calls and all(calls)  # every adapted layer ran without its LoRA branch
+    torch.testing.assert_close(inside, before, rtol=1e-5, atol=1e-5)
+    assert all(torch.equal(p, params[n]) for n, p in lora.model.named_parameters())
+    assert lora.active() == ["task0", "task1"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -88,6 +89,30 @@ class ContinualLoRA:
         self.model.base_model.set_adapter([a for a in self.live_adapters() if a != name])
         self.model.delete_adapter(name)
         self.folded[name] = copies
+
+    @contextmanager
+    def merged(self, names: list[str]):
+        """Evaluate on merged weights: the named adapters' updates are added to their fp32 base weights and
+        the LoRA branches leave the forward pass; the exact weights are restored afterwards (a copy of the
+        adapted layers' weights is kept meanwhile). Without fp32 weights, or without adapters, nothing changes."""
+        layers = [layer for _, layer in self.lora_layers() if any(n in layer.lora_A for n in names)]
+        if not layers or any(layer.get_base_layer().weight.dtype != torch.float32 for layer in layers):
+            yield
+            return
+        backup = [layer.get_base_layer().weight.detach().clone() for layer in layers]
+        try:
+            with torch.no_grad():
+                for layer in layers:
+                    weight = layer.get_base_layer().weight
+                    for n in names:
+                        if n in layer.lora_A:
+                            weight += layer.get_delta_weight(n)
+            with self.model.disable_adapter():
+                yield
+        finally:
+            with torch.no_grad():
+                for layer, saved in zip(layers, backup):
+                    layer.get_base_layer().weight.copy_(saved)
 
     def lora_layers(self) -> list[tuple[str, LoraLayer]]:
         return [(n, m) for n, m in self.model.named_modules() if isinstance(m, LoraLayer)]

@@ -31,6 +31,8 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, help="training batch size for every task")
     p.add_argument("--grad-accum", type=int, help="gradient accumulation steps for every task")
     p.add_argument("--eval-batch-size", type=int, help="generation batch size")
+    p.add_argument("--eval-mode", choices=["generate", "score"],
+                   help="generate (default, the reference's greedy decoding) or score (the likeliest label)")
     p.add_argument("--max-train-per-task", type=int, help="cap on training examples per task (seeded sample)")
     p.add_argument("--max-test-per-task", type=int, help="cap on test examples per task (seeded sample)")
     p.add_argument("--max-source-length", type=int, help="prompt token limit (default 512)")
@@ -58,7 +60,7 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
 OVERRIDE_KEYS = ("model", "data_dir", "output_dir", "task_names", "method", "nlora_form", "lambda", "lambda2", "lr",
                  "epochs", "batch_size", "grad_accum", "eval_batch_size", "max_train_per_task", "max_test_per_task",
                  "max_source_length", "max_target_length", "r", "alpha", "dropout", "target_modules",
-                 "instructions", "unknown_labels", "full_matrix", "seed", "device", "precision", "save_every", "fold_adapters")
+                 "instructions", "unknown_labels", "full_matrix", "seed", "device", "precision", "save_every", "fold_adapters", "eval_mode")
 
 
 def cmd_run(args) -> int:

@@ -53,6 +53,7 @@ class RunConfig:
     max_source_length: int = 512
     max_target_length: int = 50
     eval_batch_size: int = 32
+    eval_mode: str = "generate"  # generate (the reference's) or score (likeliest label)
     instructions: str | None = None
     unknown_labels: str = "error"
     full_matrix: bool = False  # also evaluate not-yet-seen tasks and the starting model (for FWT)
@@ -197,6 +198,8 @@ def _validate(cfg: RunConfig) -> None:
             raise NloraError(f"{key} must be >= 1, got {v}")
     if cfg.unknown_labels not in ("error", "drop", "keep"):
         raise NloraError(f"unknown_labels must be error, drop or keep, got {cfg.unknown_labels!r}")
+    if cfg.eval_mode not in ("generate", "score"):
+        raise NloraError(f"eval_mode must be generate or score, got {cfg.eval_mode!r}")
     if cfg.save_every < 0:
         raise NloraError(f"save_every must be >= 0 (0: no step checkpoints), got {cfg.save_every}")
     if cfg.lora.r < 1:

@@ -9,7 +9,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import metrics
-from .batching import collate_prompts, encode
+from .batching import collate_prompts, collate_train, encode
 from .data import Example, TaskData
 from .dist import Dist
 from .prompts import answer_from_generation
@@ -82,11 +82,63 @@ def _generate_batch(model, tokenizer, encoded, prompts, seq2seq, device, amp_dty
     return [answer_from_generation(p + t).strip() for p, t in zip(prompts, texts)]
 
 
-def predict_tasks(model, tokenizer, tasks: list[TaskData], **kw) -> list[TaskPredictions]:
+def sequence_logprobs(model, batch: dict[str, torch.Tensor], seq2seq: bool) -> torch.Tensor:
+    """Per row, the summed log-probability of its label tokens (labels != -100) given its prompt."""
+    labels = batch["labels"]
+    if seq2seq:
+        logits = model(**batch).logits
+        targets = labels
+    else:
+        span = int((labels != -100).sum(-1).max()) + 1
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        logits = model(**inputs).logits[:, -span:][:, :-1]
+        targets = labels[:, -span + 1:]
+    logp = torch.log_softmax(logits.float(), -1)
+    mask = targets != -100
+    picked = logp.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return (picked * mask).sum(-1)
+
+
+@torch.no_grad()
+def score_labels(model, tokenizer, prompts: list[str], labels: list[str], *, seq2seq: bool, device: torch.device,
+                 amp_dtype: torch.dtype | None, batch_size: int, max_source: int, max_new_tokens: int,
+                 desc: str = "score", dist: Dist | None = None) -> list[str]:
+    """Label scoring: each prompt's prediction is the label (+ EOS) with the highest log-likelihood.
+
+    All candidates of a prompt go into one forward pass (batches hold whole candidate sets); an alternative
+    to the reference's free generation that cannot produce an answer outside the label set.
+    """
+    dist = dist or Dist()
+    pairs = encode(tokenizer, [Example(p, lab) for p in prompts for lab in labels], seq2seq, max_source,
+                   max_new_tokens)
+    k = len(labels)
+    order = sorted(range(len(prompts)), key=lambda i: -len(pairs[i * k].source))
+    per_batch = max(1, batch_size // k)
+    mine = [order[s:s + per_batch] for s in range(0, len(order), per_batch)][dist.rank::dist.world]
+    best: dict[int, str] = {}
+    model.eval()
+    for chunk in tqdm(mine, desc=desc, unit="batch", leave=False, dynamic_ncols=True, disable=not dist.is_main):
+        rows = [pairs[i * k + j] for i in chunk for j in range(k)]
+        batch = {key: v.to(device) for key, v in collate_train(rows, tokenizer.pad_token_id, seq2seq).items()}
+        with autocast(device, amp_dtype):
+            scores = sequence_logprobs(model, batch, seq2seq).view(len(chunk), k)
+        for i, j in zip(chunk, scores.argmax(-1).tolist()):
+            best[i] = labels[j]
+    for part in dist.all_gather(best):
+        best.update(part)
+    return [best[i] for i in range(len(prompts))]
+
+
+def predict_tasks(model, tokenizer, tasks: list[TaskData], mode: str = "generate", **kw) -> list[TaskPredictions]:
+    """Predictions for every task's test split: free greedy generation, or label scoring (``mode="score"``)."""
     results = []
     for task in tasks:
         examples = task.splits["test"]
-        preds = generate(model, tokenizer, [e.prompt for e in examples], desc=f"eval {task.name}", **kw)
+        if mode == "score":
+            preds = score_labels(model, tokenizer, [e.prompt for e in examples], task.labels,
+                                 desc=f"score {task.name}", **kw)
+        else:
+            preds = generate(model, tokenizer, [e.prompt for e in examples], desc=f"eval {task.name}", **kw)
         results.append(TaskPredictions(task.name, task.category, [e.prompt for e in examples],
                                        [e.label for e in examples], preds))
     return results

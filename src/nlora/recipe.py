@@ -116,16 +116,17 @@ def evaluate_and_write(model, tok, tasks: list[TaskData], dest: Path, gen_kw: di
     if reuse and (dest / "predict_results.json").is_file():
         return _read_json(dest / "predict_results.json")
     start = time.perf_counter()
-    if routes is None:
+    if lora is None or lora.model is None:
         preds = predict_tasks(model, tok, tasks, dist=dist, **gen_kw)
-    else:
+    else:  # on merged weights: no LoRA branches in the generation loop
         preds = [None] * len(tasks)
         trained_with = lora.active()
-        for adapters, positions in routes:
+        for adapters, positions in routes or [(None, list(range(len(tasks))))]:
             lora.activate(adapters if adapters is not None else trained_with)
-            for i, p in zip(positions, predict_tasks(lora.model, tok, [tasks[i] for i in positions], dist=dist,
-                                                     **gen_kw)):
-                preds[i] = p
+            with lora.merged(lora.active()):
+                for i, p in zip(positions, predict_tasks(lora.model, tok, [tasks[i] for i in positions],
+                                                         dist=dist, **gen_kw)):
+                    preds[i] = p
         lora.activate(trained_with)
     results = results_dict(preds, time.perf_counter() - start)
     if dist.is_main:
@@ -218,7 +219,7 @@ def run(cfg: RunConfig, overwrite: bool = False) -> dict:
     matrix: list[list[float | None]] = [[None] * n for _ in range(n)]
     per_task = []
     gen_kw = dict(seq2seq=loaded.seq2seq, device=device, amp_dtype=amp, batch_size=cfg.eval_batch_size,
-                  max_source=cfg.max_source_length, max_new_tokens=cfg.max_target_length)
+                  max_source=cfg.max_source_length, max_new_tokens=cfg.max_target_length, mode=cfg.eval_mode)
     all_tasks = [tasks[s.name] for s in cfg.tasks]
     zero_shot = None
     if cfg.full_matrix:  # the starting model on every task: the b[j] of FWT
@@ -304,7 +305,7 @@ def evaluate_run(run_dir: str | Path, task_names: list[str], after_task: int | N
     index = {s.name: i for i, s in enumerate(cfg.tasks)}
     evaluated = [min(index.get(name, k - 1), k - 1) for name in task_names]  # unseen tasks: the newest model
     gen_kw = dict(seq2seq=loaded.seq2seq, device=dev, amp_dtype=amp, batch_size=eval_batch_size or cfg.eval_batch_size,
-                  max_source=cfg.max_source_length, max_new_tokens=cfg.max_target_length)
+                  max_source=cfg.max_source_length, max_new_tokens=cfg.max_target_length, mode=cfg.eval_mode)
     dest = run_dir / "eval" / f"after-{k:02d}" / "+".join(task_names)
     log(f"evaluating {run_dir} after task {k} ({cfg.tasks[k - 1].name}) on {', '.join(task_names)}")
     results = evaluate_and_write(lora.model, loaded.tokenizer, [tasks[t] for t in task_names], dest, gen_kw,
