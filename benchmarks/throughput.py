@@ -11,8 +11,10 @@ One JSON line per case: both figures, their ratio, and the machine. Cases:
   logits, the model's own loss) at fp32 and at the same precision as ours;
 - scaling: our step time with 4 and 15 earlier tasks' adapters against 1 (folded, and PEFT-stacked for
   contrast);
-- eval: our greedy generation (length-sorted, bf16 where asked, stop when all finished) against the
-  reference style (fp32, unsorted, batch 16).
+- eval: our greedy generation (merged weights, length-sorted, bf16 where asked, stop when all finished)
+  against the reference style (fp32, LoRA branches, unsorted, batch 16; T5 512); eval-score: label scoring
+  (--eval-mode score, three candidates) against the same reference generation. --profile prints the top
+  operators of both generation paths.
 Speed does not depend on the weights, so models are random-initialised at the named shapes. Prompt lengths
 come from ../shared/CL_Benchmark (tokenised with the SmolLM2 tokenizer when nlora[demo] is installed, else
 UTF-8 bytes / 4), or a synthetic log-normal when the data is absent.
@@ -21,6 +23,7 @@ UTF-8 bytes / 4), or a synthetic log-normal when the data is absent.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import platform
@@ -219,27 +222,58 @@ def bench_scaling(shape, device, data, amp, batch, repeats, base_info):
               "ratio_15_vs_1": round(times[15] / times[1], 3), "ratio_4_vs_1": round(times[4] / times[1], 3)})
 
 
-def bench_eval(shape, device, data, amp, batch_ours, batch_ref, repeats, base_info, new_tokens=5):
+def bench_eval(shape, device, data, amp, batch_ours, batch_ref, repeats, base_info, new_tokens=5, profile=False):
+    from nlora.evaluate import sequence_logprobs
+
     model, seq2seq = build_model(shape, device)
     lora, _, _ = make_lora(model, seq2seq, 1, fold=True)
     prompts = [Encoded(e.source, []) for e in data]
     gen_kw = dict(max_new_tokens=new_tokens, do_sample=False, num_beams=1, pad_token_id=0, eos_token_id=1)
+    labels = [[5, 6, 1], [7, 1], [8, 9, 1]]  # three candidate answers, EOS included
 
     @torch.no_grad()
-    def run(order, bs, amp_dtype):
+    def generate(order, bs, amp_dtype, merged):
         lora.model.eval()
-        for s in range(0, len(order), bs):
-            b = {k: v.to(device) for k, v in collate_prompts([prompts[i] for i in order[s:s + bs]], 0, seq2seq).items()}
-            with autocast(device, amp_dtype):
-                lora.model.generate(**b, **gen_kw)
+        with lora.merged(lora.active()) if merged else contextlib.nullcontext():
+            for s in range(0, len(order), bs):
+                rows = [prompts[i] for i in order[s:s + bs]]
+                b = {k: v.to(device) for k, v in collate_prompts(rows, 0, seq2seq).items()}
+                with autocast(device, amp_dtype):
+                    lora.model.generate(**b, **gen_kw)
 
-    sorted_order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i].source))
-    ours = timed(lambda: run(sorted_order, batch_ours, amp), device, repeats)
-    ref = timed(lambda: run(list(range(len(prompts))), batch_ref, None), device, repeats)
-    emit({**base_info, "case": "eval", "ours_precision": "bf16" if amp else "fp32", "baseline_precision": "fp32",
-          "ours_batch": batch_ours, "baseline_batch": batch_ref, "prompts": len(prompts), "new_tokens": new_tokens,
-          "ours_prompts_per_s": round(len(prompts) / ours, 2), "baseline_prompts_per_s": round(len(prompts) / ref, 2),
-          "speedup": round(ref / ours, 2)})
+    @torch.no_grad()
+    def score(order, bs):
+        lora.model.eval()
+        per = max(1, bs // len(labels))
+        with lora.merged(lora.active()):
+            for s in range(0, len(order), per):
+                rows = [Encoded(prompts[i].source, lab) for i in order[s:s + per] for lab in labels]
+                b = {k: v.to(device) for k, v in collate_train(rows, 0, seq2seq).items()}
+                with autocast(device, amp):
+                    sequence_logprobs(lora.model, b, seq2seq)
+
+    by_length = sorted(range(len(prompts)), key=lambda i: -len(prompts[i].source))
+    cases = {"ours": lambda: generate(by_length, batch_ours, amp, True),
+             "reference": lambda: generate(list(range(len(prompts))), batch_ref, None, False),
+             "score": lambda: score(by_length, batch_ours)}
+    secs = {name: timed(fn, device, repeats) for name, fn in cases.items()}
+    common = {**base_info, "ours_precision": "bf16" if amp else "fp32", "baseline_precision": "fp32",
+              "ours_batch": batch_ours, "baseline_batch": batch_ref, "prompts": len(prompts)}
+    n = len(prompts)
+    emit({**common, "case": "eval", "new_tokens": new_tokens, "ours_prompts_per_s": round(n / secs["ours"], 2),
+          "baseline_prompts_per_s": round(n / secs["reference"], 2), "speedup": round(secs["reference"] / secs["ours"], 2)})
+    emit({**common, "case": "eval-score", "labels": len(labels), "ours_prompts_per_s": round(n / secs["score"], 2),
+          "baseline_prompts_per_s": round(n / secs["reference"], 2), "speedup": round(secs["reference"] / secs["score"], 2)})
+    if profile:
+        from torch.profiler import ProfilerActivity, profile as torch_profile
+
+        for name in ("ours", "reference"):
+            acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+            with torch_profile(activities=acts) as prof:
+                cases[name]()
+            top = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)[:8]
+            emit({**base_info, "case": f"profile-eval-{name}",
+                  "top_ops_self_cpu_ms": {e.key: round(e.self_cpu_time_total / 1000, 1) for e in top}})
 
 
 def main(argv=None) -> None:
@@ -251,6 +285,7 @@ def main(argv=None) -> None:
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--precision", choices=["bf16", "fp32"], default="bf16", help="ours; baseline runs both")
     p.add_argument("--cases", default="train,scaling,eval")
+    p.add_argument("--profile", action="store_true", help="also print the top operators of both eval paths")
     args = p.parse_args(argv)
     device = torch.device(args.device)
     if args.shape in ("t5-large", "llama-7b") and device.type != "cuda":
@@ -270,7 +305,8 @@ def main(argv=None) -> None:
         bench_scaling(args.shape, device, data, amp, args.batch, args.repeats, info)
     if "eval" in cases:
         ref_batch = 512 if SHAPES[args.shape][0] == "t5" else 16
-        bench_eval(args.shape, device, data, amp, max(64, ref_batch), min(ref_batch, n), args.repeats, info)
+        bench_eval(args.shape, device, data, amp, max(64, ref_batch), min(ref_batch, n), args.repeats, info,
+                   profile=args.profile)
 
 
 if __name__ == "__main__":

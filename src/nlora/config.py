@@ -57,6 +57,7 @@ class RunConfig:
     instructions: str | None = None
     unknown_labels: str = "error"
     full_matrix: bool = False  # also evaluate not-yet-seen tasks and the starting model (for FWT)
+    compile: bool = False  # torch.compile the training forward (dynamic shapes); pays off on GPUs
     fold_adapters: bool = True  # fold finished tasks' adapters into fp32 base weights (flat step cost)
     save_every: int = 100  # optimizer steps between step checkpoints (0: none); resuming needs no more
     preset: str | None = None

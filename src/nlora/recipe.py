@@ -171,7 +171,7 @@ def train_or_reuse(lora, method, t, settings, tasks, tdir, tok, loaded, cfg, dev
             + (" (resuming from its step checkpoint)" if checkpoint.is_file() else ""))
         stats = train_task(lora, method, train_data, settings, pad_id=tok.pad_token_id, seq2seq=loaded.seq2seq,
                            device=device, amp_dtype=amp, seed=cfg.seed + t, desc=f"train {task.name}", dist=dist,
-                           checkpoint=checkpoint, save_every=cfg.save_every)
+                           checkpoint=checkpoint, save_every=cfg.save_every, compile_model=cfg.compile)
         entry.update(train_steps=stats.steps, train_examples=stats.examples, train_loss=round(stats.final_loss, 6),
                      mean_penalty=round(stats.mean_penalty, 6), train_seconds=round(stats.seconds, 2))
     else:

@@ -78,12 +78,14 @@ def build_schedule(lengths: list[int], settings: TaskSettings, seed: int) -> lis
 def train_task(lora: ContinualLoRA, method: Method, data: list[Encoded], settings: TaskSettings, *,
                pad_id: int, seq2seq: bool, device: torch.device, amp_dtype: torch.dtype | None, seed: int,
                desc: str = "train", dist: Dist | None = None, checkpoint: Path | None = None,
-               save_every: int = 0) -> TrainStats:
+               save_every: int = 0, compile_model: bool = False) -> TrainStats:
     """Train the current adapter on one task; resumes from ``checkpoint`` if it exists, saves it every
     ``save_every`` optimizer steps (0: never)."""
     dist = dist or Dist()
     model = lora.model
     model.train()
+    # The compiled module shares the parameters; compiled per task, as the set of adapters changes.
+    forward = torch.compile(model, dynamic=True) if compile_model else model
     params = lora.trainable_parameters()
     optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=0.0)
     keep_logits = not seq2seq and _accepts_logits_to_keep(model)
@@ -99,7 +101,7 @@ def train_task(lora: ContinualLoRA, method: Method, data: list[Encoded], setting
     optimizer.zero_grad(set_to_none=True)
     for micro in range(state.micro, len(schedule)):
         step = micro // settings.grad_accum + 1
-        loss, extra = _micro_step(model, method, lora, settings, [data[i] for i in dist.shard(schedule[micro])],
+        loss, extra = _micro_step(forward, method, lora, settings, [data[i] for i in dist.shard(schedule[micro])],
                                   pad_id, seq2seq, device, amp_dtype, keep_logits, dist, step)
         state.losses.append(loss)
         state.penalties.append(extra)
