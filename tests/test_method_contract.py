@@ -44,7 +44,8 @@ def test_method_contract(model_dirs, model_kind, data_dir, tmp_path, method):
     assert summary["method"] == method and len(m) == 2 and all(isinstance(v, float) for v in m[1])
     assert summary["aa"] == pytest.approx(sum(m[1]) / 2)
     last = out / "tasks" / TASKS[-1]
-    assert (last / "adapter" / "adapter_model.safetensors").is_file()
+    weights = "model.safetensors" if REGISTRY[method].full_finetune else "adapter_model.safetensors"
+    assert (last / "adapter" / weights).is_file()
     assert main(["eval", str(out), "--tasks", "topic,mood"]) == 0
     again = rows(out / "eval" / "after-02" / "topic+mood" / "predictions.jsonl")
     assert [(r["task"], r["prediction"]) for r in again] == [(r["task"], r["prediction"])
@@ -78,12 +79,15 @@ def _fit(method_name, kind, model_dirs, data_dir, fold):
 def test_frozen_parameters_stay_bit_identical(model_dirs, model_kind, data_dir, method):
     lora, m, (after1, after2) = _fit(method, model_kind, model_dirs, data_dir, fold=False)
     for name, before in after1.items():
+        if m.full_finetune:
+            break  # every weight trains
         if "lora_" not in name:  # the base model never changes (folding off)
             assert torch.equal(after2[name], before), name
         elif m.fresh_adapter_per_task and ".task0." in name:  # earlier adapters are frozen
             assert torch.equal(after2[name], before), name
-    trained = [n for n in after2 if "lora_" in n and not torch.equal(after2[n], after1.get(n, after2[n] + 1))]
-    assert trained, "the second task changed no adapter parameter"
+    trainable = [n for n in after2 if "lora_" in n or m.full_finetune]
+    trained = [n for n in trainable if not torch.equal(after2[n], after1.get(n, after2[n] + 1))]
+    assert trained, "the second task changed no trainable parameter"
 
 
 def test_replay_mixes_the_stated_fraction():
@@ -160,3 +164,22 @@ def test_lwf_distillation_is_zero_before_the_task_moves_the_adapter(model_dirs, 
     moved = method.batch_penalty(lora, settings, batch, False)
     assert moved.item() > 1e-4 and moved.requires_grad
     assert [n for n, p in lora.model.named_parameters() if p.requires_grad and "lwf_teacher" in n] == []
+
+
+def test_seq_ft_trains_every_weight_and_saves_a_whole_model(model_dirs, data_dir, tmp_path):
+    lora, method, (after1, after2) = _fit("seq-ft", "t5", model_dirs, data_dir, fold=False)
+    assert not any("lora_" in n for n in after2)
+    changed = [n for n in after2 if not torch.equal(after2[n], after1[n])]
+    assert len(changed) > len(after2) // 2  # the whole model moves, not a few adapter matrices
+    lora.save_adapter(lora.current, tmp_path / "saved")
+    assert (tmp_path / "saved" / "model.safetensors").is_file() and (tmp_path / "saved" / "config.json").is_file()
+
+
+def test_analysis_refuses_seq_ft_and_names_mtl_task(model_dirs, data_dir, tmp_path, capsys):
+    ft, mtl = tmp_path / "ft", tmp_path / "mtl"
+    assert main(run_args(model_dirs["t5"], data_dir, ft, "seq-ft")) == 0
+    assert main(["analyze", str(ft)]) == 2
+    assert "trains no LoRA adapters" in capsys.readouterr().err
+    assert main(run_args(model_dirs["t5"], data_dir, mtl, "mtl")) == 0
+    assert main(["analyze", str(mtl)]) == 0
+    assert json.loads((mtl / "analysis.json").read_text())["tasks"] == ["mood"]  # its one adapter, at position 2

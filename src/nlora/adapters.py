@@ -40,9 +40,19 @@ class ContinualLoRA:
         self.adapters: list[str] = []  # in creation order, folded ones included
         self.folded: dict[str, list[LayerFactors]] = {}  # name -> detached copies of its factors
 
+    full: bool = False  # full fine-tuning: no adapters, every weight trains (seq-ft)
+
     @property
     def current(self) -> str:
         return self.adapters[-1]
+
+    def start_full(self, name: str = "full") -> None:
+        """Full fine-tuning: the plain model, every parameter trainable; saved as a whole model."""
+        self.full, self.model = True, self.base_model
+        if name not in self.adapters:
+            self.adapters.append(name)
+        for p in self.model.parameters():
+            p.requires_grad = True
 
     def start_adapter(self, name: str) -> None:
         """Add a fresh adapter ``name`` (or keep training it if it exists); freeze all others."""
@@ -60,12 +70,14 @@ class ContinualLoRA:
 
     def activate(self, names: list[str]) -> None:
         """Only ``names`` take part in the forward pass; only the newest adapter stays trainable."""
+        if self.full:
+            return
         self.model.base_model.set_adapter(list(names))
         for pname, p in self.model.named_parameters():
             p.requires_grad = f".{self.current}." in pname and "lora_" in pname
 
     def active(self) -> list[str]:
-        return list(self.model.base_model.active_adapters)
+        return [] if self.full else list(self.model.base_model.active_adapters)
 
     def live_adapters(self) -> list[str]:
         return [a for a in self.adapters if a not in self.folded]
@@ -135,6 +147,12 @@ class ContinualLoRA:
         from peft import set_peft_model_state_dict
         from safetensors.torch import load_file
 
+        if self.full:
+            state = {k: v for f in sorted(Path(src).glob("*.safetensors")) for k, v in load_file(str(f)).items()}
+            missing, unexpected = self.model.load_state_dict(state, strict=False)
+            if unexpected:
+                raise NloraError(f"{src}: weights do not fit this model (unexpected {unexpected[0]})")
+            return
         state = load_file(str(Path(src) / "adapter_model.safetensors"))
         result = set_peft_model_state_dict(self.model, state, adapter_name=adapter)
         if getattr(result, "unexpected_keys", None):
@@ -146,7 +164,10 @@ class ContinualLoRA:
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
         try:
-            self.model.save_pretrained(str(tmp), selected_adapters=[adapter], safe_serialization=True)
+            if self.full:
+                self.model.save_pretrained(str(tmp), safe_serialization=True)
+            else:
+                self.model.save_pretrained(str(tmp), selected_adapters=[adapter], safe_serialization=True)
             saved = tmp / adapter if (tmp / adapter).is_dir() else tmp
             if dest.exists():
                 shutil.rmtree(dest)

@@ -62,10 +62,15 @@ def run_layout(run_dir: Path) -> tuple[list[str], str, list[Path]]:
         tasks, method = [t["name"] for t in c["tasks"]], c["method"]
     else:
         raise NloraError(f"{run_dir} is not a run directory (no summary.json or config.yaml)")
+    from .methods import REGISTRY
+
+    if method in REGISTRY and REGISTRY[method].full_finetune:
+        raise NloraError(f"{run_dir}: method {method} trains no LoRA adapters; the analysis needs a LoRA method")
     dirs = sorted((run_dir / "tasks").glob("[0-9][0-9]-*/adapter"))
     if not dirs:
         raise NloraError(f"{run_dir}: no trained adapters under tasks/")
-    return tasks[: len(dirs)], method, dirs
+    by_dir = {f"{i + 1:02d}-": name for i, name in enumerate(tasks)}  # mtl saves only its last position
+    return [by_dir.get(d.parent.name[:3], d.parent.name[3:]) for d in dirs], method, dirs
 
 
 def natural_key(name: str) -> list:

@@ -24,6 +24,7 @@ _MODULES = [
     "olora",
     "pertask",
     "replay",
+    "seqft",
     "seqlora",
 ]
 for _m in _MODULES:
