@@ -1,7 +1,7 @@
 """Training and evaluation throughput: nlora against the usual HF PEFT stack, in one process, same examples.
 
     python benchmarks/throughput.py --shape smollm2          # CPU: SmolLM2-135M shapes, random weights
-    python benchmarks/throughput.py --shape tiny             # CPU, seconds
+    python benchmarks/throughput.py --shape tiny             # CPU, seconds (t5-tiny: the T5 code path)
     python benchmarks/throughput.py --shape t5-large         # GPU
     python benchmarks/throughput.py --shape llama-7b         # GPU
 
@@ -44,6 +44,8 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "CL_Benchmark"
 SHAPES = {
     "tiny": ("llama", dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                            num_attention_heads=4, num_key_value_heads=2)),
+    "t5-tiny": ("t5", dict(vocab_size=512, d_model=64, d_ff=128, d_kv=16, num_layers=2, num_heads=4,
+                           feed_forward_proj="relu")),
     "smollm2": ("llama", dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
                               num_attention_heads=9, num_key_value_heads=3, tie_word_embeddings=True)),
     "llama-7b": ("llama", dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
@@ -291,7 +293,7 @@ def main(argv=None) -> None:
     if args.shape in ("t5-large", "llama-7b") and device.type != "cuda":
         emit({"shape": args.shape, "skipped": "needs a GPU (random-init shapes of this size are GPU cases)"})
         return
-    n = args.examples or {"tiny": 64, "smollm2": 32}.get(args.shape, 256)
+    n = args.examples or {"tiny": 64, "t5-tiny": 64, "smollm2": 32}.get(args.shape, 256)
     lengths, source = prompt_lengths(n, 0)
     vocab = SHAPES[args.shape][1].get("vocab_size", 512)
     data = examples(lengths, vocab, 0)

@@ -30,7 +30,8 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=float, help="epochs for every task")
     p.add_argument("--batch-size", type=int, help="training batch size for every task")
     p.add_argument("--grad-accum", type=int, help="gradient accumulation steps for every task")
-    p.add_argument("--eval-batch-size", type=int, help="generation batch size")
+    p.add_argument("--eval-batch-size", type=int,
+                   help="evaluation batch size (default 128 on a GPU, 32 on a CPU; halved on out-of-memory)")
     p.add_argument("--eval-mode", choices=["generate", "score"],
                    help="generate (default, the reference's greedy decoding) or score (the likeliest label)")
     p.add_argument("--max-train-per-task", type=int, help="cap on training examples per task (seeded sample)")

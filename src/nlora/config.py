@@ -52,7 +52,7 @@ class RunConfig:
     max_test_per_task: int | None = None
     max_source_length: int = 512
     max_target_length: int = 50
-    eval_batch_size: int = 32
+    eval_batch_size: int | None = None  # None: 128 on a GPU, 32 on a CPU; halved on out-of-memory
     eval_mode: str = "generate"  # generate (the reference's) or score (likeliest label)
     instructions: str | None = None
     unknown_labels: str = "error"
@@ -199,6 +199,8 @@ def _validate(cfg: RunConfig) -> None:
             raise NloraError(f"{key} must be >= 1, got {v}")
     if cfg.unknown_labels not in ("error", "drop", "keep"):
         raise NloraError(f"unknown_labels must be error, drop or keep, got {cfg.unknown_labels!r}")
+    if cfg.eval_batch_size is not None and cfg.eval_batch_size < 1:
+        raise NloraError(f"eval_batch_size must be >= 1, got {cfg.eval_batch_size}")
     if cfg.eval_mode not in ("generate", "score"):
         raise NloraError(f"eval_mode must be generate or score, got {cfg.eval_mode!r}")
     if cfg.save_every < 0:

@@ -99,6 +99,11 @@ def make_run_dir(cfg: RunConfig, overwrite: bool, dist: Dist) -> Path:
     return Path(cfg.output_dir)
 
 
+def default_eval_batch(device: torch.device) -> int:
+    """Large on a GPU (evaluation is memory-light per example); out-of-memory halves it as needed."""
+    return 128 if device.type == "cuda" else 32
+
+
 def log(msg: str) -> None:
     tqdm.write(f"[nlora] {msg}")
 
@@ -218,7 +223,8 @@ def run(cfg: RunConfig, overwrite: bool = False) -> dict:
     n = len(cfg.tasks)
     matrix: list[list[float | None]] = [[None] * n for _ in range(n)]
     per_task = []
-    gen_kw = dict(seq2seq=loaded.seq2seq, device=device, amp_dtype=amp, batch_size=cfg.eval_batch_size,
+    gen_kw = dict(seq2seq=loaded.seq2seq, device=device, amp_dtype=amp,
+                  batch_size=cfg.eval_batch_size or default_eval_batch(device),
                   max_source=cfg.max_source_length, max_new_tokens=cfg.max_target_length, mode=cfg.eval_mode)
     all_tasks = [tasks[s.name] for s in cfg.tasks]
     zero_shot = None
@@ -307,7 +313,7 @@ def evaluate_run(run_dir: str | Path, task_names: list[str], after_task: int | N
     lora.model.to(dev)
     index = {s.name: i for i, s in enumerate(cfg.tasks)}
     evaluated = [min(index.get(name, k - 1), k - 1) for name in task_names]  # unseen tasks: the newest model
-    gen_kw = dict(seq2seq=loaded.seq2seq, device=dev, amp_dtype=amp, batch_size=eval_batch_size or cfg.eval_batch_size,
+    gen_kw = dict(seq2seq=loaded.seq2seq, device=dev, amp_dtype=amp, batch_size=eval_batch_size or cfg.eval_batch_size or default_eval_batch(dev),
                   max_source=cfg.max_source_length, max_new_tokens=cfg.max_target_length, mode=cfg.eval_mode)
     dest = run_dir / "eval" / f"after-{k:02d}" / "+".join(task_names)
     log(f"evaluating {run_dir} after task {k} ({cfg.tasks[k - 1].name}) on {', '.join(task_names)}")
