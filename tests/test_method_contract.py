@@ -81,11 +81,11 @@ def test_frozen_parameters_stay_bit_identical(model_dirs, model_kind, data_dir, 
     for name, before in after1.items():
         if m.full_finetune:
             break  # every weight trains
-        if "lora_" not in name:  # the base model never changes (folding off)
+        if "lora_" not in name and "prompt_encoder" not in name:  # the base model never changes (folding off)
             assert torch.equal(after2[name], before), name
         elif m.fresh_adapter_per_task and ".task0." in name:  # earlier adapters are frozen
             assert torch.equal(after2[name], before), name
-    trainable = [n for n in after2 if "lora_" in n or m.full_finetune]
+    trainable = [n for n in after2 if "lora_" in n or "prompt_encoder" in n or m.full_finetune]
     trained = [n for n in trainable if not torch.equal(after2[n], after1.get(n, after2[n] + 1))]
     assert trained, "the second task changed no trainable parameter"
 
@@ -183,3 +183,13 @@ def test_analysis_refuses_seq_ft_and_names_mtl_task(model_dirs, data_dir, tmp_pa
     assert main(run_args(model_dirs["t5"], data_dir, mtl, "mtl")) == 0
     assert main(["analyze", str(mtl)]) == 0
     assert json.loads((mtl / "analysis.json").read_text())["tasks"] == ["mood"]  # its one adapter, at position 2
+
+
+def test_seq_prompt_trains_only_the_soft_prompt(model_dirs, data_dir):
+    lora, method, (after1, after2) = _fit("seq-prompt", "llama", model_dirs, data_dir, fold=False)
+    trainable = [n for n, p in lora.model.named_parameters() if p.requires_grad]
+    assert trainable and all(n.startswith("prompt_encoder.") for n in trainable)
+    (name,) = trainable
+    assert lora.model.get_parameter(name).shape[0] == method.virtual_tokens == 20
+    assert not torch.equal(after2[name], after1[name])  # the one prompt keeps training on task 2
+    assert all(torch.equal(after2[n], after1[n]) for n in after1 if n != name)

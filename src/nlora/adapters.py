@@ -41,6 +41,20 @@ class ContinualLoRA:
         self.folded: dict[str, list[LayerFactors]] = {}  # name -> detached copies of its factors
 
     full: bool = False  # full fine-tuning: no adapters, every weight trains (seq-ft)
+    prompt: bool = False  # prompt tuning: a soft prompt instead of LoRA (seq-prompt)
+
+    def start_prompt(self, name: str, virtual_tokens: int) -> None:
+        """Prompt tuning through PEFT: ``virtual_tokens`` trainable embeddings before every input."""
+        from peft import PromptTuningConfig
+
+        if self.model is None:
+            config = PromptTuningConfig(task_type=self.lora_config.task_type, num_virtual_tokens=virtual_tokens)
+            self.model = get_peft_model(self.base_model, config, adapter_name=name)
+            self.prompt = True
+        if name not in self.adapters:
+            self.adapters.append(name)
+        for pname, p in self.model.named_parameters():
+            p.requires_grad = pname.startswith("prompt_encoder.")
 
     @property
     def current(self) -> str:
@@ -70,14 +84,14 @@ class ContinualLoRA:
 
     def activate(self, names: list[str]) -> None:
         """Only ``names`` take part in the forward pass; only the newest adapter stays trainable."""
-        if self.full:
+        if self.full or self.prompt:
             return
         self.model.base_model.set_adapter(list(names))
         for pname, p in self.model.named_parameters():
             p.requires_grad = f".{self.current}." in pname and "lora_" in pname
 
     def active(self) -> list[str]:
-        return [] if self.full else list(self.model.base_model.active_adapters)
+        return [] if self.full or self.prompt else list(self.model.base_model.active_adapters)
 
     def live_adapters(self) -> list[str]:
         return [a for a in self.adapters if a not in self.folded]
@@ -155,6 +169,11 @@ class ContinualLoRA:
             return
         state = load_file(str(Path(src) / "adapter_model.safetensors"))
         result = set_peft_model_state_dict(self.model, state, adapter_name=adapter)
+        if self.prompt:  # PEFT loads the prompt itself and reports its key as unexpected: check the values
+            if not torch.equal(self.model.prompt_encoder[adapter].embedding.weight.detach().cpu(),
+                               state["prompt_embeddings"].to(torch.float32)):
+                raise NloraError(f"{src}: the soft prompt did not load")
+            return
         if getattr(result, "unexpected_keys", None):
             raise NloraError(f"{src}: adapter does not fit this model (unexpected {result.unexpected_keys[0]})")
 

@@ -26,6 +26,7 @@ _MODULES = [
     "replay",
     "seqft",
     "seqlora",
+    "seqprompt",
 ]
 for _m in _MODULES:
     importlib.import_module(f"{__name__}.{_m}")

@@ -41,6 +41,7 @@ class Method:
     fresh_adapter_per_task: bool = True
     foldable: bool = True  # earlier adapters may be folded into the base weights (needs them all active)
     full_finetune: bool = False  # trains the whole model instead of adapters (seq-ft)
+    prompt_tuning: bool = False  # trains a soft prompt instead of LoRA (seq-prompt)
     default_lambda: float | None = None
     default_lambda2: float | None = None
 

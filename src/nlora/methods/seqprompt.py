@@ -1,0 +1,32 @@
+"""SeqPrompt: prompt tuning (Lester et al., 2021, on PEFT) trained through the tasks in turn: one soft prompt
+of 20 virtual tokens before every input, the model frozen. The backbone of LFPT5 (Qin & Joty, ICLR 2022)
+without its generated pseudo-samples; combine with care: prompt tuning wants a large --lr (about 0.3)."""
+
+from __future__ import annotations
+
+import warnings
+
+from ..adapters import ContinualLoRA
+from ..config import TaskSettings
+from . import register
+from .base import Method
+
+# PEFT drops position ids under prompt tuning; with RoPE only relative positions matter, so this is harmless.
+warnings.filterwarnings("ignore", message="Position ids are not supported for parameter efficient tuning")
+
+
+@register
+class SeqPrompt(Method):
+    name = "seq-prompt"
+    summary = "one soft prompt (20 tokens, PEFT prompt tuning) trained through all tasks (LFPT5 without replay)"
+    fresh_adapter_per_task = False
+    foldable = False
+    prompt_tuning = True
+    virtual_tokens = 20
+
+    def adapter_name(self, task_index: int) -> str:
+        return "soft"
+
+    def begin_task(self, lora: ContinualLoRA, task_index: int, settings: TaskSettings) -> str:
+        lora.start_prompt(self.adapter_name(task_index), self.virtual_tokens)
+        return lora.current
