@@ -1,0 +1,153 @@
+"""Accuracy benchmark on a real model: do N-LoRA's claims hold at small scale?
+
+    python benchmarks/accuracy.py --out runs/accuracy                      # SmolLM2, 4- and 8-task sequences
+    python benchmarks/accuracy.py --out runs/acc-small --sequence mini=SST-2,RTE --seeds 1 --max-train 64
+
+For every method with a coefficient, lambda is chosen first, on seed 1 of the first sequence, from a grid,
+by AA on a validation split carved from each task's training data (never the test data): OUT/valdata holds
+those tasks with the held-out training rows as their test.json. Then every method runs every sequence with
+every seed at the same budget. Each run is an ordinary `nlora run` directory, so the script resumes: finished
+runs are reused, an interrupted one continues. Writes OUT/results.json and OUT/table.md (AA and BWT as mean
+and standard deviation over seeds, ACR and mean nuclear norm, wall time), and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import random
+import statistics
+from pathlib import Path
+
+import torch
+
+from nlora.config import resolve
+from nlora.data import index_tasks
+from nlora.io import write_json, write_text
+from nlora.recipe import run
+from nlora.report import analyze
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "CL_Benchmark"
+SEQUENCES = {"4task": "agnews,amazon,MNLI,QQP", "8task": "agnews,amazon,MNLI,QQP,BoolQA,RTE,SST-2,WiC"}
+GRIDS = {"n-lora": [5e-5, 2e-4, 1e-3], "o-lora": [0.1, 0.5, 1.0]}
+ANALYSED = {"n-lora", "o-lora", "seq-lora", "inc-lora"}
+
+
+def carve_validation(data_dir: Path, tasks: list[str], dest: Path, n_val: int, seed: int) -> Path:
+    """Copy each task with ``n_val`` training rows moved into its test.json (and none of its real test rows)."""
+    index = index_tasks(data_dir)
+    for task in tasks:
+        src = index[task]
+        rows = json.loads((src / "train.json").read_text())
+        order = list(range(len(rows)))
+        random.Random(seed).shuffle(order)
+        val, train = [rows[i] for i in order[:n_val]], [rows[i] for i in order[n_val:]]
+        out = dest / src.parent.name / task
+        write_json(out / "labels.json", json.loads((src / "labels.json").read_text()))
+        write_json(out / "train.json", train)
+        write_json(out / "test.json", val)
+    return dest
+
+
+def run_one(args, method: str, tasks: str, seed: int, out: Path, data_dir: Path, lam: float | None) -> dict:
+    overrides = dict(model=args.model, data_dir=str(data_dir), output_dir=str(out), task_names=tasks.split(","),
+                     method=method, lr=args.lr, epochs=args.epochs, batch_size=args.batch_size, seed=seed,
+                     max_train_per_task=args.max_train, max_test_per_task=args.max_test, precision=args.precision,
+                     unknown_labels="drop", device=args.device, nlora_form=args.nlora_form)
+    if lam is not None:
+        overrides["lambda"] = lam
+    return run(resolve(overrides=overrides))
+
+
+def choose_lambdas(args, methods: list[str], tasks: str) -> dict[str, float | None]:
+    val_data = carve_validation(Path(args.data_dir), tasks.split(","), Path(args.out) / "valdata", args.val, 0)
+    chosen = {}
+    for method in methods:
+        grid = GRIDS.get(method)
+        if not grid:
+            chosen[method] = None
+            continue
+        scores = []
+        for lam in grid:
+            s = run_one(args, method, tasks, 1, Path(args.out) / "select" / method / f"lambda-{lam:g}", val_data, lam)
+            scores.append(((s["aa"], s["bwt"] if s["bwt"] is not None else 0.0), lam))
+        chosen[method] = max(scores)[1]
+        print(f"[accuracy] {method}: lambda {chosen[method]:g} (validation AA/BWT: "
+              + ", ".join(f"{lam:g} -> {aa:.1f}/{bwt:.1f}" for (aa, bwt), lam in scores) + ")", flush=True)
+    return chosen
+
+
+def mean_sd(values: list) -> tuple[float | None, float | None]:
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return None, None
+    return statistics.mean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", required=True)
+    p.add_argument("--sequence", action="append", help="NAME=task,task,... (default: 4task and 8task)")
+    p.add_argument("--methods", default="seq-lora,inc-lora,o-lora,n-lora,mtl")
+    p.add_argument("--seeds", default="1,2,3")
+    p.add_argument("--model", default="smollm2")
+    p.add_argument("--data-dir", default=str(SHARED))
+    p.add_argument("--max-train", type=int, default=500)
+    p.add_argument("--max-test", type=int, default=200)
+    p.add_argument("--val", type=int, default=200, help="validation rows carved from each task's training data")
+    p.add_argument("--epochs", type=float, default=2.0)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--precision", default="bf16")
+    p.add_argument("--nlora-form", default="paper", choices=["paper", "reference"])
+    p.add_argument("--device", default="auto")
+    args = p.parse_args(argv)
+    sequences = dict(s.split("=", 1) for s in args.sequence) if args.sequence else SEQUENCES
+    methods, seeds = args.methods.split(","), [int(s) for s in args.seeds.split(",")]
+    lambdas = choose_lambdas(args, methods, next(iter(sequences.values())))
+    rows = []
+    for name, tasks in sequences.items():
+        for method in methods:
+            runs = []
+            for seed in seeds:
+                out = Path(args.out) / "runs" / name / method / f"seed-{seed}"
+                s = run_one(args, method, tasks, seed, out, Path(args.data_dir), lambdas[method])
+                a = analyze(out) if method in ANALYSED else None
+                runs.append({"seed": seed, "aa": s["aa"], "bwt": s["bwt"], "wall_time_s": s["wall_time_s"],
+                             "acr": a["acr"] if a else None, "nuclear_norm": a["nuclear_norm"]["mean"] if a else None,
+                             "accuracy_matrix": s["accuracy_matrix"]})
+            rows.append({"sequence": name, "method": method, "lambda": lambdas[method], "runs": runs,
+                         **{f"{k}_mean_sd": mean_sd([r[k] for r in runs])
+                            for k in ("aa", "bwt", "acr", "nuclear_norm", "wall_time_s")}})
+    device = "cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu"
+    machine = (torch.cuda.get_device_name() if device == "cuda"
+               else f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads")
+    write_json(Path(args.out) / "results.json", {"settings": vars(args), "machine": machine, "lambdas": lambdas,
+                                                 "rows": rows})
+    text = table(rows, args, machine)
+    write_text(Path(args.out) / "table.md", text)
+    print(text)
+
+
+def _ms(pair, scale=1.0, digits=2) -> str:
+    m, sd = pair
+    return "-" if m is None else f"{m * scale:.{digits}f} ± {sd * scale:.{digits}f}"
+
+
+def table(rows: list[dict], args, machine: str) -> str:
+    lines = [f"{args.model}, {args.max_train} train / {args.max_test} test per task, {args.epochs:g} epochs, batch "
+             f"{args.batch_size}, lr {args.lr:g}, {args.precision}, seeds {args.seeds}, {machine}; lambda chosen on "
+             f"a validation split of {args.val} training rows per task.", "",
+             "| sequence | method | lambda | AA | BWT | ACR (%) | mean nuclear norm | wall time (s) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lam = "-" if r["lambda"] is None else f"{r['lambda']:g}"
+        lines.append(f"| {r['sequence']} | {r['method']} | {lam} "
+                     f"| {_ms(r['aa_mean_sd'])} | {_ms(r['bwt_mean_sd'])} | {_ms(r['acr_mean_sd'], 100, 3)} "
+                     f"| {_ms(r['nuclear_norm_mean_sd'], 1, 4)} | {_ms(r['wall_time_s_mean_sd'], 1, 0)} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
