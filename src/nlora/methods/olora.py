@@ -13,13 +13,20 @@ from . import register
 from .base import Method
 
 
-def orthogonality_penalty(current: list[LayerFactors], old: list[list[LayerFactors]]) -> torch.Tensor:
-    """sum over layers of sum |[A_1; ...; A_{t-1}] A_t^T| (element-wise abs of the stacked product)."""
+def stack_old(old: list[list[LayerFactors]]) -> list[torch.Tensor]:
+    """Per layer, the earlier tasks' A matrices stacked: [A_1; ...; A_{t-1}] ((t-1) r x in), detached."""
+    return [torch.cat([adapter[i].A.detach() for adapter in old], dim=0) for i in range(len(old[0]))] if old else []
+
+
+def orthogonality_penalty(current: list[LayerFactors], old: list[list[LayerFactors]],
+                          stacked: list[torch.Tensor] | None = None) -> torch.Tensor:
+    """sum over layers of sum |[A_1; ...; A_{t-1}] A_t^T| (element-wise abs of the stacked product).
+
+    ``stacked``: ``stack_old(old)`` computed once per task, so a step does one product per layer."""
+    stacked = stack_old(old) if stacked is None else stacked
     total = current[0].A.new_zeros(())
-    for layer_index, cur in enumerate(current):
-        olds = [adapter[layer_index].A for adapter in old]
-        if olds:
-            total = total + (torch.cat(olds, dim=0) @ cur.A.T).abs().sum()
+    for olds, cur in zip(stacked, current):
+        total = total + (olds @ cur.A.T).abs().sum()
     return total
 
 
@@ -39,13 +46,11 @@ class OLoRA(Method):
         name = super().begin_task(lora, task_index, settings)
         self._current = lora.factors(name)
         self._old = [lora.factors(a) for a in lora.adapters[:-1]]
-        for adapter in self._old:  # old factors are constants: detach once instead of every step
-            for f in adapter:
-                f.A = f.A.detach()
+        self._stacked = stack_old(self._old)  # constants for the whole task: stacked once, not every step
         return name
 
     def penalty(self, lora: ContinualLoRA, settings: TaskSettings) -> torch.Tensor | None:
-        total = self.lam(settings) * orthogonality_penalty(self._current, self._old)
+        total = self.lam(settings) * orthogonality_penalty(self._current, self._old, self._stacked)
         lam2 = self.lam2(settings)
         if lam2:
             total = total + lam2 * l2_penalty(self._current)
