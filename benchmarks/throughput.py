@@ -185,7 +185,11 @@ def baseline_epoch(peft_model, data, seq2seq, device, amp, batch):
     return run
 
 
+RECORDS: list[dict] = []  # every line emitted, for callers (benchmarks/paper.py)
+
+
 def emit(rec: dict) -> None:
+    RECORDS.append(rec)
     print(json.dumps(rec), flush=True)
 
 

@@ -1,0 +1,37 @@
+"""The benchmark scripts' bookkeeping (their speed figures are measured, not tested)."""
+
+import importlib.util
+from pathlib import Path
+
+from test_fetch import write_tree
+
+ROOT = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load(name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_paper_workload_counts_examples_epochs_and_generations(tmp_path):
+    paper = load("paper")
+    write_tree(tmp_path / "cl")  # every task, 3 examples per split
+    train, tests, missing = paper.workload("t5-order1", tmp_path / "cl")  # 4 tasks, 10 epochs each
+    assert missing == [] and train == 4 * 3 * 10 and tests == 3 + 6 + 9 + 12
+    (tmp_path / "cl" / "TC" / "yahoo" / "train.json").unlink()
+    assert paper.workload("t5-order1", tmp_path / "cl")[2] == ["yahoo/train.json"]
+
+
+def test_accuracy_validation_split_never_uses_test_rows(tmp_path):
+    import json
+
+    acc = load("accuracy")
+    write_tree(tmp_path / "cl")
+    out = acc.carve_validation(tmp_path / "cl", ["SST-2"], tmp_path / "val", n_val=2, seed=0)
+    train = json.loads((out / "SC" / "SST-2" / "train.json").read_text())
+    val = json.loads((out / "SC" / "SST-2" / "test.json").read_text())
+    original = json.loads((tmp_path / "cl" / "SC" / "SST-2" / "train.json").read_text())
+    assert len(val) == 2 and len(train) == 1 and sorted(map(str, train + val)) == sorted(map(str, original))
+    assert all("train.json" in r["sentence"] for r in val)  # fixture sentences name their file
