@@ -39,9 +39,8 @@ class ContinualLoRA:
         self.model: PeftModel | None = None
         self.adapters: list[str] = []  # in creation order, folded ones included
         self.folded: dict[str, list[LayerFactors]] = {}  # name -> detached copies of its factors
-
-    full: bool = False  # full fine-tuning: no adapters, every weight trains (seq-ft)
-    prompt: bool = False  # prompt tuning: a soft prompt instead of LoRA (seq-prompt)
+        self.full = False  # full fine-tuning: no adapters, every weight trains (seq-ft)
+        self.prompt = False  # prompt tuning: a soft prompt instead of LoRA (seq-prompt)
 
     def start_prompt(self, name: str, virtual_tokens: int) -> None:
         """Prompt tuning through PEFT: ``virtual_tokens`` trainable embeddings before every input."""
@@ -103,15 +102,12 @@ class ContinualLoRA:
         of W x + sum over old tasks of s B (A x). Only done for fp32 base weights, so a small dW is never
         rounded into bf16; the factors stay available (``factors``) for regularisers such as O-LoRA's.
         """
-        layers = [layer for _, layer in self.lora_layers() if name in layer.lora_A]
-        if any(layer.get_base_layer().weight.dtype != torch.float32 for layer in layers):
+        layers = self._fp32_layers([name])
+        if layers is None:
             return
         copies = [LayerFactors(f.module, f.A.detach().clone(), f.B.detach().clone(), f.scaling)
                   for f in self.factors(name)]
-        with torch.no_grad():
-            for layer in layers:
-                base = layer.get_base_layer().weight
-                base += layer.get_delta_weight(name).to(base.dtype)
+        self._add_updates(layers, [name])
         self.model.base_model.set_adapter([a for a in self.live_adapters() if a != name])
         self.model.delete_adapter(name)
         self.folded[name] = copies
@@ -121,24 +117,36 @@ class ContinualLoRA:
         """Evaluate on merged weights: the named adapters' updates are added to their fp32 base weights and
         the LoRA branches leave the forward pass; the exact weights are restored afterwards (a copy of the
         adapted layers' weights is kept meanwhile). Without fp32 weights, or without adapters, nothing changes."""
-        layers = [layer for _, layer in self.lora_layers() if any(n in layer.lora_A for n in names)]
-        if not layers or any(layer.get_base_layer().weight.dtype != torch.float32 for layer in layers):
+        layers = self._fp32_layers(names)
+        if not layers:
             yield
             return
         backup = [layer.get_base_layer().weight.detach().clone() for layer in layers]
         try:
-            with torch.no_grad():
-                for layer in layers:
-                    weight = layer.get_base_layer().weight
-                    for n in names:
-                        if n in layer.lora_A:
-                            weight += layer.get_delta_weight(n)
+            self._add_updates(layers, names)
             with self.model.disable_adapter():
                 yield
         finally:
             with torch.no_grad():
                 for layer, saved in zip(layers, backup):
                     layer.get_base_layer().weight.copy_(saved)
+
+    def _fp32_layers(self, names: list[str]) -> list[LoraLayer] | None:
+        """The layers holding any of ``names``; None unless all their base weights are fp32 (a small dW
+        added to bf16 weights would be rounded away)."""
+        layers = [layer for _, layer in self.lora_layers() if any(n in layer.lora_A for n in names)]
+        if any(layer.get_base_layer().weight.dtype != torch.float32 for layer in layers):
+            return None
+        return layers
+
+    @staticmethod
+    def _add_updates(layers: list[LoraLayer], names: list[str]) -> None:
+        with torch.no_grad():
+            for layer in layers:
+                weight = layer.get_base_layer().weight
+                for n in names:
+                    if n in layer.lora_A:
+                        weight += layer.get_delta_weight(n)
 
     def lora_layers(self) -> list[tuple[str, LoraLayer]]:
         return [(n, m) for n, m in self.model.named_modules() if isinstance(m, LoraLayer)]

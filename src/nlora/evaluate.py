@@ -13,7 +13,7 @@ from .batching import collate_prompts, collate_train, encode
 from .data import Example, TaskData
 from .dist import Dist
 from .prompts import answer_from_generation
-from .train import autocast
+from .train import _accepts_logits_to_keep, answer_logits, autocast
 
 
 @dataclass
@@ -82,17 +82,9 @@ def _generate_batch(model, tokenizer, encoded, prompts, seq2seq, device, amp_dty
     return [answer_from_generation(p + t).strip() for p, t in zip(prompts, texts)]
 
 
-def sequence_logprobs(model, batch: dict[str, torch.Tensor], seq2seq: bool) -> torch.Tensor:
+def sequence_logprobs(model, batch: dict[str, torch.Tensor], seq2seq: bool, keep_logits: bool = False) -> torch.Tensor:
     """Per row, the summed log-probability of its label tokens (labels != -100) given its prompt."""
-    labels = batch["labels"]
-    if seq2seq:
-        logits = model(**batch).logits
-        targets = labels
-    else:
-        span = int((labels != -100).sum(-1).max()) + 1
-        inputs = {k: v for k, v in batch.items() if k != "labels"}
-        logits = model(**inputs).logits[:, -span:][:, :-1]
-        targets = labels[:, -span + 1:]
+    logits, targets = answer_logits(model, batch, seq2seq, keep_logits)
     logp = torch.log_softmax(logits.float(), -1)
     mask = targets != -100
     picked = logp.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
@@ -116,12 +108,13 @@ def score_labels(model, tokenizer, prompts: list[str], labels: list[str], *, seq
     per_batch = max(1, batch_size // k)
     mine = [order[s:s + per_batch] for s in range(0, len(order), per_batch)][dist.rank::dist.world]
     best: dict[int, str] = {}
+    keep = not seq2seq and _accepts_logits_to_keep(model)
     model.eval()
     for chunk in tqdm(mine, desc=desc, unit="batch", leave=False, dynamic_ncols=True, disable=not dist.is_main):
         rows = [pairs[i * k + j] for i in chunk for j in range(k)]
         batch = {key: v.to(device) for key, v in collate_train(rows, tokenizer.pad_token_id, seq2seq).items()}
         with autocast(device, amp_dtype):
-            scores = sequence_logprobs(model, batch, seq2seq).view(len(chunk), k)
+            scores = sequence_logprobs(model, batch, seq2seq, keep).view(len(chunk), k)
         for i, j in zip(chunk, scores.argmax(-1).tolist()):
             best[i] = labels[j]
     for part in dist.all_gather(best):

@@ -41,21 +41,25 @@ def _accepts_logits_to_keep(model) -> bool:
     return "logits_to_keep" in inspect.signature(base.forward).parameters
 
 
-def task_loss_sum(model, batch: dict[str, torch.Tensor], seq2seq: bool, keep_logits: bool) -> tuple[torch.Tensor, int]:
-    """Summed cross-entropy over answer tokens, and their number (so ranks can weight by a global count)."""
+def answer_logits(model, batch: dict[str, torch.Tensor], seq2seq: bool,
+                  keep_logits: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits at the positions that predict answer tokens, and those tokens (-100 elsewhere), aligned."""
     labels = batch["labels"]
     inputs = {k: v for k, v in batch.items() if k != "labels"}
     if seq2seq:
-        logits = model(**inputs, labels=labels).logits
-        targets = labels
+        return model(**inputs, labels=labels).logits, labels
+    # Answers sit at the end (left padding): keep only the logits that predict them.
+    answer_span = int((labels != -100).sum(-1).max()) + 1
+    if keep_logits:
+        logits = model(**inputs, logits_to_keep=answer_span).logits
     else:
-        # Answers sit at the end (left padding): keep only the logits that predict them.
-        answer_span = int((labels != -100).sum(-1).max()) + 1
-        if keep_logits:
-            logits = model(**inputs, logits_to_keep=answer_span).logits
-        else:
-            logits = model(**inputs).logits[:, -answer_span:]
-        logits, targets = logits[:, :-1], labels[:, -answer_span + 1:]
+        logits = model(**inputs).logits[:, -answer_span:]
+    return logits[:, :-1], labels[:, -answer_span + 1:]
+
+
+def task_loss_sum(model, batch: dict[str, torch.Tensor], seq2seq: bool, keep_logits: bool) -> tuple[torch.Tensor, int]:
+    """Summed cross-entropy over answer tokens, and their number (so ranks can weight by a global count)."""
+    logits, targets = answer_logits(model, batch, seq2seq, keep_logits)
     total = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100, reduction="sum")
     return total, int((targets != -100).sum())
 
