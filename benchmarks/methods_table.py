@@ -35,7 +35,7 @@ def run_method(method: str, args) -> dict:
                      task_names=args.tasks.split(","), method=method, lr=args.lr, epochs=args.epochs,
                      batch_size=args.batch_size, max_train_per_task=args.max_train, max_test_per_task=args.max_test,
                      precision=args.precision, seed=args.seed, unknown_labels="drop", device=args.device,
-                     eval_batch_size=args.eval_batch_size)
+                     eval_batch_size=args.eval_batch_size, eval_scope=args.eval_scope, save_every=args.save_every)
     if method in LAMBDAS:
         overrides["lambda"] = LAMBDAS[method]
     summary = run(resolve(overrides=overrides))
@@ -54,7 +54,8 @@ def fmt(v, scale=1.0, digits=2):
 
 def table(rows: list[dict], machine: str, args) -> str:
     lines = [f"Tasks {args.tasks}; {args.max_train} train / {args.max_test} test per task, {args.epochs:g} epochs, "
-             f"batch {args.batch_size}, lr {args.lr:g}, {args.precision}, seed {args.seed}; {args.model} on {machine}.",
+             f"batch {args.batch_size}, lr {args.lr:g}, {args.precision}, seed {args.seed}, evaluation scope "
+             f"{args.eval_scope}; {args.model} on {machine}.",
              "", "| method | lambda | AA | BWT | ACR (%) | mean nuclear norm | wall time (s) |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['method']} | {r['lambda'] if r['lambda'] is not None else '-'} | {fmt(r['aa'])} | "
@@ -72,10 +73,13 @@ def main(argv=None) -> None:
     p.add_argument("--tasks", default="agnews,amazon,MNLI,QQP")
     p.add_argument("--max-train", type=int, default=500)
     p.add_argument("--max-test", type=int, default=200)
-    p.add_argument("--epochs", type=float, default=2.0)
+    p.add_argument("--epochs", type=float, default=1.0)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--eval-batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--eval-scope", choices=["seen", "needed"], default="needed",
+                   help="needed (default): only what AA and BWT use; seen: the whole lower triangle")
+    p.add_argument("--save-every", type=int, default=10, help="step checkpoints, so a stopped table loses little")
     p.add_argument("--precision", default="bf16")
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=42)

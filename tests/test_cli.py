@@ -53,6 +53,23 @@ def test_run_is_deterministic(model_dirs, data_dir, tmp_path):
     assert all((ta[k] == tb[k]).all() for k in ta)
 
 
+def test_eval_scope_needed_keeps_aa_and_bwt(model_dirs, data_dir, tmp_path):
+    """--eval-scope needed skips the off-diagonal entries of earlier rows but gives the same AA and BWT."""
+    three = ["--tasks", "topic,mood,COPA"]
+    seen, needed = tmp_path / "seen", tmp_path / "needed"
+    assert main(run_args(model_dirs["llama"], data_dir, seen, *three)) == 0
+    assert main(run_args(model_dirs["llama"], data_dir, needed, *three, "--eval-scope", "needed")) == 0
+    s = json.loads((seen / "summary.json").read_text())
+    n = json.loads((needed / "summary.json").read_text())
+    assert s["accuracy_matrix"][1][0] is not None and n["accuracy_matrix"][1][0] is None
+    for t in range(3):  # the diagonal and the last row are the same figures
+        assert n["accuracy_matrix"][t][t] == s["accuracy_matrix"][t][t]
+        assert n["accuracy_matrix"][2][t] == s["accuracy_matrix"][2][t]
+    assert n["aa"] == s["aa"] and n["bwt"] == s["bwt"] and n["bwt"] is not None
+    mid = json.loads((needed / "tasks" / "02-mood" / "predict_results.json").read_text())
+    assert "predict_exact_match_for_mood" in mid and "predict_exact_match_for_topic" not in mid
+
+
 def bad_inputs(data_dir, model_dirs, tmp_path):
     topic = data_dir / "TC" / "topic"
     cases = {

@@ -50,6 +50,9 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], help="auto: bf16 autocast on GPU, fp32 on CPU")
     p.add_argument("--full-matrix", action="store_true", default=None,
                    help="also evaluate not-yet-seen tasks and the starting model, so FWT can be computed")
+    p.add_argument("--eval-scope", choices=["seen", "needed"],
+                   help="seen (default): every seen task after each task; needed: only the task just trained, "
+                        "and all tasks after the last -- what AA and BWT use, O(n) evaluations instead of O(n^2)")
     p.add_argument("--compile", action="store_true", default=None,
                    help="torch.compile the training forward pass (compiles once per task; pays off on GPUs)")
     p.add_argument("--no-fold", dest="fold_adapters", action="store_false", default=None,
@@ -63,7 +66,8 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
 OVERRIDE_KEYS = ("model", "data_dir", "output_dir", "task_names", "method", "nlora_form", "lambda", "lambda2", "lr",
                  "epochs", "batch_size", "grad_accum", "eval_batch_size", "max_train_per_task", "max_test_per_task",
                  "max_source_length", "max_target_length", "r", "alpha", "dropout", "target_modules",
-                 "instructions", "unknown_labels", "full_matrix", "seed", "device", "precision", "save_every", "fold_adapters", "eval_mode", "compile")
+                 "instructions", "unknown_labels", "full_matrix", "seed", "device", "precision", "save_every", "fold_adapters", "eval_mode", "compile",
+                 "eval_scope")
 
 
 def cmd_run(args) -> int:

@@ -57,6 +57,9 @@ class RunConfig:
     instructions: str | None = None
     unknown_labels: str = "error"
     full_matrix: bool = False  # also evaluate not-yet-seen tasks and the starting model (for FWT)
+    # seen: every seen task after each task (the reference's matrix); needed: only the task just trained,
+    # and every task after the last -- all that AA and BWT use, O(n) evaluations instead of O(n^2)
+    eval_scope: str = "seen"
     compile: bool = False  # torch.compile the training forward (dynamic shapes); pays off on GPUs
     fold_adapters: bool = True  # fold finished tasks' adapters into fp32 base weights (flat step cost)
     save_every: int = 100  # optimizer steps between step checkpoints (0: none); resuming needs no more
@@ -203,6 +206,10 @@ def _validate(cfg: RunConfig) -> None:
         raise NloraError(f"eval_batch_size must be >= 1, got {cfg.eval_batch_size}")
     if cfg.eval_mode not in ("generate", "score"):
         raise NloraError(f"eval_mode must be generate or score, got {cfg.eval_mode!r}")
+    if cfg.eval_scope not in ("seen", "needed"):
+        raise NloraError(f"eval_scope must be seen or needed, got {cfg.eval_scope!r}")
+    if cfg.eval_scope == "needed" and cfg.full_matrix:
+        raise NloraError("eval_scope needed and full_matrix contradict each other: pick one")
     if cfg.save_every < 0:
         raise NloraError(f"save_every must be >= 0 (0: no step checkpoints), got {cfg.save_every}")
     if cfg.lora.r < 1:

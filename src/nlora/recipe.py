@@ -239,7 +239,7 @@ def run(cfg: RunConfig, overwrite: bool = False) -> dict:
         if not method.evaluate_after(t, n):
             per_task.append({**entry, "eval_seconds": None})
             continue
-        evaluated = list(range(n if cfg.full_matrix else t + 1))
+        evaluated = evaluated_tasks(cfg, t, n)
         results = evaluate_and_write(lora.model, tok, [all_tasks[j] for j in evaluated], tdir, gen_kw, dist,
                                      reuse=True, routes=route_positions(method, t, evaluated), lora=lora)
         for j in evaluated:
@@ -266,6 +266,15 @@ def run(cfg: RunConfig, overwrite: bool = False) -> dict:
             + (f", BWT {summary['bwt']:.2f}" if summary["bwt"] is not None else "") + f" -> {out / 'summary.json'}")
     dist.barrier()
     return summary
+
+
+def evaluated_tasks(cfg: RunConfig, t: int, n: int) -> list[int]:
+    """Which tasks are evaluated after training task t (of n)."""
+    if cfg.full_matrix:
+        return list(range(n))
+    if cfg.eval_scope == "needed" and t < n - 1:
+        return [t]
+    return list(range(t + 1))
 
 
 def route_positions(method, task_index: int, evaluated: list[int]):
