@@ -14,28 +14,53 @@ import torch
 from safetensors.torch import load_file
 
 from nlora.cli import main
+from nlora.dist import Dist, _check_fsdp_settings
+from nlora.errors import NloraError
 
 # The shipped multi-GPU config; on a machine without GPUs nlora asks Accelerate for gloo on the CPU.
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "accelerate" / "ddp-gpus.yaml"
+FSDP_CONFIG = CONFIG.with_name("fsdp-gpus.yaml")
 
 
-def run_args(model_dir, data_dir, out):
+def run_args(model_dir, data_dir, out, n_train=12, n_test=7):
     # dropout 0: ranks draw different dropout masks than one process would
     return ["run", "--model", str(model_dir), "--data-dir", str(data_dir), "--output-dir", str(out),
-            "--tasks", "topic,mood", "--max-train-per-task", "12", "--max-test-per-task", "7", "--batch-size", "4",
+            "--tasks", "topic,mood", "--max-train-per-task", str(n_train), "--max-test-per-task", str(n_test),
+            "--batch-size", "4",
             "--grad-accum", "2", "--eval-batch-size", "2", "--max-target-length", "6", "--lr", "0.01",
             "--lora-dropout", "0", "--method", "n-lora", "--lambda", "0.001", "--device", "cpu"]
+
+
+def launch(config: Path, args: list[str]) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config),
+                           "--num_processes", "2", "-m", "nlora.cli", *args],
+                          capture_output=True, text=True, env=env, timeout=600)
 
 
 @pytest.mark.parametrize("kind", ["t5", "llama"])
 def test_two_processes_match_one(model_dirs, data_dir, tmp_path, kind):
     one, two = tmp_path / "one", tmp_path / "two"
     assert main(run_args(model_dirs[kind], data_dir, one)) == 0
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIG),
-                           "--num_processes", "2", "-m", "nlora.cli", *run_args(model_dirs[kind], data_dir, two)],
-                          capture_output=True, text=True, env=env, timeout=600)
+    proc = launch(CONFIG, run_args(model_dirs[kind], data_dir, two))
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert_same_run(one, two)
+
+
+@pytest.mark.parametrize("kind", ["t5", "llama"])
+def test_fsdp_two_processes_match_one(model_dirs, data_dir, tmp_path, kind):
+    """FSDP2 shards the base weights over 2 gloo ranks. 13 training examples in batches of 4 leave a last
+    micro-batch of 1, and 5 test examples in batches of 2 make 3 batches: rank 1 runs filler passes in both."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert main(run_args(model_dirs[kind], data_dir, one, 13, 5)) == 0
+    proc = launch(FSDP_CONFIG, run_args(model_dirs[kind], data_dir, two, 13, 5))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "x 2 processes (FSDP)" in proc.stderr + proc.stdout
+    assert json.loads((two / "summary.json").read_text())["fsdp"] is True
+    assert_same_run(one, two)
+
+
+def assert_same_run(one: Path, two: Path) -> None:
     s1, s2 = (json.loads((d / "summary.json").read_text()) for d in (one, two))
     assert s2["processes"] == 2 and s1["processes"] == 1
     assert s2["accuracy_matrix"] == s1["accuracy_matrix"]
@@ -55,3 +80,23 @@ def test_two_processes_match_one(model_dirs, data_dir, tmp_path, kind):
     # rank 1 wrote nothing of its own: the two trees hold the same file names
     assert sorted(p.relative_to(one).as_posix() for p in one.rglob("*")) == \
         sorted(p.relative_to(two).as_posix() for p in two.rglob("*"))
+
+
+def test_lockstep_pads_sharded_ranks_with_fillers():
+    batches = [[0, 1], [2, 3], [4]]
+    assert Dist(rank=1, world=2).lockstep(batches) == [([2, 3], True)]
+    assert Dist(rank=1, world=2, sharded=True).lockstep(batches) == [([2, 3], True), ([0, 1], False)]
+    assert Dist(rank=0, world=2, sharded=True).lockstep(batches) == [([0, 1], True), ([4], True)]
+    assert Dist(rank=3, world=4, sharded=True).lockstep(batches) == [([0, 1], False)]
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"FSDP_VERSION": "1"}, "set fsdp_version: 2"),
+    ({"FSDP_VERSION": "2", "FSDP_OFFLOAD_PARAMS": "true"}, "fsdp_offload_params: true is not supported"),
+    ({"FSDP_VERSION": "2", "FSDP_ACTIVATION_CHECKPOINTING": "true"}, "fsdp_activation_checkpointing"),
+])
+def test_unsupported_fsdp_options_refused(monkeypatch, env, message):
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    with pytest.raises(NloraError, match=message):
+        _check_fsdp_settings()

@@ -30,8 +30,10 @@ class LayerFactors:
 class ContinualLoRA:
     """Owns the PEFT model and the order of adapters; only the newest adapter trains."""
 
-    def __init__(self, base_model, lora: LoraSettings, target_modules: list[str], seq2seq: bool):
+    def __init__(self, base_model, lora: LoraSettings, target_modules: list[str], seq2seq: bool,
+                 sharded: bool = False):
         self.base_model = base_model
+        self.sharded = sharded  # base weights sharded by FSDP: no rank holds them whole to fold into
         self.lora_config = LoraConfig(
             r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=list(target_modules),
             task_type=TaskType.SEQ_2_SEQ_LM if seq2seq else TaskType.CAUSAL_LM, bias="none",
@@ -134,6 +136,8 @@ class ContinualLoRA:
     def _fp32_layers(self, names: list[str]) -> list[LoraLayer] | None:
         """The layers holding any of ``names``; None unless all their base weights are fp32 (a small dW
         added to bf16 weights would be rounded away)."""
+        if self.sharded:
+            return None
         layers = [layer for _, layer in self.lora_layers() if any(n in layer.lora_A for n in names)]
         if any(layer.get_base_layer().weight.dtype != torch.float32 for layer in layers):
             return None

@@ -5,12 +5,19 @@ the gradients of the trainable (LoRA) parameters are summed across ranks once pe
 rank's loss already weighted by its share of the global batch's answer tokens, so the update equals the
 one-process update on the whole batch. Evaluation splits each task's batches across ranks and gathers the
 predictions; only rank 0 writes files.
+
+Under an FSDP config the frozen base weights are sharded too (FSDP2 over the model's transformer blocks,
+before any adapter exists), while the LoRA factors, made later, stay whole on every rank and go through the
+same gradient sum: the regularisers read them whole. Sharded ranks must run forward passes in lockstep, so a
+rank with no examples in a micro-batch or fewer evaluation batches runs a filler pass whose result is dropped.
 """
 
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -22,6 +29,9 @@ class Dist:
     rank: int = 0
     world: int = 1
     device: torch.device | None = None  # set by Accelerate when launched; None: choose from --device
+    sharded: bool = False  # FSDP: base weights sharded across ranks (adapters are not)
+    reshard_after_forward: bool = True
+    root: Any = None  # the FSDP root module once the model is sharded
 
     @property
     def is_main(self) -> bool:
@@ -64,6 +74,52 @@ class Dist:
         """This rank's share of a global batch (round robin)."""
         return items[self.rank::self.world]
 
+    def shard_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        """FSDP2 over every transformer block (the classes the model names in ``_no_split_modules``) and the
+        whole model. Call before adapters exist: all it shards is frozen base weight."""
+        if not self.sharded:
+            return model
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard
+
+        blocks = set(getattr(model, "_no_split_modules", None) or [])
+        wrapped = [m for m in model.modules() if type(m).__name__ in blocks]
+        if not wrapped:
+            raise NloraError(f"FSDP: {type(model).__name__} names no transformer block classes "
+                             "(_no_split_modules) to shard by; use a DDP config")
+        for p in model.parameters():
+            p.requires_grad_(False)
+        device = self.device if self.device is not None else torch.device("cpu")
+        mesh = init_device_mesh(device.type, (self.world,))
+        # T5's stack computes the position bias from block 0's table before calling the block, outside the
+        # block's gather: that small table stays whole on every rank.
+        whole = {p for n, m in model.named_modules() if n.endswith("relative_attention_bias") for p in m.parameters()}
+        for block in wrapped:
+            fully_shard(block, mesh=mesh, reshard_after_forward=self.reshard_after_forward, ignored_params=whole)
+        self.root = fully_shard(model, mesh=mesh, reshard_after_forward=self.reshard_after_forward)
+        return model
+
+    @contextmanager
+    def root_gathered(self):
+        """The root's own weights (embeddings, head) gathered for the duration: generation may call a
+        submodule (T5's encoder) without going through the root's forward, which would gather them."""
+        if self.root is None:
+            yield
+            return
+        self.root.unshard()
+        try:
+            yield
+        finally:
+            self.root.reshard()
+
+    def lockstep(self, batches: list) -> list[tuple[Any, bool]]:
+        """This rank's share of ``batches`` as (batch, keep) pairs. Sharded ranks pad to the same number of
+        passes with fillers (keep False) so that their weight gathers match."""
+        mine = [(b, True) for b in batches[self.rank::self.world]]
+        if self.sharded and batches:
+            mine += [(batches[0], False)] * (-(-len(batches) // self.world) - len(mine))
+        return mine
+
 
 def launched() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
@@ -78,8 +134,28 @@ def setup(device: str = "auto") -> Dist:
     from accelerate.utils import DistributedType
 
     state = PartialState(cpu=device == "cpu" or not torch.cuda.is_available())
-    if state.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
-        raise NloraError(f"distributed type {state.distributed_type.value} is not supported yet: nlora trains "
-                         "LoRA factors it reads whole in its regularisers; use a DDP config "
-                         "(configs/accelerate/ddp-*.yaml)")
-    return Dist(rank=state.process_index, world=state.num_processes, device=state.device)
+    if state.distributed_type == DistributedType.DEEPSPEED or _env_flag("ACCELERATE_USE_DEEPSPEED"):
+        raise NloraError("DeepSpeed is not supported: nlora runs its own optimizer step on the LoRA factors; "
+                         "for sharded base weights use configs/accelerate/fsdp-gpus.yaml")
+    sharded = state.distributed_type == DistributedType.FSDP or _env_flag("ACCELERATE_USE_FSDP")
+    if sharded:
+        _check_fsdp_settings()
+    return Dist(rank=state.process_index, world=state.num_processes, device=state.device, sharded=sharded,
+                reshard_after_forward=os.environ.get("FSDP_RESHARD_AFTER_FORWARD", "true").lower()
+                not in ("false", "shard_grad_op", "no_shard", "2", "3"))
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "false").lower() in ("true", "1", "yes")
+
+
+def _check_fsdp_settings() -> None:
+    """The FSDP options nlora honours are fsdp_version 2 and fsdp_reshard_after_forward; refuse the rest
+    rather than ignore them."""
+    if os.environ.get("FSDP_VERSION", "2") != "2":
+        raise NloraError(f"FSDP: fsdp_version {os.environ['FSDP_VERSION']} in the Accelerate config; nlora "
+                         "shards with FSDP2, set fsdp_version: 2 (configs/accelerate/fsdp-gpus.yaml)")
+    for flag, what in (("FSDP_OFFLOAD_PARAMS", "fsdp_offload_params"),
+                       ("FSDP_ACTIVATION_CHECKPOINTING", "fsdp_activation_checkpointing")):
+        if _env_flag(flag):
+            raise NloraError(f"FSDP: {what}: true is not supported; set it to false")

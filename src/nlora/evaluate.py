@@ -41,40 +41,55 @@ def generate(model, tokenizer, prompts: list[str], *, seq2seq: bool, device: tor
     dist = dist or Dist()
     encoded = encode(tokenizer, [Example(p, "") for p in prompts], seq2seq, max_source, 2)
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i].source))
-    mine = [order[s:s + batch_size] for s in range(0, len(order), batch_size)][dist.rank::dist.world]
+    mine = dist.lockstep([order[s:s + batch_size] for s in range(0, len(order), batch_size)])
     texts: dict[int, str] = {}
     model.eval()
-    bar = tqdm(total=sum(map(len, mine)), desc=desc, unit="ex", leave=False, dynamic_ncols=True,
-               disable=not dist.is_main)
-    for chunk in mine:
-        size = len(chunk)
-        while chunk:
-            idx = chunk[:size]
-            try:
-                out = _generate_batch(model, tokenizer, [encoded[i] for i in idx], [prompts[i] for i in idx],
-                                      seq2seq, device, amp_dtype, max_new_tokens)
-            except (torch.OutOfMemoryError, RuntimeError) as e:
-                if not _is_oom(e) or size == 1:
-                    raise
-                size = max(1, size // 2)
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
-                tqdm.write(f"[nlora] out of memory in evaluation: batch of {len(idx)} -> {size}")
-                continue
-            texts.update(zip(idx, out))
-            chunk = chunk[len(idx):]
-            bar.update(len(idx))
+    bar = tqdm(total=sum(len(c) for c, keep in mine if keep), desc=desc, unit="ex", leave=False,
+               dynamic_ncols=True, disable=not dist.is_main)
+    for chunk, keep in mine:
+        with dist.root_gathered():  # per batch: the root's last forward of a generation reshards it
+            out = _generate_halving(model, tokenizer, encoded, prompts, chunk, seq2seq, device, amp_dtype,
+                                    max_new_tokens, dist)
+        if keep:
+            texts.update(out)
+            bar.update(len(chunk))
     bar.close()
     for part in dist.all_gather(texts):
         texts.update(part)
     return [texts[i] for i in range(len(prompts))]
 
 
-def _generate_batch(model, tokenizer, encoded, prompts, seq2seq, device, amp_dtype, max_new_tokens) -> list[str]:
+def _generate_halving(model, tokenizer, encoded, prompts, chunk, seq2seq, device, amp_dtype, max_new_tokens,
+                      dist: Dist) -> dict[int, str]:
+    """Texts for the prompts in ``chunk``; out of memory halves the batch and goes on (not under FSDP, where
+    every rank must make the same passes)."""
+    texts, size = {}, len(chunk)
+    while chunk:
+        idx = chunk[:size]
+        try:
+            out = _generate_batch(model, tokenizer, [encoded[i] for i in idx], [prompts[i] for i in idx],
+                                  seq2seq, device, amp_dtype, max_new_tokens, synced=dist.sharded)
+        except (torch.OutOfMemoryError, RuntimeError) as e:
+            if not _is_oom(e) or size == 1 or dist.sharded:
+                raise
+            size = max(1, size // 2)
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            tqdm.write(f"[nlora] out of memory in evaluation: batch of {len(idx)} -> {size}")
+            continue
+        texts.update(zip(idx, out))
+        chunk = chunk[len(idx):]
+    return texts
+
+
+def _generate_batch(model, tokenizer, encoded, prompts, seq2seq, device, amp_dtype, max_new_tokens,
+                    synced: bool = False) -> list[str]:
     batch = {k: v.to(device) for k, v in collate_prompts(encoded, tokenizer.pad_token_id, seq2seq).items()}
     with autocast(device, amp_dtype):
+        # synced: sharded ranks keep stepping until all have finished (their weight gathers must match)
         gen = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                             synced_gpus=synced)
     if seq2seq:
         return [t.strip() for t in tokenizer.batch_decode(gen, skip_special_tokens=True)]
     # keep prompt + continuation: the answer is what follows the last "Answer:"
@@ -106,17 +121,18 @@ def score_labels(model, tokenizer, prompts: list[str], labels: list[str], *, seq
     k = len(labels)
     order = sorted(range(len(prompts)), key=lambda i: -len(pairs[i * k].source))
     per_batch = max(1, batch_size // k)
-    mine = [order[s:s + per_batch] for s in range(0, len(order), per_batch)][dist.rank::dist.world]
+    mine = dist.lockstep([order[s:s + per_batch] for s in range(0, len(order), per_batch)])
     best: dict[int, str] = {}
-    keep = not seq2seq and _accepts_logits_to_keep(model)
+    keep_logits = not seq2seq and _accepts_logits_to_keep(model)
     model.eval()
-    for chunk in tqdm(mine, desc=desc, unit="batch", leave=False, dynamic_ncols=True, disable=not dist.is_main):
+    for chunk, keep in tqdm(mine, desc=desc, unit="batch", leave=False, dynamic_ncols=True,
+                            disable=not dist.is_main):
         rows = [pairs[i * k + j] for i in chunk for j in range(k)]
         batch = {key: v.to(device) for key, v in collate_train(rows, tokenizer.pad_token_id, seq2seq).items()}
         with autocast(device, amp_dtype):
-            scores = sequence_logprobs(model, batch, seq2seq, keep).view(len(chunk), k)
-        for i, j in zip(chunk, scores.argmax(-1).tolist()):
-            best[i] = labels[j]
+            scores = sequence_logprobs(model, batch, seq2seq, keep_logits).view(len(chunk), k)
+        if keep:
+            best.update((i, labels[j]) for i, j in zip(chunk, scores.argmax(-1).tolist()))
     for part in dist.all_gather(best):
         best.update(part)
     return [best[i] for i in range(len(prompts))]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import random
 import re
@@ -105,7 +106,8 @@ def default_eval_batch(device: torch.device) -> int:
 
 
 def log(msg: str) -> None:
-    tqdm.write(f"[nlora] {msg}")
+    if int(os.environ.get("RANK", "0")) == 0:  # under a launcher, one copy of each message
+        tqdm.write(f"[nlora] {msg}")
 
 
 def _read_json(path: Path):
@@ -196,6 +198,9 @@ def run(cfg: RunConfig, overwrite: bool = False) -> dict:
     started = time.perf_counter()
     dist = dist_setup(cfg.device)
     method = get_method(cfg.method)(cfg)
+    if dist.sharded and (method.full_finetune or method.prompt_tuning):
+        raise NloraError(f"FSDP: method {cfg.method} trains more than LoRA factors; under FSDP nlora runs the "
+                         "LoRA methods (nlora methods), or use a DDP config")
     device = dist.device or pick_device(cfg.device)
     amp = autocast_dtype(cfg.precision, device)
     instructions = load_instructions(cfg.instructions)
@@ -214,10 +219,11 @@ def run(cfg: RunConfig, overwrite: bool = False) -> dict:
     if not resuming:  # only now, with data, model and method checked, is anything written
         make_run_dir(cfg, overwrite, dist)
 
-    model, tok = loaded.model.to(device), loaded.tokenizer
-    lora = ContinualLoRA(model, cfg.lora, targets, loaded.seq2seq)
+    model, tok = dist.shard_model(loaded.model).to(device), loaded.tokenizer
+    lora = ContinualLoRA(model, cfg.lora, targets, loaded.seq2seq, sharded=dist.sharded)
     log(f"{'resuming ' if resuming else ''}{cfg.method} on {len(tasks)} tasks ({', '.join(cfg.task_names)}), "
-        f"model {cfg.model}, device {device}{f' x {dist.world} processes' if dist.active else ''}, "
+        f"model {cfg.model}, device {device}"
+        f"{f' x {dist.world} processes' + (' (FSDP)' if dist.sharded else '') if dist.active else ''}, "
         f"{'bf16 autocast' if amp else 'fp32'}, LoRA r={cfg.lora.r} on {targets}")
 
     n = len(cfg.tasks)
@@ -254,7 +260,7 @@ def run(cfg: RunConfig, overwrite: bool = False) -> dict:
         "accuracy_matrix": matrix, "aa": metrics.average_accuracy(matrix), "bwt": metrics.backward_transfer(matrix),
         "fwt": metrics.forward_transfer(matrix, zero_shot) if zero_shot else None, "zero_shot": zero_shot,
         "wall_time_s": round(time.perf_counter() - started, 2), "resumed": bool(resuming), "per_task": per_task,
-        "seed": cfg.seed, "device": str(device), "processes": dist.world, "precision": "bf16" if amp else "fp32",
+        "seed": cfg.seed, "device": str(device), "processes": dist.world, "fsdp": dist.sharded, "precision": "bf16" if amp else "fp32",
         "machine": {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
                     "cpu_threads": torch.get_num_threads(),
                     "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None},

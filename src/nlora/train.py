@@ -105,8 +105,10 @@ def train_task(lora: ContinualLoRA, method: Method, data: list[Encoded], setting
     optimizer.zero_grad(set_to_none=True)
     for micro in range(state.micro, len(schedule)):
         step = micro // settings.grad_accum + 1
-        loss, extra = _micro_step(forward, method, lora, settings, [data[i] for i in dist.shard(schedule[micro])],
-                                  pad_id, seq2seq, device, amp_dtype, keep_logits, dist, step)
+        share = dist.shard(schedule[micro])
+        filler = dist.sharded and not share  # sharded ranks must all run the pass; this one counts for nothing
+        loss, extra = _micro_step(forward, method, lora, settings, [data[i] for i in share or schedule[micro][:1]],
+                                  pad_id, seq2seq, device, amp_dtype, keep_logits, dist, step, filler)
         state.losses.append(loss)
         state.penalties.append(extra)
         if (micro + 1) % settings.grad_accum == 0 or micro + 1 == len(schedule):
@@ -129,14 +131,18 @@ def train_task(lora: ContinualLoRA, method: Method, data: list[Encoded], setting
 
 
 def _micro_step(model, method, lora, settings, examples, pad_id, seq2seq, device, amp_dtype, keep_logits,
-                dist: Dist, step: int) -> tuple[float, float]:
-    """Forward and backward of one micro-batch (this rank's share); returns the global mean loss and penalty."""
+                dist: Dist, step: int, filler: bool = False) -> tuple[float, float]:
+    """Forward and backward of one micro-batch (this rank's share); returns the global mean loss and penalty.
+    ``filler``: the pass only keeps a sharded rank in step; its loss is multiplied by zero."""
     loss_sum, count, batch_extra = torch.zeros((), device=device), 0, None
     if examples:
         batch = {k: v.to(device) for k, v in collate_train(examples, pad_id, seq2seq).items()}
         with autocast(device, amp_dtype):
             loss_sum, count = task_loss_sum(model, batch, seq2seq, keep_logits)
             batch_extra = method.batch_penalty(lora, settings, batch, seq2seq)
+        if filler:
+            loss_sum, count = loss_sum * 0, 0
+            batch_extra = None if batch_extra is None else batch_extra * 0
     counts = dist.sum_(torch.tensor([float(count), loss_sum.detach().float().item()], device=device))
     global_count = max(float(counts[0]), 1.0)
     extra = method.penalty(lora, settings)  # fp32: a sum over millions of |dW| entries would lose bits in bf16
