@@ -77,6 +77,8 @@ def assert_same_run(one: Path, two: Path) -> None:
         p1 = (one / "tasks" / task / "predictions.jsonl").read_text().splitlines()
         p2 = (two / "tasks" / task / "predictions.jsonl").read_text().splitlines()
         assert [json.loads(x)["prompt"] for x in p1] == [json.loads(x)["prompt"] for x in p2]
+        # and the same generated text (accuracy is 0 on these random models, so this is the real check)
+        assert [json.loads(x)["prediction"] for x in p1] == [json.loads(x)["prediction"] for x in p2]
     # rank 1 wrote nothing of its own: the two trees hold the same file names
     assert sorted(p.relative_to(one).as_posix() for p in one.rglob("*")) == \
         sorted(p.relative_to(two).as_posix() for p in two.rglob("*"))
