@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import random
 import statistics
 from pathlib import Path
@@ -23,6 +22,7 @@ from pathlib import Path
 import torch
 
 from nlora.config import resolve
+from nlora.dist import machine_name
 from nlora.data import index_tasks
 from nlora.io import write_json, write_text
 from nlora.recipe import run
@@ -121,8 +121,7 @@ def main(argv=None) -> None:
                          **{f"{k}_mean_sd": mean_sd([r[k] for r in runs])
                             for k in ("aa", "bwt", "acr", "nuclear_norm", "wall_time_s")}})
     device = "cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu"
-    machine = (torch.cuda.get_device_name() if device == "cuda"
-               else f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads")
+    machine = machine_name(device)
     write_json(Path(args.out) / "results.json", {"settings": vars(args), "machine": machine, "lambdas": lambdas,
                                                  "rows": rows})
     text = table(rows, args, machine)

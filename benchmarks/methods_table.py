@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 from pathlib import Path
 
 import torch
 
 from nlora.config import resolve
+from nlora.dist import machine_name
 from nlora.io import write_json, write_text
 from nlora.recipe import run
 from nlora.report import analyze
@@ -85,8 +85,7 @@ def main(argv=None) -> None:
     p.add_argument("--seed", type=int, default=42)
     args = p.parse_args(argv)
     device = "cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu"
-    machine = (torch.cuda.get_device_name() if device == "cuda"
-               else f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads")
+    machine = machine_name(device)
     rows = [run_method(m, args) for m in args.methods.split(",")]
     out = Path(args.out)
     write_json(out / "results.json", {"settings": vars(args), "machine": machine, "runs": rows})

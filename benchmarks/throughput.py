@@ -26,7 +26,6 @@ import argparse
 import contextlib
 import json
 import math
-import platform
 import random
 import statistics
 import time
@@ -37,6 +36,7 @@ import torch
 from nlora.adapters import ContinualLoRA
 from nlora.batching import Encoded, batch_order, collate_prompts, collate_train
 from nlora.config import LoraSettings, TaskSettings, resolve
+from nlora.dist import machine_name
 from nlora.methods import get_method
 from nlora.train import autocast, task_loss
 
@@ -55,12 +55,6 @@ SHAPES = {
 }
 TASKS = ("TC/agnews", "SC/amazon", "NLI/MNLI", "QQP/QQP")
 MAX_SOURCE = 512
-
-
-def machine(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
 
 
 def build_model(shape: str, device: torch.device):
@@ -302,7 +296,7 @@ def main(argv=None) -> None:
     vocab = SHAPES[args.shape][1].get("vocab_size", 512)
     data = examples(lengths, vocab, 0)
     amp = torch.bfloat16 if args.precision == "bf16" else None
-    info = {"shape": args.shape, "device": machine(device), "torch": torch.__version__, "lengths": source,
+    info = {"shape": args.shape, "device": machine_name(device), "torch": torch.__version__, "lengths": source,
             "median_prompt_tokens": statistics.median(lengths)}
     cases = args.cases.split(",")
     if "train" in cases:

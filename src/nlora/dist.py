@@ -15,6 +15,7 @@ rank with no examples in a micro-batch or fewer evaluation batches runs a filler
 from __future__ import annotations
 
 import os
+import platform
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -119,6 +120,19 @@ class Dist:
         if self.sharded and batches:
             mine += [(batches[0], False)] * (-(-len(batches) // self.world) - len(mine))
         return mine
+
+
+def machine_name(device: torch.device | str) -> str:
+    """What benchmarks print beside their figures: the GPU's name, or the CPU model and thread count."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{cpu} CPU ({platform.machine()}), {torch.get_num_threads()} threads"
 
 
 def launched() -> bool:

@@ -21,7 +21,7 @@ from .adapters import ContinualLoRA
 from .batching import collate_train, encode
 from .config import RunConfig, save_config
 from .data import TaskData, load_tasks
-from .dist import Dist
+from .dist import Dist, machine_name
 from .dist import setup as dist_setup
 from .errors import NloraError
 from .evaluate import predict_tasks, prediction_rows, results_dict
@@ -261,7 +261,7 @@ def run(cfg: RunConfig, overwrite: bool = False) -> dict:
         "fwt": metrics.forward_transfer(matrix, zero_shot) if zero_shot else None, "zero_shot": zero_shot,
         "wall_time_s": round(time.perf_counter() - started, 2), "resumed": bool(resuming), "per_task": per_task,
         "seed": cfg.seed, "device": str(device), "processes": dist.world, "fsdp": dist.sharded, "precision": "bf16" if amp else "fp32",
-        "machine": {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
+        "machine": {"name": machine_name(device), "platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
                     "cpu_threads": torch.get_num_threads(),
                     "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None},
         "nlora_version": __version__,
