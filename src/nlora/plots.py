@@ -64,12 +64,8 @@ def nuclear_norm_per_layer(analyses: list[tuple[str, dict]], path: Path) -> Path
         for module, values in by_module.items():
             ax.plot(range(len(values)), values, marker=".",
                     label=f"{label} {module} (run mean {a['nuclear_norm']['mean']:.3g})")
-    ax.set_xlabel("block (model order)")
-    ax.set_ylabel("nuclear norm of dW, mean over tasks")
     ax.set_yscale("log")
-    ax.legend()
-    ax.set_title("Nuclear norm per layer")
-    return _save(fig, path)
+    return _finish(fig, ax, path, "block (model order)", "nuclear norm of dW, mean over tasks", "Nuclear norm per layer")
 
 
 def collision_curves(analyses: list[tuple[str, dict]], path: Path) -> Path:
@@ -79,11 +75,7 @@ def collision_curves(analyses: list[tuple[str, dict]], path: Path) -> Path:
         if pts:
             ax.plot(*zip(*pts), marker="o", label=label)
     ax.set_xscale("log")
-    ax.set_xlabel("threshold on |dW|")
-    ax.set_ylabel("average collision rate %")
-    ax.legend()
-    ax.set_title("Collision rate against threshold")
-    return _save(fig, path)
+    return _finish(fig, ax, path, "threshold on |dW|", "average collision rate %", "Collision rate against threshold")
 
 
 def aa_bwt_bars(runs: list[tuple[str, dict]], path: Path) -> Path:
@@ -91,13 +83,20 @@ def aa_bwt_bars(runs: list[tuple[str, dict]], path: Path) -> Path:
 
     fig, ax = plt.subplots(figsize=(1.5 + 1.2 * len(runs), 3.5))
     x = np.arange(len(runs))
-    aa = [s["aa"] or 0 for _, s in runs]
-    bwt = [s["bwt"] or 0 for _, s in runs]
+    # a missing figure (MTL has no BWT) is no bar, not a bar at 0
+    aa = [float("nan") if s["aa"] is None else s["aa"] for _, s in runs]
+    bwt = [float("nan") if s["bwt"] is None else s["bwt"] for _, s in runs]
     ax.bar(x - 0.2, aa, 0.4, label="AA")
     ax.bar(x + 0.2, bwt, 0.4, label="BWT")
     ax.axhline(0, color="k", lw=0.5)
     ax.set_xticks(x, [label for label, _ in runs], rotation=20, ha="right")
-    ax.set_ylabel("exact match (points)")
+    return _finish(fig, ax, path, None, "exact match (points)", "Average accuracy and backward transfer")
+
+
+def _finish(fig, ax, path: Path, xlabel: str | None, ylabel: str, title: str) -> Path:
+    if xlabel:
+        ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.legend()
-    ax.set_title("Average accuracy and backward transfer")
+    ax.set_title(title)
     return _save(fig, path)
