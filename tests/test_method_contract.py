@@ -16,7 +16,7 @@ from nlora.methods import REGISTRY, get_method
 from nlora.models import default_target_modules, load_model
 from nlora.prompts import load_instructions
 from nlora.recipe import task_context
-from nlora.train import train_task
+from nlora.train import answer_logits, train_task
 
 METHODS = sorted(REGISTRY)
 TASKS = ["01-topic", "02-mood"]
@@ -157,12 +157,27 @@ def test_lwf_distillation_is_zero_before_the_task_moves_the_adapter(model_dirs, 
     loaded = load_model(str(model_dirs["llama"]))
     tasks = load_tasks(data_dir, ["topic"], load_instructions(), 4, 4, 0)
     batch = collate_train(encode(loaded.tokenizer, tasks["topic"].splits["train"], False, 256, 8), 0, False)
-    assert method.batch_penalty(lora, settings, batch, False).item() == pytest.approx(0.0, abs=1e-6)
+    def penalty():  # as the training step calls it: with the task loss's own answer logits
+        logits, targets = answer_logits(lora.model, batch, False, False)
+        return method.batch_penalty(lora, settings, batch, False, logits, targets)
+
+    assert penalty().item() == pytest.approx(0.0, abs=1e-6)
     with torch.no_grad():
         for f in lora.factors(lora.current):
             f.B.add_(0.05 * torch.randn_like(f.B))
-    moved = method.batch_penalty(lora, settings, batch, False)
+    moved = penalty()
     assert moved.item() > 1e-4 and moved.requires_grad
+    # brute force: KL over every position that predicts an answer token, from full-sequence logits
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    with torch.no_grad():
+        lora.model.base_model.set_adapter(["lwf_teacher"])
+        teacher = lora.model(**inputs).logits[:, :-1]
+        lora.activate([lora.current])
+        student = lora.model(**inputs).logits[:, :-1]
+    mask, t = batch["labels"][:, 1:] != -100, method.temperature
+    kl = torch.nn.functional.kl_div(torch.log_softmax(student[mask] / t, -1), torch.log_softmax(teacher[mask] / t, -1),
+                                    log_target=True, reduction="batchmean")
+    assert moved.item() == pytest.approx(settings.lam * t * t * kl.item(), rel=1e-4)
     assert [n for n, p in lora.model.named_parameters() if p.requires_grad and "lwf_teacher" in n] == []
 
 

@@ -57,11 +57,14 @@ def answer_logits(model, batch: dict[str, torch.Tensor], seq2seq: bool,
     return logits[:, :-1], labels[:, -answer_span + 1:]
 
 
-def task_loss_sum(model, batch: dict[str, torch.Tensor], seq2seq: bool, keep_logits: bool) -> tuple[torch.Tensor, int]:
+def loss_from_logits(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, int]:
     """Summed cross-entropy over answer tokens, and their number (so ranks can weight by a global count)."""
-    logits, targets = answer_logits(model, batch, seq2seq, keep_logits)
     total = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100, reduction="sum")
     return total, int((targets != -100).sum())
+
+
+def task_loss_sum(model, batch: dict[str, torch.Tensor], seq2seq: bool, keep_logits: bool) -> tuple[torch.Tensor, int]:
+    return loss_from_logits(*answer_logits(model, batch, seq2seq, keep_logits))
 
 
 def task_loss(model, batch: dict[str, torch.Tensor], seq2seq: bool, keep_logits: bool) -> torch.Tensor:
@@ -138,8 +141,9 @@ def _micro_step(model, method, lora, settings, examples, pad_id, seq2seq, device
     if examples:
         batch = {k: v.to(device) for k, v in collate_train(examples, pad_id, seq2seq).items()}
         with autocast(device, amp_dtype):
-            loss_sum, count = task_loss_sum(model, batch, seq2seq, keep_logits)
-            batch_extra = method.batch_penalty(lora, settings, batch, seq2seq)
+            logits, targets = answer_logits(model, batch, seq2seq, keep_logits)
+            loss_sum, count = loss_from_logits(logits, targets)
+            batch_extra = method.batch_penalty(lora, settings, batch, seq2seq, logits, targets)
         if filler:
             loss_sum, count = loss_sum * 0, 0
             batch_extra = None if batch_extra is None else batch_extra * 0

@@ -66,9 +66,11 @@ class Method:
     def penalty(self, lora: ContinualLoRA, settings: TaskSettings) -> torch.Tensor | None:
         return None
 
-    def batch_penalty(self, lora: ContinualLoRA, settings: TaskSettings, batch: dict, seq2seq: bool):
+    def batch_penalty(self, lora: ContinualLoRA, settings: TaskSettings, batch: dict, seq2seq: bool,
+                      logits: torch.Tensor, targets: torch.Tensor):
         """An extra loss that depends on the training batch (e.g. distillation), mean over its examples;
-        called inside autocast after the task loss. Default: none."""
+        called inside autocast after the task loss, with that loss's answer logits (grad attached) and the
+        answer tokens they predict (-100 elsewhere), so no second forward is needed. Default: none."""
         return None
 
     def eval_adapters(self, task_index: int) -> list[int]:

@@ -3,7 +3,7 @@ is also distilled towards its own outputs from before the task (a frozen copy of
 what the shared adapter computed for earlier tasks.
 
 L = L_task + lambda * T^2 * KL(softmax(z_old / T) || softmax(z / T)) over the answer positions.
-Costs two extra forward passes per step (teacher, and the student's full logits).
+Costs one extra forward pass per step (the teacher's); the student's logits are the task loss's own.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from ..adapters import ContinualLoRA
 from ..config import TaskSettings
+from ..train import _accepts_logits_to_keep, answer_logits
 from . import register
 from .base import Method
 
@@ -41,25 +42,19 @@ class LwF(Method):
             lora.activate([name])
         return name
 
-    def batch_penalty(self, lora: ContinualLoRA, settings: TaskSettings, batch: dict, seq2seq: bool):
+    def batch_penalty(self, lora: ContinualLoRA, settings: TaskSettings, batch: dict, seq2seq: bool,
+                      logits: torch.Tensor, targets: torch.Tensor):
         if not self.distil:
             return None
         model, name = lora.model, lora.current
-        inputs = batch if seq2seq else {k: v for k, v in batch.items() if k != "labels"}
         was_training = model.training
         with torch.no_grad():
             model.base_model.set_adapter([TEACHER])
             model.eval()
-            teacher = model(**inputs).logits.float()
+            teacher, _ = answer_logits(model, batch, seq2seq, _accepts_logits_to_keep(model))
         lora.activate([name])
         model.train(was_training)
-        student = model(**inputs).logits.float()
-        labels = batch["labels"]
-        if seq2seq:
-            mask = labels != -100
-        else:  # position i predicts token i + 1
-            teacher, student, mask = teacher[:, :-1], student[:, :-1], labels[:, 1:] != -100
-        t = self.temperature
-        kl = F.kl_div(F.log_softmax(student[mask] / t, -1), F.log_softmax(teacher[mask] / t, -1),
+        mask, t = targets != -100, self.temperature
+        kl = F.kl_div(F.log_softmax(logits[mask].float() / t, -1), F.log_softmax(teacher[mask].float() / t, -1),
                       log_target=True, reduction="batchmean")
         return self.lam(settings) * t * t * kl
