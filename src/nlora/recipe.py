@@ -320,12 +320,7 @@ def evaluate_run(run_dir: str | Path, task_names: list[str], after_task: int | N
     targets = cfg.lora.target_modules or default_target_modules(loaded.model)
     lora = ContinualLoRA(loaded.model.to(dev), cfg.lora, targets, loaded.seq2seq)
     for i in needed:
-        if method.full_finetune:
-            lora.start_full(method.adapter_name(i))
-        elif method.prompt_tuning:
-            lora.start_prompt(method.adapter_name(i), method.virtual_tokens)
-        else:
-            lora.start_adapter(method.adapter_name(i))
+        method.start(lora, method.adapter_name(i))
         lora.load_adapter_weights(method.adapter_name(i), task_dir(run_dir, i, cfg.tasks[i].name) / "adapter")
     lora.model.to(dev)
     index = {s.name: i for i, s in enumerate(cfg.tasks)}

@@ -54,9 +54,14 @@ class Method:
     def adapter_name(self, task_index: int) -> str:
         return f"task{task_index}" if self.fresh_adapter_per_task else "seq"
 
+    def start(self, lora: ContinualLoRA, name: str) -> None:
+        """Create the trainable part ``name`` (or make it current again): a LoRA adapter here. Also how
+        `nlora eval` rebuilds a saved run before loading its weights."""
+        lora.start_adapter(name)
+
     def begin_task(self, lora: ContinualLoRA, task_index: int, settings: TaskSettings) -> str:
         name = self.adapter_name(task_index)
-        lora.start_adapter(name)
+        self.start(lora, name)
         if self.cfg.fold_adapters and self.foldable:  # earlier adapters are frozen: one folded update per layer costs the same
             for earlier in lora.live_adapters()[:-1]:
                 lora.fold(earlier)

@@ -33,6 +33,9 @@ class SeqFT(Method):
     def adapter_name(self, task_index: int) -> str:
         return "full"
 
+    def start(self, lora: ContinualLoRA, name: str) -> None:
+        lora.start_full(name)
+
     def begin_task(self, lora: ContinualLoRA, task_index: int, settings: TaskSettings) -> str:
-        lora.start_full(self.adapter_name(task_index))
+        self.start(lora, self.adapter_name(task_index))
         return lora.current

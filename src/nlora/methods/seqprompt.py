@@ -27,6 +27,9 @@ class SeqPrompt(Method):
     def adapter_name(self, task_index: int) -> str:
         return "soft"
 
+    def start(self, lora: ContinualLoRA, name: str) -> None:
+        lora.start_prompt(name, self.virtual_tokens)
+
     def begin_task(self, lora: ContinualLoRA, task_index: int, settings: TaskSettings) -> str:
-        lora.start_prompt(self.adapter_name(task_index), self.virtual_tokens)
+        self.start(lora, self.adapter_name(task_index))
         return lora.current
