@@ -54,7 +54,8 @@ def run_one(args, method: str, tasks: str, seed: int, out: Path, data_dir: Path,
     overrides = dict(model=args.model, data_dir=str(data_dir), output_dir=str(out), task_names=tasks.split(","),
                      method=method, lr=args.lr, epochs=args.epochs, batch_size=args.batch_size, seed=seed,
                      max_train_per_task=args.max_train, max_test_per_task=args.max_test, precision=args.precision,
-                     unknown_labels="drop", device=args.device, nlora_form=args.nlora_form)
+                     unknown_labels="drop", device=args.device, nlora_form=args.nlora_form,
+                     eval_scope=args.eval_scope, save_every=args.save_every)
     if lam is not None:
         overrides["lambda"] = lam
     return run(resolve(overrides=overrides))
@@ -96,9 +97,12 @@ def main(argv=None) -> None:
     p.add_argument("--max-train", type=int, default=500)
     p.add_argument("--max-test", type=int, default=200)
     p.add_argument("--val", type=int, default=200, help="validation rows carved from each task's training data")
-    p.add_argument("--epochs", type=float, default=2.0)
+    p.add_argument("--epochs", type=float, default=1.0)
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--eval-scope", choices=["seen", "needed"], default="needed",
+                   help="needed (default): only what AA and BWT use; seen: the whole lower triangle")
+    p.add_argument("--save-every", type=int, default=10, help="step checkpoints, so a stopped run loses little")
     p.add_argument("--precision", default="bf16")
     p.add_argument("--nlora-form", default="paper", choices=["paper", "reference"])
     p.add_argument("--device", default="auto")
