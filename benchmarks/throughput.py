@@ -38,7 +38,7 @@ from nlora.batching import Encoded, batch_order, collate_prompts, collate_train
 from nlora.config import LoraSettings, TaskSettings, resolve
 from nlora.dist import machine_name
 from nlora.methods import get_method
-from nlora.train import autocast, task_loss
+from nlora.logits import autocast, task_loss
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "CL_Benchmark"
 SHAPES = {

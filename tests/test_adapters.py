@@ -99,7 +99,7 @@ def test_reference_form_refused_for_gqa(model_dirs, data_dir):
 
 
 def _loss_and_grads(lora, batch, seq2seq, amp):
-    from nlora.train import autocast, task_loss
+    from nlora.logits import autocast, task_loss
 
     lora.model.eval()  # dropout off: folding drops the old branches' dropout, the only intended difference
     lora.model.zero_grad(set_to_none=True)

@@ -2,7 +2,7 @@ import torch
 
 from nlora.batching import Encoded, batch_order, collate_train, fit_length
 from nlora.models import load_model
-from nlora.train import task_loss
+from nlora.logits import task_loss
 
 
 def test_fit_length_keeps_head_and_tail():

@@ -16,7 +16,8 @@ from nlora.methods import REGISTRY, get_method
 from nlora.models import default_target_modules, load_model
 from nlora.prompts import load_instructions
 from nlora.recipe import task_context
-from nlora.train import answer_logits, train_task
+from nlora.logits import answer_logits
+from nlora.train import train_task
 
 METHODS = sorted(REGISTRY)
 TASKS = ["01-topic", "02-mood"]

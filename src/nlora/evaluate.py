@@ -13,7 +13,7 @@ from .batching import collate_prompts, collate_train, encode
 from .data import Example, TaskData
 from .dist import Dist
 from .prompts import answer_from_generation
-from .train import _accepts_logits_to_keep, answer_logits, autocast
+from .logits import accepts_logits_to_keep, answer_logits, autocast
 
 
 @dataclass
@@ -123,7 +123,7 @@ def score_labels(model, tokenizer, prompts: list[str], labels: list[str], *, seq
     per_batch = max(1, batch_size // k)
     mine = dist.lockstep([order[s:s + per_batch] for s in range(0, len(order), per_batch)])
     best: dict[int, str] = {}
-    keep_logits = not seq2seq and _accepts_logits_to_keep(model)
+    keep_logits = not seq2seq and accepts_logits_to_keep(model)
     model.eval()
     for chunk, keep in tqdm(mine, desc=desc, unit="batch", leave=False, dynamic_ncols=True,
                             disable=not dist.is_main):

@@ -30,7 +30,8 @@ from .methods import get_method
 from .methods.base import TaskContext
 from .models import autocast_dtype, default_target_modules, load_model, pick_device
 from .prompts import load_instructions
-from .train import _accepts_logits_to_keep, autocast, task_loss, train_task
+from .logits import accepts_logits_to_keep, autocast, task_loss
+from .train import train_task
 
 
 def seed_everything(seed: int) -> None:
@@ -144,7 +145,7 @@ def evaluate_and_write(model, tok, tasks: list[TaskData], dest: Path, gen_kw: di
 
 
 def task_context(lora, examples, settings, tok, seq2seq, device, amp) -> TaskContext:
-    keep = not seq2seq and _accepts_logits_to_keep(lora.model)
+    keep = not seq2seq and accepts_logits_to_keep(lora.model)
 
     def loss(batch_examples):
         batch = {k: v.to(device) for k, v in collate_train(batch_examples, tok.pad_token_id, seq2seq).items()}

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import inspect
 import math
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
@@ -19,6 +16,7 @@ from .batching import Encoded, batch_order, collate_train
 from .config import TaskSettings
 from .dist import Dist
 from .errors import NloraError
+from .logits import accepts_logits_to_keep, answer_logits, autocast, loss_from_logits
 from .methods.base import Method
 
 
@@ -30,47 +28,6 @@ class TrainStats:
     mean_loss: float
     mean_penalty: float
     seconds: float
-
-
-def autocast(device: torch.device, dtype: torch.dtype | None):
-    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
-
-
-def _accepts_logits_to_keep(model) -> bool:
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "logits_to_keep" in inspect.signature(base.forward).parameters
-
-
-def answer_logits(model, batch: dict[str, torch.Tensor], seq2seq: bool,
-                  keep_logits: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits at the positions that predict answer tokens, and those tokens (-100 elsewhere), aligned."""
-    labels = batch["labels"]
-    inputs = {k: v for k, v in batch.items() if k != "labels"}
-    if seq2seq:
-        return model(**inputs, labels=labels).logits, labels
-    # Answers sit at the end (left padding): keep only the logits that predict them.
-    answer_span = int((labels != -100).sum(-1).max()) + 1
-    if keep_logits:
-        logits = model(**inputs, logits_to_keep=answer_span).logits
-    else:
-        logits = model(**inputs).logits[:, -answer_span:]
-    return logits[:, :-1], labels[:, -answer_span + 1:]
-
-
-def loss_from_logits(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """Summed cross-entropy over answer tokens, and their number (so ranks can weight by a global count)."""
-    total = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100, reduction="sum")
-    return total, int((targets != -100).sum())
-
-
-def task_loss_sum(model, batch: dict[str, torch.Tensor], seq2seq: bool, keep_logits: bool) -> tuple[torch.Tensor, int]:
-    return loss_from_logits(*answer_logits(model, batch, seq2seq, keep_logits))
-
-
-def task_loss(model, batch: dict[str, torch.Tensor], seq2seq: bool, keep_logits: bool) -> torch.Tensor:
-    """Mean cross-entropy over answer tokens."""
-    total, count = task_loss_sum(model, batch, seq2seq, keep_logits)
-    return total / max(count, 1)
 
 
 def build_schedule(lengths: list[int], settings: TaskSettings, seed: int) -> list[list[int]]:
@@ -95,7 +52,7 @@ def train_task(lora: ContinualLoRA, method: Method, data: list[Encoded], setting
     forward = torch.compile(model, dynamic=True) if compile_model else model
     params = lora.trainable_parameters()
     optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=0.0)
-    keep_logits = not seq2seq and _accepts_logits_to_keep(model)
+    keep_logits = not seq2seq and accepts_logits_to_keep(model)
     schedule = build_schedule([len(e.source) + len(e.target) for e in data], settings, seed)
     total_steps = math.ceil(len(schedule) / settings.grad_accum)
 

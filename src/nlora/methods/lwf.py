@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from ..adapters import ContinualLoRA
 from ..config import TaskSettings
-from ..train import _accepts_logits_to_keep, answer_logits
+from ..logits import accepts_logits_to_keep, answer_logits
 from . import register
 from .base import Method
 
@@ -51,7 +51,7 @@ class LwF(Method):
         with torch.no_grad():
             model.base_model.set_adapter([TEACHER])
             model.eval()
-            teacher, _ = answer_logits(model, batch, seq2seq, _accepts_logits_to_keep(model))
+            teacher, _ = answer_logits(model, batch, seq2seq, accepts_logits_to_keep(model))
         lora.activate([name])
         model.train(was_training)
         mask, t = targets != -100, self.temperature
