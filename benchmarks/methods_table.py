@@ -75,7 +75,7 @@ def main(argv=None) -> None:
     p.add_argument("--max-test", type=int, default=200)
     p.add_argument("--epochs", type=float, default=1.0)
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--eval-batch-size", type=int, default=32)
+    p.add_argument("--eval-batch-size", type=int, default=None, help="default: 128 on a GPU, 32 on a CPU")
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--eval-scope", choices=["seen", "needed"], default="needed",
                    help="needed (default): only what AA and BWT use; seen: the whole lower triangle")

@@ -241,11 +241,11 @@ def test_out_of_memory_in_evaluation_halves_the_batch(model_dirs, monkeypatch, c
     expected = evaluate_mod.generate(loaded.model, loaded.tokenizer, prompts, batch_size=8, **kw)
     real, sizes = evaluate_mod._generate_batch, []
 
-    def small_memory(model, tok, encoded, *a):
+    def small_memory(model, tok, encoded, *a, **kw):
         sizes.append(len(encoded))
         if len(encoded) > 2:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")
-        return real(model, tok, encoded, *a)
+        return real(model, tok, encoded, *a, **kw)
 
     monkeypatch.setattr(evaluate_mod, "_generate_batch", small_memory)
     got = evaluate_mod.generate(loaded.model, loaded.tokenizer, prompts, batch_size=8, **kw)

@@ -45,7 +45,9 @@ def task_dir(out: Path, index: int, name: str) -> Path:
 
 RUN_OUTPUTS = ("summary.json", "config.yaml", "tasks", "zero_shot", "eval", "analysis.json", "*.png")
 # Settings that may change between a run and its resumption: they do not change any result.
-RESUME_FREE = ("output_dir", "device", "save_every")
+# settings that may differ on resume: where it runs and how it batches evaluation (a resumed run may land
+# on another GPU), none of which changes what is trained
+RESUME_FREE = ("output_dir", "device", "save_every", "eval_batch_size")
 
 
 def check_output_dir(out: Path, overwrite: bool) -> None:
