@@ -22,13 +22,14 @@ CONFIG = Path(__file__).resolve().parents[1] / "configs" / "accelerate" / "ddp-g
 FSDP_CONFIG = CONFIG.with_name("fsdp-gpus.yaml")
 
 
-def run_args(model_dir, data_dir, out, n_train=12, n_test=7):
+def run_args(model_dir, data_dir, out, n_train=12, n_test=7, method="n-lora", lam="0.001"):
     # dropout 0: ranks draw different dropout masks than one process would
+    coefficient = ["--lambda", lam] if lam else []
     return ["run", "--model", str(model_dir), "--data-dir", str(data_dir), "--output-dir", str(out),
             "--tasks", "topic,mood", "--max-train-per-task", str(n_train), "--max-test-per-task", str(n_test),
             "--batch-size", "4",
             "--grad-accum", "2", "--eval-batch-size", "2", "--max-target-length", "6", "--lr", "0.01",
-            "--lora-dropout", "0", "--method", "n-lora", "--lambda", "0.001", "--device", "cpu"]
+            "--lora-dropout", "0", "--method", method, *coefficient, "--device", "cpu"]
 
 
 def launch(config: Path, args: list[str]) -> subprocess.CompletedProcess:
@@ -47,13 +48,18 @@ def test_two_processes_match_one(model_dirs, data_dir, tmp_path, kind):
     assert_same_run(one, two)
 
 
-@pytest.mark.parametrize("kind", ["t5", "llama"])
-def test_fsdp_two_processes_match_one(model_dirs, data_dir, tmp_path, kind):
+@pytest.mark.parametrize("kind,method,lam", [
+    ("t5", "n-lora", "0.001"), ("llama", "n-lora", "0.001"),
+    # what each of these does beyond a new adapter: stacked old A (o-lora), a teacher adapter added after
+    # sharding (lwf), Fisher passes (ewc), routing by task (per-task), one evaluation of the union (mtl)
+    ("llama", "o-lora", "0.5"), ("llama", "lwf", "1.0"), ("llama", "ewc", "100"), ("llama", "per-task", None),
+    ("llama", "mtl", None)])
+def test_fsdp_two_processes_match_one(model_dirs, data_dir, tmp_path, kind, method, lam):
     """FSDP2 shards the base weights over 2 gloo ranks. 13 training examples in batches of 4 leave a last
     micro-batch of 1, and 5 test examples in batches of 2 make 3 batches: rank 1 runs filler passes in both."""
     one, two = tmp_path / "one", tmp_path / "two"
-    assert main(run_args(model_dirs[kind], data_dir, one, 13, 5)) == 0
-    proc = launch(FSDP_CONFIG, run_args(model_dirs[kind], data_dir, two, 13, 5))
+    assert main(run_args(model_dirs[kind], data_dir, one, 13, 5, method, lam)) == 0
+    proc = launch(FSDP_CONFIG, run_args(model_dirs[kind], data_dir, two, 13, 5, method, lam))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "x 2 processes (FSDP)" in proc.stderr + proc.stdout
     assert json.loads((two / "summary.json").read_text())["fsdp"] is True
@@ -66,8 +72,14 @@ def assert_same_run(one: Path, two: Path) -> None:
     assert s2["accuracy_matrix"] == s1["accuracy_matrix"]
     for a, b in zip(s1["per_task"], s2["per_task"]):
         assert a["train_steps"] == b["train_steps"] and a["train_examples"] == b["train_examples"]
-        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-4, abs=1e-6)
+        if a["train_loss"] is None:  # mtl: nothing trained at task 1
+            assert b["train_loss"] is None
+        else:
+            assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-4, abs=1e-6)
     for task in ("01-topic", "02-mood"):
+        if not (one / "tasks" / task / "adapter").is_dir():  # mtl trains once, at the last task
+            assert not (two / "tasks" / task / "adapter").is_dir()
+            continue
         t1 = load_file(one / "tasks" / task / "adapter" / "adapter_model.safetensors")
         t2 = load_file(two / "tasks" / task / "adapter" / "adapter_model.safetensors")
         assert t1.keys() == t2.keys()
@@ -82,6 +94,13 @@ def assert_same_run(one: Path, two: Path) -> None:
     # rank 1 wrote nothing of its own: the two trees hold the same file names
     assert sorted(p.relative_to(one).as_posix() for p in one.rglob("*")) == \
         sorted(p.relative_to(two).as_posix() for p in two.rglob("*"))
+
+
+def test_fsdp_refuses_methods_that_train_more_than_lora(model_dirs, data_dir, tmp_path):
+    proc = launch(FSDP_CONFIG, run_args(model_dirs["llama"], data_dir, tmp_path / "ft", method="seq-ft", lam=None))
+    assert proc.returncode != 0  # each rank exits 2; the launcher reports its children's failure as 1
+    assert "FSDP: method seq-ft trains more than LoRA factors" in proc.stderr + proc.stdout
+    assert not (tmp_path / "ft").exists()
 
 
 def test_lockstep_pads_sharded_ranks_with_fillers():

@@ -211,6 +211,7 @@ def run(cfg: RunConfig, overwrite: bool = False) -> dict:
     tasks = load_tasks(cfg.data_dir, cfg.task_names, instructions, cfg.max_train_per_task,
                        cfg.max_test_per_task, cfg.seed, cfg.unknown_labels)
     resuming = plan_run_dir(cfg, overwrite)
+    dist.barrier()  # every rank looks at the directory before rank 0 changes it, so all agree on resuming
     out = Path(cfg.output_dir)
     if resuming and (out / "summary.json").is_file():
         log(f"{out} holds a complete run; nothing to do (--overwrite to run again)")
