@@ -201,6 +201,24 @@ def test_analysis_refuses_seq_ft_and_names_mtl_task(model_dirs, data_dir, tmp_pa
     assert json.loads((mtl / "analysis.json").read_text())["tasks"] == ["mood"]  # its one adapter, at position 2
 
 
+def test_progprompt_stacks_frozen_earlier_prompts(model_dirs, data_dir, tmp_path):
+    lora, method, (after1, after2) = _fit("progprompt", "llama", model_dirs, data_dir, fold=False)
+    m = method.tokens_per_task
+    first, second = "prompt_encoder.task0.embedding.weight", "prompt_encoder.task1.embedding.weight"
+    assert after1[first].shape[0] == m and after2[second].shape[0] == 2 * m
+    assert [n for n, p in lora.model.named_parameters() if p.requires_grad] == [second]
+    assert torch.equal(after2[first], after1[first])  # task 1's prompt untouched by task 2
+    assert torch.equal(after2[second][m:], after1[first])  # and carried, frozen, behind task 2's new tokens
+    assert not torch.equal(after2[second][:m], after1[first])  # task 2's own tokens are new
+    out = tmp_path / "pp"
+    assert main(run_args(model_dirs["llama"], data_dir, out, "progprompt")) == 0
+    s = json.loads((out / "summary.json").read_text())
+    # task 1 is answered by its own prompt stack after task 2: the same predictions, BWT exactly 0
+    first_preds = [r["prediction"] for r in rows(out / "tasks" / "01-topic" / "predictions.jsonl")]
+    later = [r["prediction"] for r in rows(out / "tasks" / "02-mood" / "predictions.jsonl") if r["task"] == "topic"]
+    assert first_preds == later and s["bwt"] == 0.0
+
+
 def test_seq_prompt_trains_only_the_soft_prompt(model_dirs, data_dir):
     lora, method, (after1, after2) = _fit("seq-prompt", "llama", model_dirs, data_dir, fold=False)
     trainable = [n for n, p in lora.model.named_parameters() if p.requires_grad]

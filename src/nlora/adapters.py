@@ -48,14 +48,27 @@ class ContinualLoRA:
         """Prompt tuning through PEFT: ``virtual_tokens`` trainable embeddings before every input."""
         from peft import PromptTuningConfig
 
+        # One set of virtual tokens, also for encoder-decoders: prompt tuning feeds only the encoder, and PEFT's
+        # default of one set per transformer stack leaves the decoder's set unused.
+        config = PromptTuningConfig(task_type=self.lora_config.task_type, num_virtual_tokens=virtual_tokens,
+                                    num_transformer_submodules=1)
         if self.model is None:
-            config = PromptTuningConfig(task_type=self.lora_config.task_type, num_virtual_tokens=virtual_tokens)
             self.model = get_peft_model(self.base_model, config, adapter_name=name)
             self.prompt = True
+        elif name not in self.model.peft_config:  # one more prompt (progprompt: one per task)
+            self.model.add_adapter(name, config)
         if name not in self.adapters:
             self.adapters.append(name)
+        self.model.set_adapter(name)
+        self._train_only_current_prompt()
+
+    def _train_only_current_prompt(self) -> None:
         for pname, p in self.model.named_parameters():
-            p.requires_grad = pname.startswith("prompt_encoder.")
+            p.requires_grad = pname.startswith(f"prompt_encoder.{self.current}.")
+
+    def prompt_embedding(self, name: str) -> torch.nn.Parameter:
+        """The soft prompt ``name``: virtual tokens x hidden size."""
+        return self.model.prompt_encoder[name].embedding.weight
 
     @property
     def current(self) -> str:
@@ -85,14 +98,21 @@ class ContinualLoRA:
 
     def activate(self, names: list[str]) -> None:
         """Only ``names`` take part in the forward pass; only the newest adapter stays trainable."""
-        if self.full or self.prompt:
+        if self.full:
+            return
+        if self.prompt:  # one soft prompt at a time
+            if names:
+                self.model.set_adapter(names[-1])
+                self._train_only_current_prompt()
             return
         self.model.base_model.set_adapter(list(names))
         for pname, p in self.model.named_parameters():
             p.requires_grad = f".{self.current}." in pname and "lora_" in pname
 
     def active(self) -> list[str]:
-        return [] if self.full or self.prompt else list(self.model.base_model.active_adapters)
+        if self.full:
+            return []
+        return [self.model.active_adapter] if self.prompt else list(self.model.base_model.active_adapters)
 
     def live_adapters(self) -> list[str]:
         return [a for a in self.adapters if a not in self.folded]

@@ -23,6 +23,7 @@ _MODULES = [
     "nlora",
     "olora",
     "pertask",
+    "progprompt",
     "replay",
     "seqft",
     "seqlora",

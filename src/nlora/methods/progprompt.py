@@ -1,0 +1,46 @@
+"""ProgPrompt (Razdaibiedina et al., ICLR 2023), on PEFT prompt tuning: each task learns a new soft prompt
+of 10 tokens, placed before the frozen prompts of the earlier tasks, so task k's model reads
+[P_k; P_k-1; ...; P_1; input]. Nothing learned earlier changes, and each task is evaluated with its own
+prompt stack (the task id is given, as in the paper). Without the paper's residual MLP reparameterisation.
+Prompt tuning wants a large --lr (about 0.3)."""
+
+from __future__ import annotations
+
+import torch
+
+from ..adapters import ContinualLoRA
+from ..config import TaskSettings
+from . import register
+from .base import Method
+
+
+@register
+class ProgPrompt(Method):
+    name = "progprompt"
+    summary = "a new soft prompt per task before the frozen earlier ones; task id routes evaluation (ICLR 2023)"
+    foldable = False
+    prompt_tuning = True
+    tokens_per_task = 10
+
+    def start(self, lora: ContinualLoRA, name: str) -> None:
+        index = int(name.removeprefix("task"))
+        lora.start_prompt(name, self.tokens_per_task * (index + 1))
+
+    def begin_task(self, lora: ContinualLoRA, task_index: int, settings: TaskSettings) -> str:
+        name = self.adapter_name(task_index)
+        self.start(lora, name)
+        prompt, m = lora.prompt_embedding(name), self.tokens_per_task
+        if task_index > 0:  # rows m.. are the previous task's whole stack, frozen by a zero gradient
+            with torch.no_grad():
+                prompt[m:].copy_(lora.prompt_embedding(self.adapter_name(task_index - 1)))
+            keep = torch.zeros_like(prompt[:, :1])
+            keep[:m] = 1.0
+            prompt.register_hook(lambda grad: grad * keep)
+        return name
+
+    def eval_routes(self, task_index: int, evaluated: list[int]) -> list[tuple[list[str] | None, list[int]]]:
+        # Tasks not trained yet (--full-matrix) are answered by the newest stack.
+        return [([self.adapter_name(min(j, task_index))], [j]) for j in evaluated]
+
+    def eval_adapters(self, task_index: int) -> list[int]:
+        return list(range(task_index + 1))
