@@ -164,7 +164,9 @@ def train_or_reuse(lora, method, t, settings, tasks, tdir, tok, loaded, cfg, dev
     adapter = method.begin_task(lora, t, settings)
     ctx = task_context(lora, train_data, settings, tok, loaded.seq2seq, device, amp)
     stats_path = tdir / "train_stats.json"
-    if stats_path.is_file():
+    done = stats_path.is_file()
+    dist.barrier()  # all ranks decide before rank 0 can write the stats (with nothing to train it would race ahead)
+    if done:
         if (tdir / "adapter").is_dir():
             lora.load_adapter_weights(adapter, tdir / "adapter")
         method.end_task(lora, t, settings, ctx)
