@@ -140,10 +140,14 @@ def test_per_task_routes_by_task_id(model_dirs, data_dir, tmp_path):
     method = get_method("per-task")(resolve(overrides={"model": "m", "data_dir": "d", "output_dir": "o",
                                                        "task_names": ["a", "b"], "method": "per-task"}))
     assert method.eval_routes(1, [0, 1]) == [(["task0"], [0]), (["task1"], [1])]
-    out = tmp_path / "pt"
-    assert main(run_args(model_dirs["llama"], data_dir, out, "per-task")) == 0
+    assert_task_one_answered_as_before(model_dirs, data_dir, tmp_path / "pt", "per-task")
+
+
+def assert_task_one_answered_as_before(model_dirs, data_dir, out, method):
+    """Task 1 is answered by its own frozen adapter (or prompt stack) after task 2: the same predictions,
+    BWT exactly 0."""
+    assert main(run_args(model_dirs["llama"], data_dir, out, method)) == 0
     s = json.loads((out / "summary.json").read_text())
-    # task 1 is answered by its own frozen adapter after task 2: the same predictions, BWT exactly 0
     first = [r["prediction"] for r in rows(out / "tasks" / "01-topic" / "predictions.jsonl")]
     later = [r["prediction"] for r in rows(out / "tasks" / "02-mood" / "predictions.jsonl") if r["task"] == "topic"]
     assert first == later and s["bwt"] == 0.0
@@ -210,13 +214,7 @@ def test_progprompt_stacks_frozen_earlier_prompts(model_dirs, data_dir, tmp_path
     assert torch.equal(after2[first], after1[first])  # task 1's prompt untouched by task 2
     assert torch.equal(after2[second][m:], after1[first])  # and carried, frozen, behind task 2's new tokens
     assert not torch.equal(after2[second][:m], after1[first])  # task 2's own tokens are new
-    out = tmp_path / "pp"
-    assert main(run_args(model_dirs["llama"], data_dir, out, "progprompt")) == 0
-    s = json.loads((out / "summary.json").read_text())
-    # task 1 is answered by its own prompt stack after task 2: the same predictions, BWT exactly 0
-    first_preds = [r["prediction"] for r in rows(out / "tasks" / "01-topic" / "predictions.jsonl")]
-    later = [r["prediction"] for r in rows(out / "tasks" / "02-mood" / "predictions.jsonl") if r["task"] == "topic"]
-    assert first_preds == later and s["bwt"] == 0.0
+    assert_task_one_answered_as_before(model_dirs, data_dir, tmp_path / "pp", "progprompt")
 
 
 def test_seq_prompt_trains_only_the_soft_prompt(model_dirs, data_dir):

@@ -12,6 +12,7 @@ from ..adapters import ContinualLoRA
 from ..config import TaskSettings
 from . import register
 from .base import Method
+from .pertask import PerTask
 
 
 @register
@@ -38,9 +39,6 @@ class ProgPrompt(Method):
             prompt.register_hook(lambda grad: grad * keep)
         return name
 
-    def eval_routes(self, task_index: int, evaluated: list[int]) -> list[tuple[list[str] | None, list[int]]]:
-        # Tasks not trained yet (--full-matrix) are answered by the newest stack.
-        return [([self.adapter_name(min(j, task_index))], [j]) for j in evaluated]
-
-    def eval_adapters(self, task_index: int) -> list[int]:
-        return list(range(task_index + 1))
+    # evaluated like per-task: task j by its own stack j (the newest for tasks not trained yet)
+    eval_routes = PerTask.eval_routes
+    eval_adapters = PerTask.eval_adapters
