@@ -5,6 +5,7 @@ accuracy matrices and training step counts identical."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -14,12 +15,13 @@ import torch
 from safetensors.torch import load_file
 
 from nlora.cli import main
-from nlora.dist import Dist, _check_fsdp_settings
+from nlora.dist import Dist, _check_deepspeed_settings, _check_fsdp_settings
 from nlora.errors import NloraError
 
 # The shipped multi-GPU config; on a machine without GPUs nlora asks Accelerate for gloo on the CPU.
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "accelerate" / "ddp-gpus.yaml"
 FSDP_CONFIG = CONFIG.with_name("fsdp-gpus.yaml")
+ZERO3_CONFIG = CONFIG.with_name("deepspeed-zero3.yaml")
 
 
 def run_args(model_dir, data_dir, out, n_train=12, n_test=7, method="n-lora", lam="0.001"):
@@ -62,7 +64,28 @@ def test_fsdp_two_processes_match_one(model_dirs, data_dir, tmp_path, kind, meth
     proc = launch(FSDP_CONFIG, run_args(model_dirs[kind], data_dir, two, 13, 5, method, lam))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "x 2 processes (FSDP)" in proc.stderr + proc.stdout
+    share = float(re.search(r"this rank holds (\d+)% of the base weights", proc.stderr + proc.stdout).group(1))
+    assert 45 <= share <= 60, share
     assert json.loads((two / "summary.json").read_text())["fsdp"] is True
+    assert_same_run(one, two)
+
+
+@pytest.mark.parametrize("kind,method,lam", [("t5", "n-lora", "0.001"), ("llama", "n-lora", "0.001"),
+                                             ("llama", "o-lora", "0.5")])
+def test_deepspeed_zero3_two_processes_match_one(model_dirs, data_dir, tmp_path, kind, method, lam):
+    """DeepSpeed ZeRO-3 partitions the base weights over 2 gloo ranks (DeepSpeed's CPU accelerator); the same
+    uneven batches as the FSDP test, so rank 1 runs filler passes."""
+    pytest.importorskip("deepspeed")
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert main(run_args(model_dirs[kind], data_dir, one, 13, 5, method, lam)) == 0
+    proc = launch(ZERO3_CONFIG, run_args(model_dirs[kind], data_dir, two, 13, 5, method, lam))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "x 2 processes (DeepSpeed ZeRO-3)" in proc.stderr + proc.stdout
+    # partitioned, not replicated: each rank holds about half (padding and whole small tensors aside)
+    share = float(re.search(r"this rank holds (\d+)% of the base weights", proc.stderr + proc.stdout).group(1))
+    assert 45 <= share <= 60, share
+    summary = json.loads((two / "summary.json").read_text())
+    assert summary["sharding"] == "DeepSpeed ZeRO-3" and summary["fsdp"] is False
     assert_same_run(one, two)
 
 
@@ -121,3 +144,20 @@ def test_unsupported_fsdp_options_refused(monkeypatch, env, message):
         monkeypatch.setenv(k, v)
     with pytest.raises(NloraError, match=message):
         _check_fsdp_settings()
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"ACCELERATE_DEEPSPEED_ZERO_STAGE": "2"}, "zero_stage 2; nlora supports zero_stage: 3"),
+    ({"ACCELERATE_DEEPSPEED_ZERO_STAGE": "3", "ACCELERATE_DEEPSPEED_OFFLOAD_PARAM_DEVICE": "cpu"},
+     "offload_param_device: cpu is not supported"),
+    ({"ACCELERATE_DEEPSPEED_ZERO_STAGE": "3", "ACCELERATE_DEEPSPEED_ZERO3_INIT": "true"}, "zero3_init_flag"),
+    ({"ACCELERATE_DEEPSPEED_CONFIG_FILE": "{file}"}, "zero_stage 1;"),  # the file's stage wins
+    ({"ACCELERATE_DEEPSPEED_CONFIG_FILE": "{missing}"}, "cannot read deepspeed_config_file"),
+])
+def test_unsupported_deepspeed_options_refused(monkeypatch, tmp_path, env, message):
+    pytest.importorskip("deepspeed")
+    (tmp_path / "ds.json").write_text(json.dumps({"zero_optimization": {"stage": 1}}))
+    for k, v in env.items():
+        monkeypatch.setenv(k, v.format(file=tmp_path / "ds.json", missing=tmp_path / "absent.json"))
+    with pytest.raises(NloraError, match=message):
+        _check_deepspeed_settings()

@@ -10,6 +10,9 @@ Under an FSDP config the frozen base weights are sharded too (FSDP2 over the mod
 before any adapter exists), while the LoRA factors, made later, stay whole on every rank and go through the
 same gradient sum: the regularisers read them whole. Sharded ranks must run forward passes in lockstep, so a
 rank with no examples in a micro-batch or fewer evaluation batches runs a filler pass whose result is dropped.
+Under a DeepSpeed ZeRO-3 config DeepSpeed does that sharding instead (an engine without an optimizer: it
+partitions the frozen weights and gathers each module's share around its forward pass); everything else is
+the same as under FSDP.
 """
 
 from __future__ import annotations
@@ -30,9 +33,11 @@ class Dist:
     rank: int = 0
     world: int = 1
     device: torch.device | None = None  # set by Accelerate when launched; None: choose from --device
-    sharded: bool = False  # FSDP: base weights sharded across ranks (adapters are not)
+    sharded: bool = False  # base weights sharded across ranks (adapters are not)
+    sharder: str = ""  # "FSDP" or "DeepSpeed ZeRO-3" when sharded
     reshard_after_forward: bool = True
     root: Any = None  # the FSDP root module once the model is sharded
+    engine: Any = None  # the DeepSpeed engine once the model is partitioned (kept: it owns the gather hooks)
 
     @property
     def is_main(self) -> bool:
@@ -80,6 +85,10 @@ class Dist:
         whole model. Call before adapters exist: all it shards is frozen base weight."""
         if not self.sharded:
             return model
+        for p in model.parameters():
+            p.requires_grad_(False)
+        if self.sharder == DEEPSPEED:
+            return self._partition_zero3(model)
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import fully_shard
 
@@ -88,8 +97,6 @@ class Dist:
         if not wrapped:
             raise NloraError(f"FSDP: {type(model).__name__} names no transformer block classes "
                              "(_no_split_modules) to shard by; use a DDP config")
-        for p in model.parameters():
-            p.requires_grad_(False)
         device = self.device if self.device is not None else torch.device("cpu")
         mesh = init_device_mesh(device.type, (self.world,))
         # T5's stack computes the position bias from block 0's table before calling the block, outside the
@@ -99,6 +106,28 @@ class Dist:
             fully_shard(block, mesh=mesh, reshard_after_forward=self.reshard_after_forward, ignored_params=whole)
         self.root = fully_shard(model, mesh=mesh, reshard_after_forward=self.reshard_after_forward)
         return model
+
+    def _partition_zero3(self, model: torch.nn.Module) -> torch.nn.Module:
+        """ZeRO-3 parameter partitioning with no optimizer: DeepSpeed's hooks gather each module's weights for
+        its forward (and backward) pass. Adapters added later are ordinary, whole parameters."""
+        import deepspeed
+
+        config = {"train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1,
+                  "zero_optimization": {**_deepspeed_zero_section(), "stage": 3}}
+        self.engine, *_ = deepspeed.initialize(model=model, config=config)
+        return model
+
+    def held_share(self, model: torch.nn.Module) -> float:
+        """The fraction of the base model's weight elements this rank holds (1.0 unless sharded)."""
+        held = total = 0
+        for p in model.parameters():
+            if hasattr(p, "ds_tensor"):  # ZeRO-3: the local partition, the full size
+                held, total = held + p.ds_tensor.numel(), total + p.ds_numel
+            elif hasattr(p, "to_local"):  # FSDP2 DTensor
+                held, total = held + p.to_local().numel(), total + p.numel()
+            else:
+                held, total = held + p.numel(), total + p.numel()
+        return held / max(total, 1)
 
     @contextmanager
     def root_gathered(self):
@@ -148,15 +177,20 @@ def setup(device: str = "auto") -> Dist:
     from accelerate.utils import DistributedType
 
     state = PartialState(cpu=device == "cpu" or not torch.cuda.is_available())
+    sharder = ""
     if state.distributed_type == DistributedType.DEEPSPEED or _env_flag("ACCELERATE_USE_DEEPSPEED"):
-        raise NloraError("DeepSpeed is not supported: nlora runs its own optimizer step on the LoRA factors; "
-                         "for sharded base weights use configs/accelerate/fsdp-gpus.yaml")
-    sharded = state.distributed_type == DistributedType.FSDP or _env_flag("ACCELERATE_USE_FSDP")
-    if sharded:
+        _check_deepspeed_settings()
+        sharder = DEEPSPEED
+    elif state.distributed_type == DistributedType.FSDP or _env_flag("ACCELERATE_USE_FSDP"):
         _check_fsdp_settings()
-    return Dist(rank=state.process_index, world=state.num_processes, device=state.device, sharded=sharded,
+        sharder = "FSDP"
+    return Dist(rank=state.process_index, world=state.num_processes, device=state.device, sharded=bool(sharder),
+                sharder=sharder,
                 reshard_after_forward=os.environ.get("FSDP_RESHARD_AFTER_FORWARD", "true").lower()
                 not in ("false", "shard_grad_op", "no_shard", "2", "3"))
+
+
+DEEPSPEED = "DeepSpeed ZeRO-3"
 
 
 def _env_flag(name: str) -> bool:
@@ -173,3 +207,44 @@ def _check_fsdp_settings() -> None:
                        ("FSDP_ACTIVATION_CHECKPOINTING", "fsdp_activation_checkpointing")):
         if _env_flag(flag):
             raise NloraError(f"FSDP: {what}: true is not supported; set it to false")
+
+
+def _deepspeed_zero_section() -> dict:
+    """The ``zero_optimization`` section of the DeepSpeed config file named in the Accelerate config, if any."""
+    path = os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE", "")
+    if not path or path.lower() == "none":
+        return {}
+    import json
+
+    try:
+        section = json.loads(open(path).read()).get("zero_optimization", {})
+    except (OSError, ValueError) as e:
+        raise NloraError(f"DeepSpeed: cannot read deepspeed_config_file {path}: {e}") from None
+    return section if isinstance(section, dict) else {}
+
+
+def _check_deepspeed_settings() -> None:
+    """nlora uses DeepSpeed for ZeRO stage 3 only (sharded base weights, on the GPUs); refuse what it would
+    otherwise ignore. Stages 1 and 2 shard optimizer state and gradients, which here are a few MB of LoRA
+    factors that nlora keeps whole and steps itself."""
+    try:
+        import deepspeed  # noqa: F401
+    except ImportError:
+        raise NloraError("DeepSpeed config but deepspeed is not installed: pip install --no-build-isolation "
+                         "deepspeed (after torch)") from None
+    section = _deepspeed_zero_section()
+    stage = str(section.get("stage", os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "")))
+    if stage != "3":
+        raise NloraError(f"DeepSpeed: zero_stage {stage or 'unset'}; nlora supports zero_stage: 3 (sharded base "
+                         "weights, configs/accelerate/deepspeed-zero3.yaml); for plain data parallel use ddp-gpus.yaml")
+    offload = {"offload_param_device": os.environ.get("ACCELERATE_DEEPSPEED_OFFLOAD_PARAM_DEVICE", "none"),
+               "offload_optimizer_device": os.environ.get("ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE", "none")}
+    for key in ("offload_param", "offload_optimizer"):
+        if isinstance(section.get(key), dict):
+            offload[f"{key}_device"] = str(section[key].get("device", "none"))
+    for key, value in offload.items():
+        if value.lower() not in ("none", ""):
+            raise NloraError(f"DeepSpeed: {key}: {value} is not supported; set it to none")
+    if _env_flag("ACCELERATE_DEEPSPEED_ZERO3_INIT"):
+        raise NloraError("DeepSpeed: zero3_init_flag: true is not supported (nlora loads the model, then "
+                         "partitions it); set it to false")

@@ -204,8 +204,8 @@ def run(cfg: RunConfig, overwrite: bool = False) -> dict:
     dist = dist_setup(cfg.device)
     method = get_method(cfg.method)(cfg)
     if dist.sharded and (method.full_finetune or method.prompt_tuning):
-        raise NloraError(f"FSDP: method {cfg.method} trains more than LoRA factors; under FSDP nlora runs the "
-                         "LoRA methods (nlora methods), or use a DDP config")
+        raise NloraError(f"{dist.sharder}: method {cfg.method} trains more than LoRA factors; with sharded base "
+                         "weights nlora runs the LoRA methods (nlora methods), or use a DDP config")
     device = dist.device or pick_device(cfg.device)
     amp = autocast_dtype(cfg.precision, device)
     instructions = load_instructions(cfg.instructions)
@@ -227,9 +227,11 @@ def run(cfg: RunConfig, overwrite: bool = False) -> dict:
 
     model, tok = dist.shard_model(loaded.model).to(device), loaded.tokenizer
     lora = ContinualLoRA(model, cfg.lora, targets, loaded.seq2seq, sharded=dist.sharded)
+    if dist.sharded:
+        log(f"{dist.sharder}: this rank holds {100 * dist.held_share(model):.0f}% of the base weights")
     log(f"{'resuming ' if resuming else ''}{cfg.method} on {len(tasks)} tasks ({', '.join(cfg.task_names)}), "
         f"model {cfg.model}, device {device}"
-        f"{f' x {dist.world} processes' + (' (FSDP)' if dist.sharded else '') if dist.active else ''}, "
+        f"{f' x {dist.world} processes' + (f' ({dist.sharder})' if dist.sharded else '') if dist.active else ''}, "
         f"{'bf16 autocast' if amp else 'fp32'}, LoRA r={cfg.lora.r} on {targets}")
 
     n = len(cfg.tasks)
@@ -266,7 +268,8 @@ def run(cfg: RunConfig, overwrite: bool = False) -> dict:
         "accuracy_matrix": matrix, "aa": metrics.average_accuracy(matrix), "bwt": metrics.backward_transfer(matrix),
         "fwt": metrics.forward_transfer(matrix, zero_shot) if zero_shot else None, "zero_shot": zero_shot,
         "wall_time_s": round(time.perf_counter() - started, 2), "resumed": bool(resuming), "per_task": per_task,
-        "seed": cfg.seed, "device": str(device), "processes": dist.world, "fsdp": dist.sharded, "precision": "bf16" if amp else "fp32",
+        "seed": cfg.seed, "device": str(device), "processes": dist.world,
+        "fsdp": dist.sharder == "FSDP", "sharding": dist.sharder or None, "precision": "bf16" if amp else "fp32",
         "machine": {"name": machine_name(device), "platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
                     "cpu_threads": torch.get_num_threads(),
                     "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None},
