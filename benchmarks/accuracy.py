@@ -61,9 +61,10 @@ def run_one(args, method: str, tasks: str, seed: int, out: Path, data_dir: Path,
     return run(resolve(overrides=overrides))
 
 
-def choose_lambdas(args, methods: list[str], tasks: str) -> dict[str, float | None]:
+def choose_lambdas(args, methods: list[str], tasks: str) -> tuple[dict[str, float | None], dict[str, list]]:
+    """The chosen lambda per method, and every grid point's validation AA/BWT."""
     val_data = carve_validation(Path(args.data_dir), tasks.split(","), Path(args.out) / "valdata", args.val, 0)
-    chosen = {}
+    chosen, tried = {}, {}
     for method in methods:
         grid = GRIDS.get(method)
         if not grid:
@@ -74,9 +75,10 @@ def choose_lambdas(args, methods: list[str], tasks: str) -> dict[str, float | No
             s = run_one(args, method, tasks, 1, Path(args.out) / "select" / method / f"lambda-{lam:g}", val_data, lam)
             scores.append(((s["aa"], s["bwt"] if s["bwt"] is not None else 0.0), lam))
         chosen[method] = max(scores)[1]
+        tried[method] = [{"lambda": lam, "val_aa": aa, "val_bwt": bwt} for (aa, bwt), lam in scores]
         print(f"[accuracy] {method}: lambda {chosen[method]:g} (validation AA/BWT: "
               + ", ".join(f"{lam:g} -> {aa:.1f}/{bwt:.1f}" for (aa, bwt), lam in scores) + ")", flush=True)
-    return chosen
+    return chosen, tried
 
 
 def mean_sd(values: list) -> tuple[float | None, float | None]:
@@ -109,7 +111,7 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     sequences = dict(s.split("=", 1) for s in args.sequence) if args.sequence else SEQUENCES
     methods, seeds = args.methods.split(","), [int(s) for s in args.seeds.split(",")]
-    lambdas = choose_lambdas(args, methods, next(iter(sequences.values())))
+    lambdas, tried = choose_lambdas(args, methods, next(iter(sequences.values())))
     rows = []
     for name, tasks in sequences.items():
         for method in methods:
@@ -127,8 +129,9 @@ def main(argv=None) -> None:
     device = "cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu"
     machine = machine_name(device)
     write_json(Path(args.out) / "results.json", {"settings": vars(args), "machine": machine, "lambdas": lambdas,
-                                                 "rows": rows})
-    text = table(rows, args, machine)
+                                                 "selection": tried, "rows": rows,
+                                                 "comparisons": paired_comparisons(rows)})
+    text = table(rows, args, machine, tried)
     write_text(Path(args.out) / "table.md", text)
     print(text)
 
@@ -138,8 +141,8 @@ def _ms(pair, scale=1.0, digits=2) -> str:
     return "-" if m is None else f"{m * scale:.{digits}f} ± {sd * scale:.{digits}f}"
 
 
-def table(rows: list[dict], args, machine: str) -> str:
-    lines = [f"{args.model}, {args.max_train} train / {args.max_test} test per task, {args.epochs:g} epochs, batch "
+def table(rows: list[dict], args, machine: str, tried: dict | None = None) -> str:
+    lines = [f"{args.model}, {args.max_train} train / {args.max_test} test per task, {args.epochs:g} epoch(s), batch "
              f"{args.batch_size}, lr {args.lr:g}, {args.precision}, seeds {args.seeds}, {machine}; lambda chosen on "
              f"a validation split of {args.val} training rows per task.", "",
              "| sequence | method | lambda | AA | BWT | ACR (%) | mean nuclear norm | wall time (s) |",
@@ -149,7 +152,48 @@ def table(rows: list[dict], args, machine: str) -> str:
         lines.append(f"| {r['sequence']} | {r['method']} | {lam} "
                      f"| {_ms(r['aa_mean_sd'])} | {_ms(r['bwt_mean_sd'])} | {_ms(r['acr_mean_sd'], 100, 3)} "
                      f"| {_ms(r['nuclear_norm_mean_sd'], 1, 4)} | {_ms(r['wall_time_s_mean_sd'], 1, 0)} |")
+    if tried:
+        lines += ["", "Lambda selection (seed 1, validation split; chosen by AA, then BWT):", "",
+                  "| method | lambda | validation AA | validation BWT |", "|---|---|---|---|"]
+        lines += [f"| {m} | {x['lambda']:g} | {x['val_aa']:.2f} | {x['val_bwt']:.2f} |" for m, xs in tried.items()
+                  for x in xs]
+    lines += ["", "Per seed (AA / BWT):", "", "| sequence | method | " + " | ".join(f"seed {s}" for s in args.seeds.split(","))
+              + " |", "|---|---|" + "---|" * len(args.seeds.split(","))]
+    for r in rows:
+        cells = [f"{x['aa']:.2f} / " + ("-" if x["bwt"] is None else f"{x['bwt']:.2f}") for x in r["runs"]]
+        lines.append(f"| {r['sequence']} | {r['method']} | " + " | ".join(cells) + " |")
+    comparisons = paired_comparisons(rows)
+    if comparisons:
+        lines += ["", "Paired by seed (each seed draws its own training and test samples, the same for every method), first method minus second; t = mean / "
+                  "(sd / sqrt(n)); with 3 seeds |t| > 4.30 is a difference at the 5% level (two-sided):", "",
+                  "| sequence | comparison | metric | per-seed differences | mean ± sd | t |", "|---|---|---|---|---|---|"]
+        for c in comparisons:
+            t = "-" if c["t"] is None else f"{c['t']:.2f}"
+            lines.append(f"| {c['sequence']} | {c['first']} - {c['second']} | {c['metric']} | "
+                         + ", ".join(f"{d:+.2f}" for d in c["diffs"]) + f" | {c['mean']:+.2f} ± {c['sd']:.2f} | {t} |")
     return "\n".join(lines) + "\n"
+
+
+def paired_comparisons(rows: list[dict], first: str = "n-lora", others: tuple = ("o-lora", "seq-lora", "inc-lora")) -> list:
+    """N-LoRA against each baseline on AA and BWT, seed by seed (seeds share their data samples)."""
+    out = []
+    for seq in dict.fromkeys(r["sequence"] for r in rows):
+        by_method = {r["method"]: {x["seed"]: x for x in r["runs"]} for r in rows if r["sequence"] == seq}
+        for other in others:
+            if first not in by_method or other not in by_method:
+                continue
+            seeds = sorted(set(by_method[first]) & set(by_method[other]))
+            for metric in ("aa", "bwt"):
+                diffs = [by_method[first][s][metric] - by_method[other][s][metric] for s in seeds
+                         if by_method[first][s][metric] is not None and by_method[other][s][metric] is not None]
+                if not diffs:
+                    continue
+                mean = statistics.mean(diffs)
+                sd = statistics.stdev(diffs) if len(diffs) > 1 else 0.0
+                t = mean / (sd / len(diffs) ** 0.5) if len(diffs) > 1 and sd > 0 else None
+                out.append({"sequence": seq, "first": first, "second": other, "metric": metric.upper(),
+                            "diffs": diffs, "mean": mean, "sd": sd, "t": t})
+    return out
 
 
 if __name__ == "__main__":
