@@ -164,8 +164,9 @@ def table(rows: list[dict], args, machine: str, tried: dict | None = None) -> st
         lines.append(f"| {r['sequence']} | {r['method']} | " + " | ".join(cells) + " |")
     comparisons = paired_comparisons(rows)
     if comparisons:
-        lines += ["", "Paired by seed (each seed draws its own training and test samples, the same for every method), first method minus second; t = mean / "
-                  "(sd / sqrt(n)); with 3 seeds |t| > 4.30 is a difference at the 5% level (two-sided):", "",
+        lines += ["", "Paired by seed (each seed draws its own training and test samples, the same for every "
+                  "method), first method minus second; t = mean / (sd / sqrt(n)); with 3 seeds |t| > 4.30 is a "
+                  "difference at the 5% level (two-sided):", "",
                   "| sequence | comparison | metric | per-seed differences | mean ± sd | t |", "|---|---|---|---|---|---|"]
         for c in comparisons:
             t = "-" if c["t"] is None else f"{c['t']:.2f}"

@@ -3,6 +3,8 @@
 import importlib.util
 from pathlib import Path
 
+import pytest
+
 from test_fetch import write_tree
 
 ROOT = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -35,3 +37,15 @@ def test_accuracy_validation_split_never_uses_test_rows(tmp_path):
     original = json.loads((tmp_path / "cl" / "SC" / "SST-2" / "train.json").read_text())
     assert len(val) == 2 and len(train) == 1 and sorted(map(str, train + val)) == sorted(map(str, original))
     assert all("train.json" in r["sentence"] for r in val)  # fixture sentences name their file
+
+
+def test_accuracy_paired_comparisons_pair_runs_by_seed():
+    acc = load("accuracy")
+    runs = {"n-lora": [(1, 50.0, -2.0), (2, 48.0, -4.0), (3, 52.0, None)],
+            "o-lora": [(2, 45.0, -1.0), (1, 46.0, -3.0), (3, 47.0, -2.0)]}  # seeds out of order on purpose
+    rows = [{"sequence": "4task", "method": m, "runs": [{"seed": s, "aa": aa, "bwt": bwt} for s, aa, bwt in r]}
+            for m, r in runs.items()]
+    aa, bwt = acc.paired_comparisons(rows)
+    assert aa["metric"] == "AA" and aa["diffs"] == [4.0, 3.0, 5.0] and aa["mean"] == 4.0 and aa["sd"] == 1.0
+    assert aa["t"] == pytest.approx(4.0 / (1.0 / 3 ** 0.5))
+    assert bwt["diffs"] == [1.0, -3.0]  # seed 3 has no BWT for n-lora: left out, not counted as 0
