@@ -26,6 +26,17 @@ def test_paper_workload_counts_examples_epochs_and_generations(tmp_path):
     assert paper.workload("t5-order1", tmp_path / "cl")[2] == ["yahoo/train.json"]
 
 
+def test_paper_estimate_from_given_rates(tmp_path, capsys):
+    paper = load("paper")
+    write_tree(tmp_path / "cl")
+    paper.main(["--family", "t5", "--model", "m", "--data-dir", str(tmp_path / "cl"), "--out", str(tmp_path / "o"),
+                "--estimate-only", "--rates", "0.12,0.03"])
+    out = capsys.readouterr().out
+    # order 1: 120 training examples x epochs at 0.12/s and 30 generations at 0.03/s = 2000 s
+    assert "t5-order1: 120 training examples x epochs, 30 generations: about 0.56 h" in out
+    assert not (tmp_path / "o").exists()  # estimate only: nothing run or written
+
+
 def test_accuracy_validation_split_never_uses_test_rows(tmp_path):
     import json
 
