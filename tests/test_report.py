@@ -83,3 +83,11 @@ def test_seq_lora_eval_matches_run(runs):
                       if json.loads(x)["task"] == "mood"]
     assert rows(out["seq-lora"] / "eval" / "after-02" / "mood" / "predictions.jsonl") == \
         rows(out["seq-lora"] / "tasks" / "02-mood" / "predictions.jsonl")
+
+
+def test_run_labels_use_one_depth_that_tells_runs_apart(tmp_path):
+    from nlora.report import _labels
+
+    dirs = [tmp_path / "seq-lora" / "seed-1", tmp_path / "o-lora" / "seed-1", tmp_path / "o-lora" / "seed-2"]
+    assert _labels(dirs) == ["seq-lora/seed-1", "o-lora/seed-1", "o-lora/seed-2"]
+    assert _labels([tmp_path / "a", tmp_path / "b"]) == ["a", "b"]

@@ -55,13 +55,14 @@ def _fmt(v, digits=2) -> str:
 
 
 def _labels(run_dirs: list[Path]) -> list[str]:
-    labels = []
-    for d in run_dirs:
-        label = d.name
-        while label in labels:
-            label = f"{d.parent.name}/{label}"
-        labels.append(label)
-    return labels
+    """The shortest trailing paths that tell the runs apart, the same depth for all (runs/a/seed-1, runs/b/seed-1
+    -> a/seed-1, b/seed-1)."""
+    parts = [Path(d).resolve().parts for d in run_dirs]
+    for depth in range(1, max(map(len, parts)) + 1):
+        labels = ["/".join(p[-depth:]) for p in parts]
+        if len(set(labels)) == len(labels):
+            return labels
+    return [str(d) for d in run_dirs]  # the same folder given twice
 
 
 def build_report(run_dirs: list[str | Path], out_dir: str | Path, threshold: float = DEFAULT_THRESHOLD) -> Path:
