@@ -30,7 +30,7 @@ from nlora.report import analyze
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "CL_Benchmark"
 SEQUENCES = {"4task": "agnews,amazon,MNLI,QQP", "8task": "agnews,amazon,MNLI,QQP,BoolQA,RTE,SST-2,WiC"}
-GRIDS = {"n-lora": [5e-5, 2e-4, 1e-3], "o-lora": [0.1, 0.5, 1.0]}
+GRIDS = {"n-lora": [1e-5, 5e-5, 2e-4, 1e-3], "o-lora": [0.1, 0.5, 1.0]}
 ANALYSED = {"n-lora", "o-lora", "seq-lora", "inc-lora"}
 
 
@@ -58,6 +58,8 @@ def run_one(args, method: str, tasks: str, seed: int, out: Path, data_dir: Path,
                      eval_scope=args.eval_scope, save_every=args.save_every)
     if lam is not None:
         overrides["lambda"] = lam
+    if args.lora_r is not None:  # the default r 8 / alpha 32 stays out of the config when not asked for
+        overrides.update(r=args.lora_r, alpha=args.lora_alpha or 4.0 * args.lora_r)
     return run(resolve(overrides=overrides))
 
 
@@ -105,6 +107,8 @@ def main(argv=None) -> None:
     p.add_argument("--eval-scope", choices=["seen", "needed"], default="needed",
                    help="needed (default): only what AA and BWT use; seen: the whole lower triangle")
     p.add_argument("--save-every", type=int, default=10, help="step checkpoints, so a stopped run loses little")
+    p.add_argument("--lora-r", type=int, help="LoRA rank for every method (default: nlora's 8)")
+    p.add_argument("--lora-alpha", type=float, help="LoRA alpha (default with --lora-r: 4 x r, the scale of r 8 / 32)")
     p.add_argument("--precision", default="bf16")
     p.add_argument("--nlora-form", default="paper", choices=["paper", "reference"])
     p.add_argument("--device", default="auto")
