@@ -59,15 +59,8 @@ def test_two_processes_match_one(model_dirs, data_dir, tmp_path, kind):
 def test_fsdp_two_processes_match_one(model_dirs, data_dir, tmp_path, kind, method, lam):
     """FSDP2 shards the base weights over 2 gloo ranks. 13 training examples in batches of 4 leave a last
     micro-batch of 1, and 5 test examples in batches of 2 make 3 batches: rank 1 runs filler passes in both."""
-    one, two = tmp_path / "one", tmp_path / "two"
-    assert main(run_args(model_dirs[kind], data_dir, one, 13, 5, method, lam)) == 0
-    proc = launch(FSDP_CONFIG, run_args(model_dirs[kind], data_dir, two, 13, 5, method, lam))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "x 2 processes (FSDP)" in proc.stderr + proc.stdout
-    share = float(re.search(r"this rank holds (\d+)% of the base weights", proc.stderr + proc.stdout).group(1))
-    assert 45 <= share <= 60, share
-    assert json.loads((two / "summary.json").read_text())["fsdp"] is True
-    assert_same_run(one, two)
+    summary = assert_sharded_run_matches_one(FSDP_CONFIG, "FSDP", model_dirs[kind], data_dir, tmp_path, method, lam)
+    assert summary["fsdp"] is True
 
 
 @pytest.mark.parametrize("kind,method,lam", [("t5", "n-lora", "0.001"), ("llama", "n-lora", "0.001"),
@@ -76,17 +69,24 @@ def test_deepspeed_zero3_two_processes_match_one(model_dirs, data_dir, tmp_path,
     """DeepSpeed ZeRO-3 partitions the base weights over 2 gloo ranks (DeepSpeed's CPU accelerator); the same
     uneven batches as the FSDP test, so rank 1 runs filler passes."""
     pytest.importorskip("deepspeed")
+    summary = assert_sharded_run_matches_one(ZERO3_CONFIG, "DeepSpeed ZeRO-3", model_dirs[kind], data_dir, tmp_path,
+                                             method, lam)
+    assert summary["sharding"] == "DeepSpeed ZeRO-3" and summary["fsdp"] is False
+
+
+def assert_sharded_run_matches_one(config, sharder, model_dir, data_dir, tmp_path, method, lam) -> dict:
+    """13 training examples in batches of 4 and 5 test examples in batches of 2: rank 1 runs filler passes.
+    Returns the 2-process summary."""
     one, two = tmp_path / "one", tmp_path / "two"
-    assert main(run_args(model_dirs[kind], data_dir, one, 13, 5, method, lam)) == 0
-    proc = launch(ZERO3_CONFIG, run_args(model_dirs[kind], data_dir, two, 13, 5, method, lam))
+    assert main(run_args(model_dir, data_dir, one, 13, 5, method, lam)) == 0
+    proc = launch(config, run_args(model_dir, data_dir, two, 13, 5, method, lam))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "x 2 processes (DeepSpeed ZeRO-3)" in proc.stderr + proc.stdout
+    assert f"x 2 processes ({sharder})" in proc.stderr + proc.stdout
     # partitioned, not replicated: each rank holds about half (padding and whole small tensors aside)
     share = float(re.search(r"this rank holds (\d+)% of the base weights", proc.stderr + proc.stdout).group(1))
     assert 45 <= share <= 60, share
-    summary = json.loads((two / "summary.json").read_text())
-    assert summary["sharding"] == "DeepSpeed ZeRO-3" and summary["fsdp"] is False
     assert_same_run(one, two)
+    return json.loads((two / "summary.json").read_text())
 
 
 def assert_same_run(one: Path, two: Path) -> None:
@@ -129,9 +129,9 @@ def test_fsdp_refuses_methods_that_train_more_than_lora(model_dirs, data_dir, tm
 def test_lockstep_pads_sharded_ranks_with_fillers():
     batches = [[0, 1], [2, 3], [4]]
     assert Dist(rank=1, world=2).lockstep(batches) == [([2, 3], True)]
-    assert Dist(rank=1, world=2, sharded=True).lockstep(batches) == [([2, 3], True), ([0, 1], False)]
-    assert Dist(rank=0, world=2, sharded=True).lockstep(batches) == [([0, 1], True), ([4], True)]
-    assert Dist(rank=3, world=4, sharded=True).lockstep(batches) == [([0, 1], False)]
+    assert Dist(rank=1, world=2, sharder="FSDP").lockstep(batches) == [([2, 3], True), ([0, 1], False)]
+    assert Dist(rank=0, world=2, sharder="FSDP").lockstep(batches) == [([0, 1], True), ([4], True)]
+    assert Dist(rank=3, world=4, sharder="FSDP").lockstep(batches) == [([0, 1], False)]
 
 
 @pytest.mark.parametrize("env, message", [

@@ -17,6 +17,7 @@ the same as under FSDP.
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 from contextlib import contextmanager
@@ -33,11 +34,14 @@ class Dist:
     rank: int = 0
     world: int = 1
     device: torch.device | None = None  # set by Accelerate when launched; None: choose from --device
-    sharded: bool = False  # base weights sharded across ranks (adapters are not)
-    sharder: str = ""  # "FSDP" or "DeepSpeed ZeRO-3" when sharded
+    sharder: str = ""  # "FSDP" or "DeepSpeed ZeRO-3" when the base weights are sharded (adapters never are)
     reshard_after_forward: bool = True
     root: Any = None  # the FSDP root module once the model is sharded
     engine: Any = None  # the DeepSpeed engine once the model is partitioned (kept: it owns the gather hooks)
+
+    @property
+    def sharded(self) -> bool:
+        return bool(self.sharder)
 
     @property
     def is_main(self) -> bool:
@@ -184,8 +188,7 @@ def setup(device: str = "auto") -> Dist:
     elif state.distributed_type == DistributedType.FSDP or _env_flag("ACCELERATE_USE_FSDP"):
         _check_fsdp_settings()
         sharder = "FSDP"
-    return Dist(rank=state.process_index, world=state.num_processes, device=state.device, sharded=bool(sharder),
-                sharder=sharder,
+    return Dist(rank=state.process_index, world=state.num_processes, device=state.device, sharder=sharder,
                 reshard_after_forward=os.environ.get("FSDP_RESHARD_AFTER_FORWARD", "true").lower()
                 not in ("false", "shard_grad_op", "no_shard", "2", "3"))
 
@@ -214,8 +217,6 @@ def _deepspeed_zero_section() -> dict:
     path = os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE", "")
     if not path or path.lower() == "none":
         return {}
-    import json
-
     try:
         section = json.loads(open(path).read()).get("zero_optimization", {})
     except (OSError, ValueError) as e:
