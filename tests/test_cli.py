@@ -121,14 +121,21 @@ def test_bad_input_one_line_exit_2(model_dirs, data_dir, tmp_path, capsys, case)
 
 
 def test_existing_output_dir_refused_unless_overwrite(model_dirs, data_dir, tmp_path, capsys):
+    """A folder nlora did not make is refused, --overwrite or not, and nothing in it is touched; an nlora run
+    is overwritten, and a user's file beside it survives."""
     out = tmp_path / "run"
     (out / "tasks" / "07-stale").mkdir(parents=True)
     (out / "keep.txt").write_text("x")
-    assert main(run_args(model_dirs["t5"], data_dir, out)) == 2
-    assert "not empty" in capsys.readouterr().err and (out / "keep.txt").read_text() == "x"
-    assert main(run_args(model_dirs["t5"], data_dir, out, "--overwrite")) == 0
-    assert not (out / "tasks" / "07-stale").exists() and (out / "keep.txt").read_text() == "x"
-    assert sorted(p.name for p in (out / "tasks").iterdir()) == ["01-topic", "02-mood"]
+    for extra in ((), ("--overwrite",)):
+        assert main(run_args(model_dirs["t5"], data_dir, out, *extra)) == 2
+        assert "not empty" in capsys.readouterr().err and (out / "keep.txt").read_text() == "x"
+        assert (out / "tasks" / "07-stale").is_dir()
+    run = tmp_path / "nlora-run"
+    assert main(run_args(model_dirs["t5"], data_dir, run)) == 0
+    (run / "keep.txt").write_text("x")
+    assert main(run_args(model_dirs["t5"], data_dir, run, "--overwrite", "--lr", "0.02")) == 0
+    assert (run / "keep.txt").read_text() == "x" and "lr: 0.02" in (run / "config.yaml").read_text()
+    assert sorted(p.name for p in (run / "tasks").iterdir()) == ["01-topic", "02-mood"]
 
 
 @pytest.mark.skipif(not CL_BENCHMARK.is_dir(), reason="../shared/CL_Benchmark not present")

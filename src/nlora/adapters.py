@@ -43,6 +43,10 @@ class ContinualLoRA:
         self.folded: dict[str, list[LayerFactors]] = {}  # name -> detached copies of its factors
         self.full = False  # full fine-tuning: no adapters, every weight trains (seq-ft)
         self.prompt = False  # prompt tuning: a soft prompt instead of LoRA (seq-prompt)
+        # Method-owned modules that belong to an adapter (gates, keys, prototypes): registered under the model
+        # (so they train, move and checkpoint with it) and saved/loaded with the adapter (EXTRA_FILE).
+        self.extras: dict[str, torch.nn.Module] = {}
+        self.mergeable = True  # False: adapters scaled per example (gates) must not be merged for evaluation
 
     def start_prompt(self, name: str, virtual_tokens: int) -> None:
         """Prompt tuning through PEFT: ``virtual_tokens`` trainable embeddings before every input."""
@@ -134,12 +138,24 @@ class ContinualLoRA:
         self.model.delete_adapter(name)
         self.folded[name] = copies
 
+    def attach_extra(self, adapter: str, module: torch.nn.Module) -> torch.nn.Module:
+        """Register ``module`` as adapter ``adapter``'s method state (parameters named ``cl_extras.<adapter>.*``,
+        frozen unless the method says otherwise); it is saved and loaded with the adapter."""
+        if "cl_extras" not in self.model._modules:
+            self.model.add_module("cl_extras", torch.nn.ModuleDict())
+        device = next(self.model.parameters()).device
+        self.model.cl_extras[adapter] = module.to(device)
+        self.extras[adapter] = module
+        for p in module.parameters():
+            p.requires_grad = False
+        return module
+
     @contextmanager
     def merged(self, names: list[str]):
         """Evaluate on merged weights: the named adapters' updates are added to their fp32 base weights and
         the LoRA branches leave the forward pass; the exact weights are restored afterwards (a copy of the
         adapted layers' weights is kept meanwhile). Without fp32 weights, or without adapters, nothing changes."""
-        layers = self._fp32_layers(names)
+        layers = self._fp32_layers(names) if self.mergeable else None
         if not layers:
             yield
             return
@@ -199,6 +215,8 @@ class ContinualLoRA:
             if unexpected:
                 raise NloraError(f"{src}: weights do not fit this model (unexpected {unexpected[0]})")
             return
+        if adapter in self.extras:
+            load_extra(self.extras[adapter], Path(src) / EXTRA_FILE)
         state = load_file(str(Path(src) / "adapter_model.safetensors"))
         result = set_peft_model_state_dict(self.model, state, adapter_name=adapter)
         if self.prompt:  # PEFT loads the prompt itself and reports its key as unexpected: check the values
@@ -220,8 +238,35 @@ class ContinualLoRA:
             else:
                 self.model.save_pretrained(str(tmp), selected_adapters=[adapter], safe_serialization=True)
             saved = tmp / adapter if (tmp / adapter).is_dir() else tmp
+            if adapter in self.extras:
+                from safetensors.torch import save_file
+
+                save_file({k: v.detach().cpu().contiguous() for k, v in self.extras[adapter].state_dict().items()},
+                          str(saved / EXTRA_FILE))
             if dest.exists():
                 shutil.rmtree(dest)
             os.replace(saved, dest)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+EXTRA_FILE = "method_state.safetensors"
+
+
+def load_extra(module: torch.nn.Module, path: Path) -> None:
+    """Load a method's saved state into ``module``; buffers take the saved shape (a GPM basis grows with
+    tasks), parameters must match."""
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise NloraError(f"{path.parent}: the method's saved state ({EXTRA_FILE}) is missing")
+    state = load_file(str(path))
+    for key, value in state.items():
+        owner, _, leaf = key.rpartition(".")
+        sub = module.get_submodule(owner) if owner else module
+        if leaf in sub._buffers and sub._buffers[leaf] is not None and sub._buffers[leaf].shape != value.shape:
+            sub._buffers[leaf] = value.to(sub._buffers[leaf].device, sub._buffers[leaf].dtype)
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise NloraError(f"{path}: does not fit this method's state ({str(e).splitlines()[0]})") from None

@@ -1,11 +1,13 @@
-"""Command line: ``nlora run | demo | data | analyze | report | eval | presets | methods``.
+"""Command line: ``nlora run | demo | data | analyze | report | eval | status | presets | methods``.
 
 Every user error is one line on stderr and exit code 2."""
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 
 from .errors import NloraError
 
@@ -59,6 +61,11 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
                    help="keep earlier tasks' adapters as separate LoRA branches (default: fold them into fp32 "
                         "base weights, so steps do not slow down as tasks accumulate)")
     p.add_argument("--save-every", type=int, help="optimizer steps between step checkpoints (default 100, 0: none)")
+    p.add_argument("--log-every", type=int,
+                   help="optimizer steps per line of each task's train_log.jsonl and per tracker point (default 1)")
+    p.add_argument("--report-to", type=_csv,
+                   help="experiment trackers through Accelerate, comma-separated: tensorboard (pip install "
+                        "'nlora[tensorboard]'), wandb (WANDB_MODE=offline: no network), mlflow, ... or none")
     p.add_argument("--overwrite", action="store_true",
                    help="start over in a non-empty output directory (without it, an earlier run there is resumed)")
 
@@ -67,7 +74,7 @@ OVERRIDE_KEYS = ("model", "data_dir", "output_dir", "task_names", "method", "nlo
                  "epochs", "batch_size", "grad_accum", "eval_batch_size", "max_train_per_task", "max_test_per_task",
                  "max_source_length", "max_target_length", "r", "alpha", "dropout", "target_modules",
                  "instructions", "unknown_labels", "full_matrix", "seed", "device", "precision", "save_every", "fold_adapters", "eval_mode", "compile",
-                 "eval_scope")
+                 "eval_scope", "log_every", "report_to")
 
 
 def cmd_run(args) -> int:
@@ -129,6 +136,13 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_status(args) -> int:
+    from .status import main as status_main
+
+    status_main(args.run_dirs)
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .demo import main as demo_main
 
@@ -167,8 +181,15 @@ def add_data_parser(sub) -> None:
     ch.set_defaults(func=cmd_data_check)
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """A usage error is one line naming the problem and where help is, not a usage block (subcommands too)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="nlora", description="Continual learning with low-rank adapters.")
+    parser = OneLineParser(prog="nlora", description="Continual learning with low-rank adapters.")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="train a task sequence and evaluate after each task")
     add_run_args(run)
@@ -193,6 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--eval-batch-size", type=int, help="generation batch size")
     ev.add_argument("--device", help="auto, cpu or cuda (default: the run's)")
     ev.set_defaults(func=cmd_eval)
+    st = sub.add_parser("status", help="where a run stands: tasks done, step, loss, time left (also while it runs)")
+    st.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    st.set_defaults(func=cmd_status)
     demo = sub.add_parser("demo", help="offline demo: seq-lora vs n-lora on 3 generated tasks (minutes on a CPU)")
     demo.add_argument("--output-dir", default="runs/demo", help="where runs, data and report go (default runs/demo)")
     demo.add_argument("--model", default="smollm2", help="default: SmolLM2-135M-Instruct from nlora[demo]")
@@ -206,17 +230,47 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(Exception):
+    """SIGTERM (a scheduler's stop, `kill`): unwound like Ctrl-C, so locks and temporary files are released."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
+def _one_line(text: str) -> str:
+    """The message on a line of its own: live progress bars are cleared first (not glued to the message)."""
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", [])):
+        bar.close()
+    return " ".join(str(text).split())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return args.func(args)
     except NloraError as e:
-        print(f"nlora: error: {e}", file=sys.stderr)
+        print(f"nlora: error: {_one_line(e)}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a full or read-only disk, a path too long...: the file and the reason, no traceback
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"nlora: error: {_one_line(where + (e.strerror or str(e)))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("nlora: interrupted", file=sys.stderr)
+        print(f"nlora: {_one_line('interrupted; run the same command again to resume')}", file=sys.stderr)
         return 130
+    except Terminated:
+        print(f"nlora: {_one_line('terminated (SIGTERM); run the same command again to resume')}", file=sys.stderr)
+        return 143
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

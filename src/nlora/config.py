@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
+import types
+import typing
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -63,6 +67,8 @@ class RunConfig:
     compile: bool = False  # torch.compile the training forward (dynamic shapes); pays off on GPUs
     fold_adapters: bool = True  # fold finished tasks' adapters into fp32 base weights (flat step cost)
     save_every: int = 100  # optimizer steps between step checkpoints (0: none); resuming needs no more
+    log_every: int = 1  # optimizer steps per line of tasks/NN-<task>/train_log.jsonl (and per tracker point)
+    report_to: list[str] = field(default_factory=list)  # Accelerate trackers: tensorboard, wandb, ... (none: [])
     preset: str | None = None
     description: str | None = None
     lora: LoraSettings = field(default_factory=LoraSettings)
@@ -97,19 +103,48 @@ def load_preset(name: str) -> dict:
     return data
 
 
+MAX_CONFIG_BYTES = 1 << 20  # a run config is a few KB; anything near this is not one
+MAX_CONFIG_NODES = 100_000  # bounds what YAML aliases can multiply (an "alias bomb" expands exponentially)
+
+
 def load_yaml(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise NloraError(f"config file not found: {path}")
     try:
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise NloraError(f"{path}: {path.stat().st_size} bytes is too large for a config file")
         data = yaml.safe_load(path.read_text("utf-8")) or {}
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
         raise NloraError(f"{path}: malformed YAML{where}") from None
+    except UnicodeDecodeError as e:
+        raise NloraError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except RecursionError:
+        raise NloraError(f"{path}: nested too deeply to be a config file") from None
+    except OSError as e:
+        raise NloraError(f"{path}: cannot read ({e.strerror or e})") from None
     if not isinstance(data, dict):
         raise NloraError(f"{path}: expected a mapping of settings at top level")
+    _check_size(data, path)
     return data
+
+
+def _check_size(data, path: Path) -> None:
+    """Refuse structures whose expansion exceeds MAX_CONFIG_NODES (shared aliases are counted each time they
+    are reached, as every later step would walk them), without walking more than that many nodes."""
+    seen, stack = 0, [data]
+    while stack:
+        node = stack.pop()
+        seen += 1
+        if seen > MAX_CONFIG_NODES:
+            raise NloraError(f"{path}: expands to over {MAX_CONFIG_NODES} values (YAML aliases?); not a config file")
+        if isinstance(node, dict):
+            stack.extend(node.keys())
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
 
 
 def _check_keys(data: dict, allowed: set[str], where: str) -> None:
@@ -118,8 +153,76 @@ def _check_keys(data: dict, allowed: set[str], where: str) -> None:
         raise NloraError(f"{where}: unknown setting(s) {', '.join(bad)} (allowed: {', '.join(sorted(allowed))})")
 
 
+TASK_TYPES = {"lr": float, "epochs": float, "batch_size": int, "grad_accum": int, "lambda": float | None,
+              "lambda2": float | None}
+
+
+def _describe(hint) -> str:
+    if isinstance(hint, types.UnionType):
+        return " or ".join(_describe(a) for a in hint.__args__ if a is not type(None)) + " (or null)"
+    return {bool: "true or false", int: "a whole number", float: "a number", str: "text",
+            list[str]: "a list of names"}.get(hint, str(hint))
+
+
+def checked_value(value, hint, key: str, where: str):
+    """``value`` checked against the field's type ``hint``, or one NloraError naming where, field and value.
+
+    Strict on purpose: YAML's "false" (a string) is not false, "0" is not a number, 16.5 is not a whole
+    number. Floats accept whole numbers and numeric text (YAML 1.1 reads 1e-3 as text) but not NaN or
+    infinity; a list of names accepts "a,b" text."""
+    if isinstance(hint, types.UnionType):
+        if value is None and type(None) in hint.__args__:
+            return None
+        hint = next(a for a in hint.__args__ if a is not type(None))
+    ok = True
+    if hint is bool:
+        ok = isinstance(value, bool)
+    elif hint is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif hint is float:
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                ok = False
+        ok = ok and isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        value = float(value) if ok else value
+    elif hint is str:
+        ok = isinstance(value, str)
+    elif hint == list[str]:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        ok = isinstance(value, list) and all(isinstance(v, str) and v for v in value)
+    if not ok:
+        raise NloraError(f"{where}: setting '{key}' must be {_describe(hint)}, got {value!r}")
+    return value
+
+
+def _check_types(layer: dict, where: str) -> dict:
+    """Every value of one layer (preset, config file or command line) checked against its field's type."""
+    hints = typing.get_type_hints(RunConfig)
+    out = dict(layer)
+    for key, value in layer.items():
+        if key in TASK_TYPES:
+            out[key] = checked_value(value, TASK_TYPES[key], key, where)
+        elif key == "lora":
+            if not isinstance(value, dict):
+                raise NloraError(f"{where}: setting 'lora' must be a mapping of r, alpha, dropout, target_modules; "
+                                 f"got {value!r}")
+            lora_hints = typing.get_type_hints(LoraSettings)
+            out["lora"] = {k: checked_value(v, lora_hints[k], f"lora.{k}", where) if k in lora_hints else v
+                           for k, v in value.items()}
+        elif key == "tasks":
+            if not isinstance(value, list):
+                raise NloraError(f"{where}: setting 'tasks' must be a list of task names or entries, got {value!r}")
+        elif key in hints and key != "task_names":
+            out[key] = checked_value(value, hints[key], key, where)
+    return out
+
+
 def _merge(base: dict, layer: dict, where: str) -> dict:
     _check_keys(layer, TOP_KEYS | set(TASK_KEYS) | {"tasks", "lora"}, where)
+    layer = _check_types(layer, where)
     out = {**base, **{k: v for k, v in layer.items() if k not in ("lora",)}}
     if "lora" in layer:
         _check_keys(layer["lora"], {f.name for f in dataclasses.fields(LoraSettings)}, f"{where}: lora")
@@ -130,10 +233,14 @@ def _merge(base: dict, layer: dict, where: str) -> dict:
 def _task_entries(tasks: list, where: str) -> list[dict]:
     entries = []
     for t in tasks:
+        if not isinstance(t, (str, dict)):
+            raise NloraError(f"{where}: a task entry must be a name or a mapping with 'name', got {t!r}")
         entry = {"name": t} if isinstance(t, str) else dict(t)
-        if "name" not in entry:
-            raise NloraError(f"{where}: every task entry needs a 'name'")
+        if not isinstance(entry.get("name"), str) or not entry["name"]:
+            raise NloraError(f"{where}: every task entry needs a 'name' (text), got {t!r}")
         _check_keys(entry, {"name", *TASK_KEYS}, f"{where}: task {entry['name']}")
+        entry = {"name": entry["name"], **_check_types({k: v for k, v in entry.items() if k != "name"},
+                                                         f"{where}: task {entry['name']}")}
         entries.append(entry)
     return entries
 
@@ -153,8 +260,10 @@ def resolve(preset: str | None = None, config_file: str | None = None, overrides
     if config_file:
         merged = _merge(merged, load_yaml(config_file), str(config_file))
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
-    task_flags = {k: overrides.pop(k) for k in TASK_KEYS if k in overrides}
+    task_flags = _check_types({k: overrides.pop(k) for k in TASK_KEYS if k in overrides}, "command line")
     lora_flags = {k: overrides.pop(k) for k in ("r", "alpha", "dropout", "target_modules") if k in overrides}
+    if lora_flags:
+        lora_flags = _check_types({"lora": lora_flags}, "command line")["lora"]
     new_order = overrides.pop("task_names", None)
     merged = _merge(merged, overrides, "command line")
     if lora_flags:
@@ -186,34 +295,62 @@ def resolve(preset: str | None = None, config_file: str | None = None, overrides
     return cfg
 
 
+# Allowed ranges, in one place: (lowest, highest, lowest excluded, highest excluded); None: unbounded.
+# Types are checked by checked_value, before any of these.
+LIMITS = {
+    "seed": (0, 2**32 - 1, False, False),  # what torch and numpy seeding accept
+    "max_train_per_task": (1, None, False, False), "max_test_per_task": (1, None, False, False),
+    "max_source_length": (8, None, False, False),  # room for the task's name and "Answer:" at least
+    "max_target_length": (1, None, False, False), "eval_batch_size": (1, None, False, False),
+    "save_every": (0, None, False, False),
+}
+TASK_LIMITS = {"lr": (0, None, True, False), "epochs": (0, None, True, False), "batch_size": (1, None, False, False),
+               "grad_accum": (1, None, False, False), "lam": (0, None, False, False), "lam2": (0, None, False, False)}
+LORA_LIMITS = {"r": (1, None, False, False), "alpha": (0, None, True, False), "dropout": (0, 1, False, True)}
+CHOICES = {"nlora_form": ("paper", "reference"), "precision": ("auto", "fp32", "bf16"),
+           "unknown_labels": ("error", "drop", "keep"), "eval_mode": ("generate", "score"),
+           "eval_scope": ("seen", "needed")}
+
+
+def _check_limit(value, limit: tuple, name: str) -> None:
+    if value is None:
+        return
+    low, high, low_open, high_open = limit
+    bad = isinstance(value, float) and not math.isfinite(value)
+    bad = bad or value < low or (low_open and value == low)
+    bad = bad or (high is not None and (value > high or (high_open and value == high)))
+    if bad:
+        bound = f"{'>' if low_open else '>='} {low}" + ("" if high is None else f" and {'<' if high_open else '<='} {high}")
+        raise NloraError(f"setting '{name}' must be {bound}, got {value!r}")
+
+
 def _validate(cfg: RunConfig) -> None:
+    for key, limit in LIMITS.items():
+        _check_limit(getattr(cfg, key), limit, key)
     for t in cfg.tasks:
-        if t.lr <= 0 or t.epochs <= 0 or t.batch_size < 1 or t.grad_accum < 1:
-            raise NloraError(f"task {t.name}: lr and epochs must be > 0, batch_size and grad_accum >= 1")
-    if cfg.nlora_form not in ("paper", "reference"):
-        raise NloraError(f"nlora_form must be 'paper' or 'reference', got {cfg.nlora_form!r}")
-    if cfg.precision not in ("auto", "fp32", "bf16"):
-        raise NloraError(f"precision must be auto, fp32 or bf16, got {cfg.precision!r}")
-    if cfg.device not in ("auto", "cpu", "cuda") and not str(cfg.device).startswith("cuda:"):
-        raise NloraError(f"device must be auto, cpu or cuda, got {cfg.device!r}")
-    for key in ("max_train_per_task", "max_test_per_task"):
-        v = getattr(cfg, key)
-        if v is not None and int(v) < 1:
-            raise NloraError(f"{key} must be >= 1, got {v}")
-    if cfg.unknown_labels not in ("error", "drop", "keep"):
-        raise NloraError(f"unknown_labels must be error, drop or keep, got {cfg.unknown_labels!r}")
-    if cfg.eval_batch_size is not None and cfg.eval_batch_size < 1:
-        raise NloraError(f"eval_batch_size must be >= 1, got {cfg.eval_batch_size}")
-    if cfg.eval_mode not in ("generate", "score"):
-        raise NloraError(f"eval_mode must be generate or score, got {cfg.eval_mode!r}")
-    if cfg.eval_scope not in ("seen", "needed"):
-        raise NloraError(f"eval_scope must be seen or needed, got {cfg.eval_scope!r}")
+        for key, limit in TASK_LIMITS.items():
+            _check_limit(getattr(t, key), limit, f"{'lambda' + key[3:] if key.startswith('lam') else key}"
+                                                 f" (task {t.name})")
+    for key, limit in LORA_LIMITS.items():
+        _check_limit(getattr(cfg.lora, key), limit, f"lora {key}")
+    for key, allowed in CHOICES.items():
+        if getattr(cfg, key) not in allowed:
+            raise NloraError(f"{key} must be {', '.join(allowed[:-1])} or {allowed[-1]}, got {getattr(cfg, key)!r}")
+    if cfg.device not in ("auto", "cpu", "cuda") and not re.fullmatch(r"cuda:\d+", str(cfg.device)):
+        raise NloraError(f"device must be auto, cpu, cuda or cuda:N, got {cfg.device!r}")
     if cfg.eval_scope == "needed" and cfg.full_matrix:
         raise NloraError("eval_scope needed and full_matrix contradict each other: pick one")
-    if cfg.save_every < 0:
-        raise NloraError(f"save_every must be >= 0 (0: no step checkpoints), got {cfg.save_every}")
-    if cfg.lora.r < 1:
-        raise NloraError(f"lora rank must be >= 1, got {cfg.lora.r}")
+    if not isinstance(cfg.log_every, int) or cfg.log_every < 1:
+        raise NloraError(f"log_every must be an integer >= 1, got {cfg.log_every!r}")
+    if isinstance(cfg.report_to, str) or cfg.report_to is None:  # a config file may say `report_to: tensorboard`
+        cfg.report_to = [t.strip() for t in (cfg.report_to or "").split(",") if t.strip()]
+    if not isinstance(cfg.report_to, list):
+        raise NloraError(f"report_to must be a list of tracker names, got {cfg.report_to!r}")
+    cfg.report_to = [str(t) for t in cfg.report_to if t != "none"]
+    if cfg.report_to:
+        from .trainlog import check_report_to
+
+        check_report_to(cfg.report_to)
 
 
 def save_config(cfg: RunConfig, path: Path) -> None:

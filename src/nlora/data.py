@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import random
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import NloraError
+from .io import read_json
 from .prompts import build_prompt
 
 SPLITS = ("train", "test")
@@ -28,41 +28,52 @@ class TaskData:
     splits: dict[str, list[Example]] = field(default_factory=dict)
 
 
-def index_tasks(data_dir: str | Path) -> dict[str, Path]:
-    """Dataset name -> its folder, for every ``<Category>/<dataset>/`` under data_dir."""
+def task_folders(data_dir: str | Path) -> dict[str, list[Path]]:
+    """Dataset name -> every ``<Category>/<dataset>/`` folder of that name under data_dir (sorted)."""
     root = Path(data_dir)
-    if not root.is_dir():
+    if not root.exists():
         raise NloraError(f"data directory not found: {root}")
-    found = {}
+    if not root.is_dir():
+        raise NloraError(f"data directory {root} is not a directory (a file of that name exists)")
+    found: dict[str, list[Path]] = {}
     for cat in sorted(p for p in root.iterdir() if p.is_dir()):
         for ds in sorted(p for p in cat.iterdir() if p.is_dir()):
-            found.setdefault(ds.name, ds)
+            found.setdefault(ds.name, []).append(ds)
     return found
+
+
+def index_tasks(data_dir: str | Path) -> dict[str, Path]:
+    """Task name -> its folder: ``Category/dataset`` for every dataset, and the bare dataset name where a
+    single category holds it (a name under two categories must be given with its category)."""
+    index = {}
+    for name, dirs in task_folders(data_dir).items():
+        if len(dirs) == 1:
+            index[name] = dirs[0]
+        for d in dirs:
+            index[f"{d.parent.name}/{name}"] = d
+    return index
 
 
 def resolve_task_dirs(data_dir: str | Path, tasks: list[str], splits=SPLITS) -> dict[str, Path]:
     """Check every task's files exist before any work starts; name all missing ones in one message."""
+    folders = task_folders(data_dir)
+    ambiguous = [t for t in tasks if len(folders.get(t, [])) > 1]
+    if ambiguous:
+        t = ambiguous[0]
+        raise NloraError(f"task '{t}' is in more than one category: {' and '.join(map(str, folders[t]))}; "
+                         f"name the one you mean with its category, e.g. {folders[t][0].parent.name}/{t}")
     index = index_tasks(data_dir)
     unknown = [t for t in tasks if t not in index]
     if unknown:
         raise NloraError(
             f"unknown task(s) {', '.join(unknown)} in data directory {data_dir} "
-            f"(found: {', '.join(sorted(index)) or 'none'})"
+            f"(found: {', '.join(sorted(folders)) or 'none'})"
         )
     missing = [str(index[t] / f) for t in tasks for f in ("labels.json", *(f"{s}.json" for s in splits))
                if not (index[t] / f).is_file()]
     if missing:
         raise NloraError(f"missing data files: {', '.join(missing)}")
     return {t: index[t] for t in tasks}
-
-
-def read_json(path: Path):
-    try:
-        return json.loads(path.read_text("utf-8"))
-    except json.JSONDecodeError as e:
-        raise NloraError(f"{path}: malformed JSON at line {e.lineno} column {e.colno} (char {e.pos}): {e.msg}") from None
-    except UnicodeDecodeError as e:
-        raise NloraError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
 
 
 def read_labels(path: Path) -> list[str]:
@@ -109,8 +120,11 @@ def cap_indices(n: int, cap: int | None, seed: int, task: str, split: str) -> li
 
 
 def load_task(task_dir: Path, instructions: dict[str, str], caps: dict[str, int | None], seed: int,
-              splits=SPLITS, unknown_labels: str = "error") -> TaskData:
-    name, category = task_dir.name, task_dir.parent.name
+              splits=SPLITS, unknown_labels: str = "error", name: str | None = None) -> TaskData:
+    """``name``: what the run calls the task (``Category/dataset`` where the dataset name alone is ambiguous);
+    the prompt always names the dataset folder, as the reference's does."""
+    dataset, category = task_dir.name, task_dir.parent.name
+    name = name or dataset
     labels = read_labels(task_dir / "labels.json")
     task = TaskData(name=name, category=category, labels=labels)
     instruction = instructions.get(category)
@@ -118,7 +132,7 @@ def load_task(task_dir: Path, instructions: dict[str, str], caps: dict[str, int 
         rows = read_split(task_dir / f"{split}.json", labels, unknown_labels)
         keep = cap_indices(len(rows), caps.get(split), seed, name, split)
         task.splits[split] = [
-            Example(build_prompt(category, name, rows[i]["sentence"], labels, instruction), rows[i]["label"])
+            Example(build_prompt(category, dataset, rows[i]["sentence"], labels, instruction), rows[i]["label"])
             for i in keep
         ]
     return task
@@ -129,4 +143,4 @@ def load_tasks(data_dir, tasks: list[str], instructions: dict[str, str], max_tra
     """Check all files first, then read and validate every task; raises NloraError on any problem."""
     dirs = resolve_task_dirs(data_dir, tasks, splits)
     caps = {"train": max_train, "test": max_test}
-    return {t: load_task(d, instructions, caps, seed, splits, unknown_labels) for t, d in dirs.items()}
+    return {t: load_task(d, instructions, caps, seed, splits, unknown_labels, name=t) for t, d in dirs.items()}

@@ -7,14 +7,14 @@ run directories, analysis and report are the real thing.
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 
+from . import rundir
 from .config import resolve
 from .demo_tasks import DEMO_TASKS, write_demo_tasks
 from .errors import NloraError
-from .models import EMBEDDED, embedded_model_path
+from .models import EMBEDDED, embedded_model_path, load_model
 from .recipe import log, run
 
 # Settings chosen so that every task is learnt alone (100% on its own test set with either method) and the
@@ -25,13 +25,22 @@ DEMO_SIZES = dict(train=160, test=40)
 
 
 def _prepare(out: Path, overwrite: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise NloraError(f"output path exists and is not a directory: {out}")
-    if out.is_dir() and any(out.iterdir()):
+    """Clear an earlier demo's outputs (only what its manifest names) and record this one's, so --overwrite
+    never removes a user's files, nor anything from a folder the demo did not make."""
+    rundir.check_path_usable(out)
+    if not rundir.is_empty(out):
+        if rundir.nlora_outputs(out, rundir.DEMO_MANIFEST) is None:
+            raise NloraError(f"output directory {out} is not empty and holds no nlora demo; nlora never writes into "
+                             "or deletes from a folder it did not make: choose another --output-dir")
         if not overwrite:
-            raise NloraError(f"output directory {out} is not empty; choose another --output-dir or pass --overwrite")
-        for name in ("data", "report", *DEMO_METHODS):
-            shutil.rmtree(out / name, ignore_errors=True)
+            raise NloraError(f"output directory {out} holds an earlier demo; choose another --output-dir or pass "
+                             "--overwrite")
+        rundir.clear(out, rundir.DEMO_MANIFEST)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise NloraError(f"cannot create output directory {out}: {e.strerror or e}") from None
+    rundir.record(out, "data", "report", *DEMO_METHODS, manifest=rundir.DEMO_MANIFEST)
 
 
 def run_demo(output_dir: str = "runs/demo", model: str = "smollm2", device: str = "cpu", seed: int = 42,
@@ -42,6 +51,7 @@ def run_demo(output_dir: str = "runs/demo", model: str = "smollm2", device: str 
     sizes = sizes or DEMO_SIZES
     if model in EMBEDDED:
         embedded_model_path(model)  # a missing extra is one clear line before anything is written
+    load_model(model)  # a model that does not load is refused before an earlier demo is cleared (then cached)
     out = Path(output_dir)
     names = list(DEMO_TASKS)
     log(f"demo: {model} learns {len(names)} generated tasks in turn ({' -> '.join(names)}; {sizes['train']} "

@@ -168,8 +168,26 @@ def machine_name(device: torch.device | str) -> str:
     return f"{cpu} CPU ({platform.machine()}), {torch.get_num_threads()} threads"
 
 
+LAUNCHER_VARS = ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
 def launched() -> bool:
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    """True under a launcher (accelerate launch, torchrun) with several processes. A WORLD_SIZE left in the
+    environment without the rest of a launcher's variables is refused: joining a process group that no
+    other process will join would hang."""
+    raw = os.environ.get("WORLD_SIZE", "1")
+    try:
+        world = int(raw)
+    except ValueError:
+        raise NloraError(f"environment variable WORLD_SIZE={raw!r} is not a number; unset it, or start nlora "
+                         "with accelerate launch") from None
+    if world <= 1:
+        return False
+    missing = [v for v in LAUNCHER_VARS if not os.environ.get(v)]
+    if missing:
+        raise NloraError(f"WORLD_SIZE={world} is set but {', '.join(missing)} are not: not started by a launcher; "
+                         "unset WORLD_SIZE, or start nlora with accelerate launch")
+    return True
 
 
 def setup(device: str = "auto") -> Dist:

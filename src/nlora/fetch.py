@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-import json
+import http.client
+import math
 import os
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,6 +14,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from .errors import NloraError
+from .io import read_json
 
 # The public copy: the CL_Benchmark folder of the O-LoRA repository (Wang et al., 2023).
 DEFAULT_URL = "https://raw.githubusercontent.com/cmnfriend/O-LoRA/main/CL_Benchmark"
@@ -23,6 +26,8 @@ LAYOUT = {
 }
 FILES = ("labels.json", "train.json", "dev.json", "test.json")
 NEEDED = ("labels.json", "train.json", "test.json")  # what a run reads; dev.json is a copy of test.json
+URL_SCHEMES = ("http", "https")
+MAX_TIMEOUT = 86400.0  # a day; the socket layer overflows on values far beyond any useful wait
 
 
 def expected_files() -> list[str]:
@@ -48,9 +53,9 @@ def _problem(path: Path, name: str) -> str | None:
     if head.startswith(b"version https://git-lfs"):
         return "a Git LFS pointer, not the data"
     try:
-        data = json.loads(path.read_text("utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        return f"not valid JSON ({e.__class__.__name__}: {str(e).splitlines()[0]})"
+        data = read_json(path)
+    except NloraError as e:
+        return f"not valid JSON ({str(e).removeprefix(f'{path}: ')})"
     if name == "labels.json":
         ok = isinstance(data, list) and data and all(isinstance(x, str) for x in data)
         return None if ok else "expected a non-empty list of label strings"
@@ -63,10 +68,13 @@ def _problem(path: Path, name: str) -> str | None:
 
 def check_dir(root: str | Path) -> CheckResult:
     root = Path(root)
-    if not root.is_dir():
+    if not root.exists():
         raise NloraError(f"data directory not found: {root}")
+    if not root.is_dir():
+        raise NloraError(f"data directory {root} is not a directory (a file of that name exists)")
     result = CheckResult(root)
-    for rel in tqdm(expected_files(), desc="check", unit="file", leave=False):
+    # disable=None: no bar when stderr is not a terminal, so a log or a caller reading stderr gets only messages
+    for rel in tqdm(expected_files(), desc="check", unit="file", leave=False, disable=None):
         path = root / rel
         if not path.is_file():
             result.missing.append(rel)
@@ -86,36 +94,69 @@ def servable_presets(result: CheckResult) -> dict[str, list[str]]:
             for name in preset_names()}
 
 
+def check_source(base_url: str, timeout: float) -> None:
+    """--url and --timeout make sense: checked before anything is created or fetched."""
+    if not (isinstance(timeout, (int, float)) and math.isfinite(timeout) and 0 < timeout <= MAX_TIMEOUT):
+        raise NloraError(f"--timeout must be a number of seconds > 0 and <= {MAX_TIMEOUT:g}, got {timeout}")
+    try:
+        parts = urllib.parse.urlsplit(base_url)
+        parts.port  # noqa: B018 -- parsing the port is what finds a malformed one
+    except ValueError as e:
+        raise NloraError(f"--url {base_url!r} is not a valid URL ({e})") from None
+    if parts.scheme not in URL_SCHEMES:
+        raise NloraError(f"--url {base_url!r}: unsupported scheme {parts.scheme or '(none)'!r}; use an http:// "
+                         "or https:// address (for a local copy, point --data-dir at it)")
+    if not parts.hostname:
+        raise NloraError(f"--url {base_url!r} is not a valid URL (no host name)")
+    if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in base_url):
+        raise NloraError(f"--url {base_url!r} is not a valid URL (it contains whitespace or control characters)")
+
+
 def _download(url: str, dest: Path, timeout: float) -> bool:
-    """Fetch url to dest through a temporary name; False when the server has no such file."""
+    """Fetch url to dest through a temporary name, renamed into place only once the body is complete (as many
+    bytes as the server's Content-Length); False when the server has no such file."""
     tmp = dest.with_name(dest.name + ".part")
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise NloraError(f"cannot create folder {dest.parent}: {e.strerror or e}") from None
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "wb") as fh:
+            expected = response.headers.get("Content-Length")
+            got = 0
             while chunk := response.read(1 << 20):
                 fh.write(chunk)
+                got += len(chunk)
+        if expected is not None and expected.strip().isdigit() and got != int(expected):
+            raise NloraError(f"{url}: download cut short ({got} of {int(expected)} bytes); nothing was saved "
+                             "under its name, run the fetch again to retry")
+        os.replace(tmp, dest)
+        return True
     except urllib.error.HTTPError as e:
-        tmp.unlink(missing_ok=True)
         if e.code == 404:
             return False
         raise NloraError(f"{url}: HTTP {e.code} {e.reason}") from None
-    except (urllib.error.URLError, OSError) as e:
-        tmp.unlink(missing_ok=True)
-        reason = getattr(e, "reason", e)
+    except http.client.IncompleteRead as e:
+        raise NloraError(f"{url}: download cut short ({len(e.partial)} bytes, {e.expected} more expected); "
+                         "nothing was saved under its name, run the fetch again to retry") from None
+    except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as e:
+        reason = getattr(e, "reason", None) or e.__class__.__name__ + (f": {e}" if str(e) else "")
         raise NloraError(f"cannot download {url}: {reason} (no network? use --url for a mirror, or copy the "
                          "folder by hand and run `nlora data check DIR`)") from None
-    os.replace(tmp, dest)
-    return True
+    finally:
+        tmp.unlink(missing_ok=True)  # whatever stopped the download, no partial file stays behind
 
 
 def fetch(dest: str | Path, base_url: str = DEFAULT_URL, timeout: float = 60.0) -> CheckResult:
     """Download every expected file not already valid in ``dest``, then check the whole folder."""
+    from .rundir import check_path_usable
+
+    check_source(base_url, timeout)
     dest = Path(dest)
-    if dest.exists() and not dest.is_dir():
-        raise NloraError(f"--dest exists and is not a directory: {dest}")
+    check_path_usable(dest, "--dest")
     before = check_dir(dest) if dest.is_dir() else CheckResult(dest, missing=expected_files())
     todo = before.missing + list(before.invalid)
-    for rel in tqdm(todo, desc="fetch", unit="file"):
+    for rel in tqdm(todo, desc="fetch", unit="file", disable=None):
         _download(f"{base_url.rstrip('/')}/{rel}", dest / rel, timeout)
     return check_dir(dest)
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from .errors import NloraError
+from .io import check_safetensors, error_line, read_json
 
 # Query/value projections per architecture (the adapted modules of the N-LoRA and O-LoRA papers).
 QUERY_VALUE = {
@@ -41,6 +42,19 @@ def default_target_modules(model: torch.nn.Module) -> list[str]:
         if set(pair) <= leaves:
             return pair
     raise NloraError(f"no default LoRA targets for model type '{model_type}'; pass --target-modules a,b")
+
+
+def check_target_modules(model: torch.nn.Module, targets: list[str]) -> None:
+    """Every target names at least one linear layer (PEFT's rule: the module's name or its dotted suffix), so
+    a typo is refused before anything is written instead of crashing later or being silently ignored."""
+    from transformers.pytorch_utils import Conv1D  # GPT-2's projections: linear layers in another class
+
+    linear = [n for n, m in model.named_modules() if isinstance(m, (torch.nn.Linear, Conv1D))]
+    missing = [t for t in targets if not any(n == t or n.endswith(f".{t}") for n in linear)]
+    if missing:
+        leaves = sorted({n.rsplit(".", 1)[-1] for n in linear})
+        raise NloraError(f"--target-modules: no linear layer named {', '.join(missing)} in this model "
+                         f"(its linear layers: {', '.join(leaves[:12])}{', ...' if len(leaves) > 12 else ''})")
 
 
 # Models that ship inside a Python package: usable offline by name.
@@ -73,8 +87,70 @@ def _strip_quantizer(model) -> None:
         del model.config.quantization_config
 
 
-def load_model(spec: str, dtype: torch.dtype = torch.float32) -> LoadedModel:
-    """Load tokenizer and model; a missing path or an unreachable hub name is a one-line NloraError.
+GGUF_MAGIC = b"GGUF"
+# Files any of which a tokenizer loads from; a folder with none has no tokenizer.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "spiece.model", "vocab.json",
+                   "vocab.txt", "sentencepiece.bpe.model")
+
+
+def check_gguf(path: Path) -> None:
+    """A .gguf file starts with the GGUF signature; anything else is refused before a parser sees it."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(GGUF_MAGIC))
+    except OSError as e:
+        raise NloraError(f"cannot read model file {path}: {e.strerror or e}") from None
+    if head != GGUF_MAGIC:
+        raise NloraError(f"{path}: not a GGUF model file (it does not start with the GGUF signature)")
+
+
+def check_model_folder(path: Path, trust_remote_code: bool = False, allow_pickle_weights: bool = False) -> dict:
+    """Refuse, in one line, a folder transformers would fail on or that would run code: its config, its
+    architecture, its tokenizer, its weights. Returns from_pretrained's keyword arguments for the weights.
+
+    A config with ``auto_map`` names Python files of the folder; they run only with ``trust_remote_code``.
+    Where the architecture is one transformers knows, its own code is used and the folder's ignored.
+    Weights: safetensors (checked to be complete); pickle-only weights (``pytorch_model.bin``) can run code
+    when loaded, so they load only with ``allow_pickle_weights``, and then with torch's weights_only loader.
+    """
+    from transformers import CONFIG_MAPPING, __version__
+
+    config_path = path / "config.json"
+    if not config_path.is_file():
+        raise NloraError(f"{path}: not a model folder (no config.json)")
+    config = read_json(config_path)
+    if not isinstance(config, dict):
+        raise NloraError(f"{config_path}: expected a JSON object of model settings")
+    model_type = config.get("model_type")
+    known = isinstance(model_type, str) and model_type in CONFIG_MAPPING
+    if not known and "auto_map" in config:
+        if not trust_remote_code:
+            raise NloraError(f"{path}: the model's config.json (auto_map) asks to run Python code from the folder; "
+                             "nlora runs a model folder's code only if you pass --trust-remote-code")
+    elif not known:
+        raise NloraError(f"{config_path}: unknown model_type {model_type!r} (not an architecture transformers "
+                         f"{__version__} knows)" if model_type is not None else f"{config_path}: no 'model_type'")
+    if not any((path / f).is_file() for f in TOKENIZER_FILES):
+        raise NloraError(f"{path}: no tokenizer (none of {', '.join(TOKENIZER_FILES)})")
+    safetensors = sorted(path.glob("*.safetensors"))
+    if safetensors:
+        for f in safetensors:
+            check_safetensors(f)
+        return {"use_safetensors": True}
+    pickled = sorted(path.glob("pytorch_model*.bin"))
+    if pickled and not allow_pickle_weights:
+        raise NloraError(f"{path}: weights only as {pickled[0].name}, a pickle file, which can run code when "
+                         "loaded; convert them to safetensors, or pass --allow-pickle-weights to load them with "
+                         "torch's weights_only loader")
+    if pickled:
+        return {"use_safetensors": False, "weights_only": True}
+    raise NloraError(f"{path}: no model weights (no *.safetensors file)")
+
+
+def load_model(spec: str, dtype: torch.dtype = torch.float32, trust_remote_code: bool = False,
+               allow_pickle_weights: bool = False) -> LoadedModel:
+    """Load tokenizer and model; a missing path, an unreachable hub name or a damaged model is a one-line
+    NloraError. No code from the model runs unless ``trust_remote_code`` (see check_model_folder).
 
     ``spec`` is a local folder, a ``.gguf`` file, a hub name, or an embedded name (``smollm2``).
     """
@@ -87,37 +163,53 @@ def load_model(spec: str, dtype: torch.dtype = torch.float32) -> LoadedModel:
     hub_logging.set_verbosity_error()  # retries while offline would print warnings before our one-line error
     hf_logging.disable_progress_bar()  # a per-tensor bar for a 0.1-20 s load is noise; we log the load instead
     path = Path(os.path.expanduser(embedded_model_path(spec) if spec in EMBEDDED else spec))
-    kwargs: dict = {}
+    kwargs: dict = {"trust_remote_code": trust_remote_code}  # False: never a prompt, never the model's code
+    weights: dict = {}
     cache = None
     if path.suffix == ".gguf":
         if not path.is_file():
             raise NloraError(f"model file not found: {spec}")
+        check_gguf(path)
         cache = gguf_cache_dir(path, dtype)
         if cache is not None and (cache / "config.json").is_file():
             source = str(cache)  # converted before: a safetensors copy loads in a fraction of a second
+            weights = check_model_folder(cache)
         else:
             source, kwargs["gguf_file"] = str(path.parent), path.name
-    elif path.exists():
+    elif path.is_dir():
         source = str(path)
+        weights = check_model_folder(path, trust_remote_code, allow_pickle_weights)
+    elif path.exists():
+        raise NloraError(f"model {spec} is a file but not a .gguf model; give a model folder, a .gguf file or a "
+                         "hub name")
     elif _looks_like_path(spec):
         raise NloraError(f"model path not found: {spec}")
     elif not re.fullmatch(r"[\w.\-]+(/[\w.\-]+)?", spec):
         raise NloraError(f"model '{spec}' is neither a local path nor a hub name")
     else:
         source = spec
+        # from the hub: safetensors only, unless pickle weights are allowed (then preferred where both exist)
+        weights = {"use_safetensors": None, "weights_only": True} if allow_pickle_weights else {"use_safetensors": True}
+    part = "config"
     try:
         config = AutoConfig.from_pretrained(source, **kwargs)
+        part = "tokenizer"
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
         seq2seq = bool(getattr(config, "is_encoder_decoder", False))
         cls = AutoModelForSeq2SeqLM if seq2seq else AutoModelForCausalLM
-        model = cls.from_pretrained(source, dtype=dtype, **kwargs)
+        part = "weights"
+        model = cls.from_pretrained(source, dtype=dtype, **kwargs, **weights)
     except OSError as e:
         if source == spec and not path.exists():
             raise NloraError(
                 f"model '{spec}' is not a local path and could not be fetched from the hub "
-                f"(offline, or no such model?): {str(e).splitlines()[0]}"
+                f"(offline, or no such model?): {error_line(e)}"
             ) from None
-        raise NloraError(f"could not load model from {spec}: {str(e).splitlines()[0]}") from None
+        raise NloraError(f"could not load model from {spec}: {error_line(e)}") from None
+    except Exception as e:  # noqa: BLE001 -- transformers, tokenizers, gguf, safetensors: many types
+        if "gguf_file" in kwargs:
+            raise NloraError(f"{path}: not a readable GGUF model file ({error_line(e)})") from None
+        raise NloraError(f"could not load the {part} of model {spec}: {error_line(e)}") from None
     if "gguf_file" in kwargs:
         _strip_quantizer(model)
         if cache is not None:

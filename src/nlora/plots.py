@@ -93,6 +93,30 @@ def aa_bwt_bars(runs: list[tuple[str, dict]], path: Path) -> Path:
     return _finish(fig, ax, path, None, "exact match (points)", "Average accuracy and backward transfer")
 
 
+def loss_curves(runs: list[tuple[str, list[tuple[str, list[dict]]]]], path: Path) -> Path:
+    """One panel per run: each task's training loss (train_log.jsonl) against the run's global optimizer step,
+    a colour per task, the task boundaries dotted."""
+    n = len(runs)
+    fig, axes = plt.subplots(n, 1, figsize=(9, 2.6 * n), squeeze=False)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, (label, tasks) in zip(axes[:, 0], runs):
+        offset = 0
+        for i, (task, rows) in enumerate(tasks):
+            if rows:
+                ax.plot([offset + r["step"] for r in rows], [r["loss"] for r in rows], lw=1,
+                        color=colors[i % len(colors)], label=task)
+                offset += rows[-1].get("total_steps") or rows[-1]["step"]
+                ax.axvline(offset, color="0.6", lw=0.6, ls=":")
+        if all(r["loss"] > 0 for _, rows in tasks for r in rows):
+            ax.set_yscale("log")
+        ax.set_title(f"Training loss, {label}", fontsize=10)
+        ax.set_ylabel("task loss")
+        ax.legend(fontsize=7, ncol=min(len(tasks), 5))
+    axes[-1, 0].set_xlabel("optimizer step (all tasks in order)")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def _finish(fig, ax, path: Path, xlabel: str | None, ylabel: str, title: str) -> Path:
     if xlabel:
         ax.set_xlabel(xlabel)

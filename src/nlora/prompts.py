@@ -7,6 +7,7 @@ from importlib import resources
 from pathlib import Path
 
 from .errors import NloraError
+from .io import read_json
 
 ANSWER_MARKER = "Answer:"
 
@@ -15,26 +16,23 @@ def load_instructions(path: str | Path | None = None) -> dict[str, str]:
     """Category -> instruction text. The shipped file by default; a user file overrides it.
 
     Accepts our flat ``{"TC": "..."}`` form and the reference's
-    ``{"TC": [{"instruction_type": ..., "instruction": "..."}]}`` form.
+    ``{"TC": [{"instruction_type": ..., "instruction": "..."}]}`` form (its first entry is used).
     """
     if path is None:
-        text = resources.files("nlora.resources").joinpath("instructions.json").read_text("utf-8")
+        raw = json.loads(resources.files("nlora.resources").joinpath("instructions.json").read_text("utf-8"))
         source = "built-in instructions.json"
     else:
-        path = Path(path)
-        if not path.is_file():
-            raise NloraError(f"instruction file not found: {path}")
-        text, source = path.read_text("utf-8"), str(path)
-    try:
-        raw = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise NloraError(f"{source}: malformed JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+        raw, source = read_json(path, "instruction file"), str(path)
+    shape = 'a JSON object {"<Category>": "<instruction>"} or {"<Category>": [{"instruction": "<instruction>"}]}'
+    if not isinstance(raw, dict):
+        raise NloraError(f"{source}: expected {shape}, got a JSON {type(raw).__name__}")
     out = {}
     for category, entry in raw.items():
         if isinstance(entry, list):
-            entry = entry[0]["instruction"] if entry else ""
+            first = entry[0] if entry else {"instruction": ""}
+            entry = first.get("instruction") if isinstance(first, dict) else None
         if not isinstance(entry, str):
-            raise NloraError(f"{source}: instruction for category '{category}' must be a string")
+            raise NloraError(f"{source}: instruction for category '{category}' must be a string (file format: {shape})")
         out[category] = entry
     return out
 

@@ -9,6 +9,7 @@ import random
 import re
 import shutil
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import torch
@@ -17,21 +18,23 @@ from tqdm.auto import tqdm
 
 from . import __version__, metrics
 from . import checkpoint as ckpt
+from . import rundir
 from .adapters import ContinualLoRA
 from .batching import collate_train, encode
 from .config import RunConfig, save_config
-from .data import TaskData, load_tasks
+from .data import Example, TaskData, load_tasks, resolve_task_dirs
 from .dist import Dist, machine_name
 from .dist import setup as dist_setup
 from .errors import NloraError
-from .evaluate import predict_tasks, prediction_rows, results_dict
+from .evaluate import TaskPredictions, predict_tasks, prediction_rows, results_dict
 from .io import write_json, write_jsonl
 from .methods import get_method
 from .methods.base import TaskContext
-from .models import autocast_dtype, default_target_modules, load_model, pick_device
+from .models import autocast_dtype, check_target_modules, default_target_modules, load_model, pick_device
 from .prompts import load_instructions
 from .logits import accepts_logits_to_keep, autocast, task_loss
 from .train import train_task
+from .trainlog import RunLog
 
 
 def seed_everything(seed: int) -> None:
@@ -43,37 +46,18 @@ def task_dir(out: Path, index: int, name: str) -> Path:
     return out / "tasks" / f"{index + 1:02d}-{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}"
 
 
-RUN_OUTPUTS = ("summary.json", "config.yaml", "tasks", "zero_shot", "eval", "analysis.json", "*.png")
-# Settings that may change between a run and its resumption: they do not change any result.
-# settings that may differ on resume: where it runs and how it batches evaluation (a resumed run may land
-# on another GPU), none of which changes what is trained
-RESUME_FREE = ("output_dir", "device", "save_every", "eval_batch_size")
-
-
-def check_output_dir(out: Path, overwrite: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise NloraError(f"output path exists and is not a directory: {out}")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise NloraError(f"output directory {out} is not empty and holds no nlora run to resume; choose another "
-                         "or pass --overwrite")
-
-
-def prepare_output_dir(path: str, overwrite: bool) -> Path:
-    out = Path(path)
-    check_output_dir(out, overwrite)
-    if overwrite and out.is_dir():  # remove what an earlier run wrote (only nlora's own names), summary first
-        for name in RUN_OUTPUTS:
-            for p in sorted(out.glob(name)):
-                shutil.rmtree(p) if p.is_dir() else p.unlink()
-    out.mkdir(parents=True, exist_ok=True)
-    return out
+# Settings that may change between a run and its resumption: where it runs and how it batches evaluation
+# (a resumed run may land on another GPU), none of which changes what is trained.
+RESUME_FREE = ("output_dir", "device", "save_every", "eval_batch_size", "report_to", "log_every")
+# What a run writes at the top of its directory (recorded in the manifest before it is written).
+RUN_OUTPUTS = ("config.yaml", rundir.FINGERPRINT, "tasks", "zero_shot", "summary.json")
 
 
 def check_resumable(saved: Path, cfg: RunConfig) -> None:
     """A run directory is resumed only with the settings it was made with."""
     try:
-        before = RunConfig.from_dict(yaml.safe_load(saved.read_text())).to_dict()
-    except (yaml.YAMLError, TypeError, KeyError, AttributeError) as e:
+        before = RunConfig.from_dict(yaml.safe_load(saved.read_text("utf-8"))).to_dict()
+    except (yaml.YAMLError, TypeError, KeyError, AttributeError, ValueError) as e:
         raise NloraError(f"{saved}: not a readable nlora config ({e.__class__.__name__}); pass --overwrite to "
                          "start over") from None
     now = cfg.to_dict()
@@ -85,22 +69,58 @@ def check_resumable(saved: Path, cfg: RunConfig) -> None:
                          "--output-dir, or pass --overwrite to start over")
 
 
-def plan_run_dir(cfg: RunConfig, overwrite: bool) -> bool:
-    """Read-only checks of the output directory (every rank); True if an earlier run there is resumed."""
+def data_files(cfg: RunConfig) -> dict[str, list[Path]]:
+    """Every file the run's data comes from, per task (the instruction file under its own key)."""
+    dirs = resolve_task_dirs(cfg.data_dir, cfg.task_names)
+    files = {name: [d / "labels.json", d / "train.json", d / "test.json"] for name, d in dirs.items()}
+    if cfg.instructions:
+        files["(instructions)"] = [Path(cfg.instructions)]
+    return files
+
+
+def plan_run_dir(cfg: RunConfig, overwrite: bool, dist: Dist, held: ExitStack) -> bool:
+    """Read-only checks of the output directory (every rank); True if an earlier run there is resumed.
+
+    Rank 0 takes the directory's lock first when it exists, so nothing it reads is being written by another
+    process. A non-empty folder nlora did not make is refused, with --overwrite too."""
     out = Path(cfg.output_dir)
+    rundir.check_path_usable(out)
+    rundir.refuse_foreign(out)
+    if out.is_dir() and dist.is_main:
+        held.callback(rundir.DirectoryLock(out).acquire().release)
     if not overwrite and (out / "config.yaml").is_file():
         check_resumable(out / "config.yaml", cfg)
+        rundir.check_run_files(out)
+        rundir.check_fingerprint(out, rundir.data_fingerprint(data_files(cfg)))
         return True
-    check_output_dir(out, overwrite)
+    if not overwrite and not rundir.is_empty(out):
+        raise NloraError(f"output directory {out} holds the start of an nlora run but no config.yaml; pass "
+                         "--overwrite to start over")
     return False
 
 
-def make_run_dir(cfg: RunConfig, overwrite: bool, dist: Dist) -> Path:
+def make_run_dir(cfg: RunConfig, overwrite: bool, dist: Dist, held: ExitStack) -> Path:
+    """Called once every check has passed: clear what nlora wrote before (--overwrite), record and write the
+    config and the data fingerprint."""
+    out = Path(cfg.output_dir)
     if dist.is_main:
-        prepare_output_dir(cfg.output_dir, overwrite)
-        save_config(cfg, Path(cfg.output_dir) / "config.yaml")
+        try:
+            existed = out.is_dir()
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise NloraError(f"cannot create output directory {out}: {e.strerror or e}") from None
+        if not existed:  # made just now: lock it, and make sure no other process got here first
+            held.callback(rundir.DirectoryLock(out).acquire().release)
+            if not rundir.is_empty(out):
+                raise NloraError(f"output directory {out} was filled by another process meanwhile; choose another "
+                                 "--output-dir")
+        if overwrite:
+            rundir.clear(out)
+        rundir.record(out, *RUN_OUTPUTS)
+        write_json(out / rundir.FINGERPRINT, rundir.data_fingerprint(data_files(cfg)))
+        save_config(cfg, out / "config.yaml")
     dist.barrier()
-    return Path(cfg.output_dir)
+    return out
 
 
 def default_eval_batch(device: torch.device) -> int:
@@ -109,19 +129,26 @@ def default_eval_batch(device: torch.device) -> int:
 
 
 def log(msg: str) -> None:
-    if int(os.environ.get("RANK", "0")) == 0:  # under a launcher, one copy of each message
+    if os.environ.get("RANK", "0") in ("0", ""):  # under a launcher, one copy of each message
         tqdm.write(f"[nlora] {msg}")
 
 
 def _read_json(path: Path):
-    return json.loads(path.read_text())
+    try:
+        return json.loads(path.read_text("utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        raise NloraError(f"{path}: damaged (not readable JSON); delete it to redo that step, or pass --overwrite "
+                         "to start the run over") from None
 
 
 def evaluate_and_write(model, tok, tasks: list[TaskData], dest: Path, gen_kw: dict, dist: Dist | None = None,
-                       reuse: bool = False, routes=None, lora: ContinualLoRA | None = None) -> dict:
+                       reuse: bool = False, routes=None, lora: ContinualLoRA | None = None, router=None) -> dict:
     """Predictions on every rank's share, gathered; rank 0 writes. ``reuse``: a finished evaluation in
     ``dest`` (a resumed run's, same settings) is read instead of redone. ``routes``: [(adapters, positions in
-    ``tasks``)] when different adapters answer different tasks (per-task); None: the model as it is."""
+    ``tasks``)] when different adapters answer different tasks (per-task); None: the model as it is.
+    ``router`` (methods that route by the input, see ``example_router``): each prompt is answered by the
+    adapters it picks; the routes are then only what the task id would pick, and routing.json says how often
+    the two agree."""
     dist = dist or Dist()
     if reuse and (dest / "predict_results.json").is_file():
         return _read_json(dest / "predict_results.json")
@@ -131,19 +158,75 @@ def evaluate_and_write(model, tok, tasks: list[TaskData], dest: Path, gen_kw: di
     else:  # on merged weights: no LoRA branches in the generation loop
         preds = [None] * len(tasks)
         trained_with = lora.active()
+        routing = {}
         for adapters, positions in routes or [(None, list(range(len(tasks))))]:
+            if router is not None:
+                for i in positions:
+                    preds[i], routing[tasks[i].name] = _predict_routed(lora, tok, tasks[i], router, adapters,
+                                                                       dist, gen_kw)
+                continue
             lora.activate(adapters if adapters is not None else trained_with)
             with lora.merged(lora.active()):
                 for i, p in zip(positions, predict_tasks(lora.model, tok, [tasks[i] for i in positions],
                                                          dist=dist, **gen_kw)):
                     preds[i] = p
         lora.activate(trained_with)
+        if router is not None and dist.is_main:
+            write_json(dest / "routing.json", routing_summary(routing))
     results = results_dict(preds, time.perf_counter() - start)
     if dist.is_main:
         write_jsonl(dest / "predictions.jsonl", prediction_rows(preds))
         write_json(dest / "predict_results.json", results)  # last: its presence marks the evaluation done
     dist.barrier()
     return results
+
+
+def _predict_routed(lora, tok, task: TaskData, router, expected, dist, gen_kw):
+    """One task's predictions when each prompt picks its adapters: the prompts grouped by choice, each group
+    predicted with its adapters alone; and the routing counts (against ``expected``, the task id's choice)."""
+    examples = task.splits["test"]
+    chosen = [tuple(c) for c in router([e.prompt for e in examples])]
+    groups: dict[tuple, list[int]] = {}
+    for n, choice in enumerate(chosen):
+        groups.setdefault(choice, []).append(n)
+    predictions = [""] * len(examples)
+    for choice, idx in groups.items():
+        part = TaskData(task.name, task.category, task.labels, {"test": [examples[n] for n in idx]})
+        lora.activate(list(choice))
+        with lora.merged(lora.active()):
+            (answered,) = predict_tasks(lora.model, tok, [part], dist=dist, **gen_kw)
+        for n, y in zip(idx, answered.predictions):
+            predictions[n] = y
+    preds = TaskPredictions(task.name, task.category, [e.prompt for e in examples], [e.label for e in examples],
+                            predictions)
+    counts = {"+".join(c): len(idx) for c, idx in sorted(groups.items())}
+    right = len(groups.get(tuple(expected), [])) if expected is not None else None
+    return preds, {"expected": "+".join(expected) if expected is not None else None, "routed": counts,
+                   "examples": len(examples), "correct": right}
+
+
+def routing_summary(per_task: dict) -> dict:
+    """routing.json: per task, how many test prompts went to which adapters, and the share that went where
+    the task id would have sent them (routing accuracy, %)."""
+    scored = [r for r in per_task.values() if r["correct"] is not None]
+    for r in per_task.values():
+        r["accuracy"] = round(100 * r["correct"] / r["examples"], 4) if r["correct"] is not None and r["examples"] \
+            else None
+    total = sum(r["examples"] for r in scored)
+    return {"accuracy": round(100 * sum(r["correct"] for r in scored) / total, 4) if total else None,
+            "tasks": per_task}
+
+
+def example_router(method, lora, task_index: int, tok, seq2seq: bool, max_source: int):
+    """For methods that route by the input: prompts -> the adapters answering each (encoded as in training).
+    None for the others, whose evaluation is unchanged."""
+    if not method.routes_by_input:
+        return None
+
+    def router(prompts: list[str]) -> list[list[str]]:
+        sources = [e.source for e in encode(tok, [Example(p, "") for p in prompts], seq2seq, max_source, 2)]
+        return method.route_examples(lora, task_index, sources)
+    return router
 
 
 def task_context(lora, examples, settings, tok, seq2seq, device, amp) -> TaskContext:
@@ -156,7 +239,8 @@ def task_context(lora, examples, settings, tok, seq2seq, device, amp) -> TaskCon
     return TaskContext(examples, settings.batch_size, loss)
 
 
-def train_or_reuse(lora, method, t, settings, tasks, tdir, tok, loaded, cfg, device, amp, dist) -> dict:
+def train_or_reuse(lora, method, t, settings, tasks, tdir, tok, loaded, cfg, device, amp, dist,
+                   runlog: RunLog | None = None) -> dict:
     """Train task t (resuming its step checkpoint if any), or reload its adapter if it finished earlier."""
     task = tasks[settings.name]
     examples = method.train_examples(t, [tasks[s.name].splits["train"] for s in cfg.tasks])
@@ -181,9 +265,11 @@ def train_or_reuse(lora, method, t, settings, tasks, tdir, tok, loaded, cfg, dev
         log(f"task {t + 1}/{len(cfg.tasks)} {task.name}: {len(train_data)} examples, {settings.epochs:g} "
             f"epoch(s), batch {settings.batch_size}x{settings.grad_accum}, lr {settings.lr:g}"
             + (" (resuming from its step checkpoint)" if checkpoint.is_file() else ""))
+        method.before_training(lora, t, settings, ctx)
         stats = train_task(lora, method, train_data, settings, pad_id=tok.pad_token_id, seq2seq=loaded.seq2seq,
                            device=device, amp_dtype=amp, seed=cfg.seed + t, desc=f"train {task.name}", dist=dist,
-                           checkpoint=checkpoint, save_every=cfg.save_every, compile_model=cfg.compile)
+                           checkpoint=checkpoint, save_every=cfg.save_every, compile_model=cfg.compile,
+                           log=runlog.task_log(t, task.name, tdir) if runlog is not None else None)
         entry.update(train_steps=stats.steps, train_examples=stats.examples, train_loss=round(stats.final_loss, 6),
                      mean_penalty=round(stats.mean_penalty, 6), train_seconds=round(stats.seconds, 2))
     else:
@@ -199,7 +285,14 @@ def train_or_reuse(lora, method, t, settings, tasks, tdir, tok, loaded, cfg, dev
 
 
 def run(cfg: RunConfig, overwrite: bool = False) -> dict:
-    """Run the whole sequence, or resume it; returns the summary dict (also written to summary.json)."""
+    """Run the whole sequence, or resume it; returns the summary dict (also written to summary.json).
+
+    The run directory's lock is held until this returns or raises (the OS drops it if the process dies)."""
+    with ExitStack() as held:
+        return _run(cfg, overwrite, held)
+
+
+def _run(cfg: RunConfig, overwrite: bool, held: ExitStack) -> dict:
     started = time.perf_counter()
     dist = dist_setup(cfg.device)
     method = get_method(cfg.method)(cfg)
@@ -212,7 +305,7 @@ def run(cfg: RunConfig, overwrite: bool = False) -> dict:
     # All data is read and checked before the model loads or any directory is written.
     tasks = load_tasks(cfg.data_dir, cfg.task_names, instructions, cfg.max_train_per_task,
                        cfg.max_test_per_task, cfg.seed, cfg.unknown_labels)
-    resuming = plan_run_dir(cfg, overwrite)
+    resuming = plan_run_dir(cfg, overwrite, dist, held)
     dist.barrier()  # every rank looks at the directory before rank 0 changes it, so all agree on resuming
     out = Path(cfg.output_dir)
     if resuming and (out / "summary.json").is_file():
@@ -221,9 +314,10 @@ def run(cfg: RunConfig, overwrite: bool = False) -> dict:
     log(f"loading model {cfg.model}")
     loaded = load_model(cfg.model)
     targets = cfg.lora.target_modules or default_target_modules(loaded.model)
+    check_target_modules(loaded.model, targets)
     method.check(loaded.model, targets)
     if not resuming:  # only now, with data, model and method checked, is anything written
-        make_run_dir(cfg, overwrite, dist)
+        make_run_dir(cfg, overwrite, dist, held)
 
     model, tok = dist.shard_model(loaded.model).to(device), loaded.tokenizer
     lora = ContinualLoRA(model, cfg.lora, targets, loaded.seq2seq, sharded=dist.sharded)
@@ -246,18 +340,24 @@ def run(cfg: RunConfig, overwrite: bool = False) -> dict:
         log("evaluating the starting model on every task (--full-matrix)")
         results = evaluate_and_write(model, tok, all_tasks, out / "zero_shot", gen_kw, dist, reuse=True)
         zero_shot = [results[f"predict_exact_match_for_{t.name}"] for t in all_tasks]
+    runlog = RunLog(out, cfg, dist.is_main)  # train_log.jsonl per task, and the --report-to trackers
     for t, settings in enumerate(cfg.tasks):
         task, tdir = tasks[settings.name], task_dir(out, t, settings.name)
         seed_everything(cfg.seed + t)  # per task, so a resumed run replays every remaining task exactly
-        entry = train_or_reuse(lora, method, t, settings, tasks, tdir, tok, loaded, cfg, device, amp, dist)
+        entry = train_or_reuse(lora, method, t, settings, tasks, tdir, tok, loaded, cfg, device, amp, dist, runlog)
+        runlog.task_finished(entry["train_steps"])
         if not method.evaluate_after(t, n):
             per_task.append({**entry, "eval_seconds": None})
             continue
         evaluated = evaluated_tasks(cfg, t, n)
+        fresh = not (tdir / "predict_results.json").is_file()  # a resumed run's earlier evaluations are not re-logged
         results = evaluate_and_write(lora.model, tok, [all_tasks[j] for j in evaluated], tdir, gen_kw, dist,
-                                     reuse=True, routes=route_positions(method, t, evaluated), lora=lora)
+                                     reuse=True, routes=route_positions(method, t, evaluated), lora=lora,
+                                     router=example_router(method, lora, t, tok, loaded.seq2seq, cfg.max_source_length))
         for j in evaluated:
             matrix[t][j] = results[f"predict_exact_match_for_{all_tasks[j].name}"]
+        if fresh:
+            runlog.log_eval({all_tasks[j].name: matrix[t][j] for j in evaluated})
         loss = "-" if entry["train_loss"] is None else f"{entry['train_loss']:.4f}"
         log(f"after {task.name}: loss {loss}, exact match "
             + ", ".join(f"{all_tasks[j].name} {matrix[t][j]:.1f}" for j in evaluated))
@@ -275,6 +375,7 @@ def run(cfg: RunConfig, overwrite: bool = False) -> dict:
                     "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None},
         "nlora_version": __version__,
     }
+    runlog.finish(summary)
     if dist.is_main:
         write_json(out / "summary.json", summary)
         log(f"done in {summary['wall_time_s']:.0f}s: AA {summary['aa']:.2f}"
@@ -308,8 +409,19 @@ def evaluate_run(run_dir: str | Path, task_names: list[str], after_task: int | N
 
     Rebuilt from the base model and the saved adapters alone. Writes
     RUN_DIR/eval/after-KK/<tasks>/predict_results.json and predictions.jsonl; the summary is untouched.
+    Holds the run directory's lock meanwhile (refused while a run trains there).
     """
     run_dir = Path(run_dir)
+    lock = rundir.DirectoryLock(run_dir).acquire() if run_dir.is_dir() else None
+    try:
+        return _evaluate_run(run_dir, task_names, after_task, data_dir, max_test, eval_batch_size, device)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _evaluate_run(run_dir: Path, task_names: list[str], after_task: int | None, data_dir: str | None,
+                  max_test: int | None, eval_batch_size: int | None, device: str | None) -> tuple[Path, dict]:
     if not (run_dir / "config.yaml").is_file():
         raise NloraError(f"{run_dir} is not a run directory (no config.yaml)")
     cfg = RunConfig.from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()))
@@ -337,7 +449,10 @@ def evaluate_run(run_dir: str | Path, task_names: list[str], after_task: int | N
     gen_kw = dict(seq2seq=loaded.seq2seq, device=dev, amp_dtype=amp, batch_size=eval_batch_size or cfg.eval_batch_size or default_eval_batch(dev),
                   max_source=cfg.max_source_length, max_new_tokens=cfg.max_target_length, mode=cfg.eval_mode)
     dest = run_dir / "eval" / f"after-{k:02d}" / "+".join(task_names)
+    rundir.record(run_dir, "eval")
     log(f"evaluating {run_dir} after task {k} ({cfg.tasks[k - 1].name}) on {', '.join(task_names)}")
     results = evaluate_and_write(lora.model, loaded.tokenizer, [tasks[t] for t in task_names], dest, gen_kw,
-                                 routes=route_positions(method, k - 1, evaluated), lora=lora)
+                                 routes=route_positions(method, k - 1, evaluated), lora=lora,
+                                 router=example_router(method, lora, k - 1, loaded.tokenizer, loaded.seq2seq,
+                                                       cfg.max_source_length))
     return dest, results

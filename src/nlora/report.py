@@ -6,16 +6,20 @@ import json
 from importlib import resources
 from pathlib import Path
 
-from . import plots
+from . import plots, rundir
 from .analysis import DEFAULT_THRESHOLD, analyze_run
 from .errors import NloraError
 from .io import write_json, write_text
+from .trainlog import run_logs
+
+ANALYSIS_OUTPUTS = ("analysis.json", "collision.png", "nuclear_norm.png", "accuracy_matrix.png")
 
 
 def analyze(run_dir: str | Path, threshold: float = DEFAULT_THRESHOLD) -> dict:
     """Write analysis.json and the run's own figures into the run directory."""
     run_dir = Path(run_dir)
     result = analyze_run(run_dir, threshold)
+    rundir.record(run_dir, *ANALYSIS_OUTPUTS)  # so a later --overwrite removes them, and only them
     write_json(run_dir / "analysis.json", result)
     plots.collision_heatmap(result, run_dir / "collision.png")
     plots.nuclear_norm_per_layer([(run_dir.name, result)], run_dir / "nuclear_norm.png")
@@ -78,6 +82,10 @@ def build_report(run_dirs: list[str | Path], out_dir: str | Path, threshold: flo
     figs = {"bars": plots.aa_bwt_bars(list(zip(labels, summaries)), out / "aa_bwt.png"),
             "nuclear": plots.nuclear_norm_per_layer(list(zip(labels, analyses)), out / "nuclear_norm.png"),
             "curve": plots.collision_curves(list(zip(labels, analyses)), out / "collision_curve.png")}
+    logs = [(label, run_logs(d, s["tasks"])) for label, d, s in zip(labels, dirs, summaries)]
+    logs = [(label, tasks) for label, tasks in logs if any(rows for _, rows in tasks)]  # older runs have none
+    if logs:
+        figs["loss"] = plots.loss_curves(logs, out / "loss_curves.png")
     per_run = []
     for label, s, a in zip(labels, summaries, analyses):
         safe = label.replace("/", "_")
@@ -116,6 +124,8 @@ def build_report(run_dirs: list[str | Path], out_dir: str | Path, threshold: flo
     lines += ["", "## Figures", "", f"![AA and BWT]({figs['bars'].name})", "",
               f"![Nuclear norm per layer]({figs['nuclear'].name})", "",
               f"![Collision rate against threshold]({figs['curve'].name})", ""]
+    if "loss" in figs:
+        lines += [f"![Training loss of every task (train_log.jsonl)]({figs['loss'].name})", ""]
     for label, (acc, col) in zip(labels, per_run):
         lines += [f"### {label}", "", f"![accuracy matrix]({acc.name}) ![collision]({col.name})", ""]
     path = out / "report.md"

@@ -12,12 +12,13 @@ from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
 from .adapters import ContinualLoRA
-from .batching import Encoded, batch_order, collate_train
+from .batching import Encoded, batch_order, collate_train, release_denominator
 from .config import TaskSettings
 from .dist import Dist
 from .errors import NloraError
 from .logits import accepts_logits_to_keep, answer_logits, autocast, loss_from_logits
 from .methods.base import Method
+from .trainlog import TaskLog
 
 
 @dataclass
@@ -30,21 +31,31 @@ class TrainStats:
     seconds: float
 
 
-def build_schedule(lengths: list[int], settings: TaskSettings, seed: int) -> list[list[int]]:
-    """The task's micro-batches, a function of the seed only (so a resumed run replays the same order)."""
+def build_schedule(lengths: list[int], settings: TaskSettings, seed: int,
+                   group_by_length: bool = True) -> list[list[int]]:
+    """The task's micro-batches, a function of the seed only (so a resumed run replays the same order).
+    With a global batch, batches are drawn at that size and cut into micro-batches, so every number of
+    processes sees the same global batches."""
     per_epoch = math.ceil(len(lengths) / settings.batch_size)
     schedule = []
     for epoch in range(math.ceil(settings.epochs)):
-        schedule += batch_order(lengths, settings.batch_size, seed * 1000 + epoch)
+        if getattr(settings, "global_batch", None):
+            order = [i for b in batch_order(lengths, settings.global_batch, seed * 1000 + epoch, group_by_length)
+                     for i in b]
+            schedule += [order[s:s + settings.batch_size] for s in range(0, len(order), settings.batch_size)]
+        else:
+            schedule += batch_order(lengths, settings.batch_size, seed * 1000 + epoch, group_by_length)
     return schedule[:math.ceil(settings.epochs * per_epoch)]
 
 
 def train_task(lora: ContinualLoRA, method: Method, data: list[Encoded], settings: TaskSettings, *,
                pad_id: int, seq2seq: bool, device: torch.device, amp_dtype: torch.dtype | None, seed: int,
                desc: str = "train", dist: Dist | None = None, checkpoint: Path | None = None,
-               save_every: int = 0, compile_model: bool = False) -> TrainStats:
+               save_every: int = 0, compile_model: bool = False, log: TaskLog | None = None,
+               compat: str = "clean", max_grad_norm: float | None = None) -> TrainStats:
     """Train the current adapter on one task; resumes from ``checkpoint`` if it exists, saves it every
-    ``save_every`` optimizer steps (0: never)."""
+    ``save_every`` optimizer steps (0: never). ``log``: the task's train_log.jsonl (cut back to the checkpoint's
+    step on resume), a line per optimizer step or logging interval."""
     dist = dist or Dist()
     model = lora.model
     model.train()
@@ -53,13 +64,18 @@ def train_task(lora: ContinualLoRA, method: Method, data: list[Encoded], setting
     params = lora.trainable_parameters()
     optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=0.0)
     keep_logits = not seq2seq and accepts_logits_to_keep(model)
-    schedule = build_schedule([len(e.source) + len(e.target) for e in data], settings, seed)
+    # reference: random batches, as the release's HF Trainer (no group_by_length)
+    schedule = build_schedule([len(e.source) + len(e.target) for e in data], settings, seed,
+                              group_by_length=compat != "reference")
     total_steps = math.ceil(len(schedule) / settings.grad_accum)
 
     state = ckpt.TrainState()
     if checkpoint is not None and checkpoint.is_file():
         state = ckpt.load(checkpoint, model, optimizer, dist)
     start = time.perf_counter() - state.seconds
+    if log is not None:
+        log.begin(state.micro // settings.grad_accum, total_steps, [len(b) for b in schedule], settings.grad_accum,
+                  settings.epochs)
     bar = tqdm(total=total_steps, initial=state.micro // settings.grad_accum, desc=desc, unit="step",
                dynamic_ncols=True, leave=False, disable=not dist.is_main)
     optimizer.zero_grad(set_to_none=True)
@@ -68,16 +84,23 @@ def train_task(lora: ContinualLoRA, method: Method, data: list[Encoded], setting
         share = dist.shard(schedule[micro])
         filler = dist.sharded and not share  # sharded ranks must all run the pass; this one counts for nothing
         loss, extra = _micro_step(forward, method, lora, settings, [data[i] for i in share or schedule[micro][:1]],
-                                  pad_id, seq2seq, device, amp_dtype, keep_logits, dist, step, filler)
+                                  pad_id, seq2seq, device, amp_dtype, keep_logits, dist, step, filler, compat)
         state.losses.append(loss)
         state.penalties.append(extra)
         if (micro + 1) % settings.grad_accum == 0 or micro + 1 == len(schedule):
             dist.sum_gradients(params)
+            method.before_step(lora, dist)
+            grad_norm = _grad_norm(params) if log is not None and log.wants(step) else None  # before any clipping
+            if max_grad_norm:  # the release clips at 1.0 (HF max_grad_norm); the LoRA gradients summed over ranks
+                torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.3f}", pen=f"{extra:.3g}")
             state.micro = micro + 1
+            if log is not None:
+                log.step(step, micro + 1, state.losses, state.penalties, optimizer.param_groups[0]["lr"], grad_norm,
+                         time.perf_counter() - start)
             if checkpoint is not None and save_every and step % save_every == 0 and micro + 1 < len(schedule):
                 state.seconds = time.perf_counter() - start
                 ckpt.save(checkpoint, model, optimizer, state, dist)
@@ -90,22 +113,35 @@ def train_task(lora: ContinualLoRA, method: Method, data: list[Encoded], setting
                       seconds=time.perf_counter() - start)
 
 
+def _grad_norm(params: list[torch.nn.Parameter]) -> float:
+    """L2 norm of all gradients together (the figure clip_grad_norm_ compares with its maximum)."""
+    norms = [torch.linalg.vector_norm(p.grad.detach().float()) for p in params if p.grad is not None]
+    return float(torch.linalg.vector_norm(torch.stack(norms))) if norms else 0.0
+
+
 def _micro_step(model, method, lora, settings, examples, pad_id, seq2seq, device, amp_dtype, keep_logits,
-                dist: Dist, step: int, filler: bool = False) -> tuple[float, float]:
+                dist: Dist, step: int, filler: bool = False, compat: str = "clean") -> tuple[float, float]:
     """Forward and backward of one micro-batch (this rank's share); returns the global mean loss and penalty.
-    ``filler``: the pass only keeps a sharded rank in step; its loss is multiplied by zero."""
+    ``filler``: the pass only keeps a sharded rank in step; its loss is multiplied by zero. ``compat``
+    reference: the release's loss, each rank's micro-batch mean over its own count (for decoders the release's
+    loss-mask denominator), averaged over ranks; clean: the token-weighted mean over the global micro-batch."""
     loss_sum, count, batch_extra = torch.zeros((), device=device), 0, None
     if examples:
         batch = {k: v.to(device) for k, v in collate_train(examples, pad_id, seq2seq).items()}
         with autocast(device, amp_dtype):
             logits, targets = answer_logits(model, batch, seq2seq, keep_logits)
             loss_sum, count = loss_from_logits(logits, targets)
+            if compat == "reference" and not seq2seq:
+                count = release_denominator(examples)
             batch_extra = method.batch_penalty(lora, settings, batch, seq2seq, logits, targets)
         if filler:
             loss_sum, count = loss_sum * 0, 0
             batch_extra = None if batch_extra is None else batch_extra * 0
-    counts = dist.sum_(torch.tensor([float(count), loss_sum.detach().float().item()], device=device))
+    local_mean = loss_sum.detach().float().item() / max(count, 1)
+    counts = dist.sum_(torch.tensor([float(count), loss_sum.detach().float().item(), local_mean], device=device))
     global_count = max(float(counts[0]), 1.0)
+    if compat == "reference":  # each rank's own mean, averaged over ranks (a 0/0 mean counts as 0, not NaN)
+        global_count = max(float(count), 1.0) * dist.world
     extra = method.penalty(lora, settings)  # fp32: a sum over millions of |dW| entries would lose bits in bf16
     # Gradients are summed over ranks: each rank's share of the mean, and the penalty once in total.
     objective = loss_sum / global_count + (extra / dist.world if extra is not None else 0.0)
@@ -113,7 +149,7 @@ def _micro_step(model, method, lora, settings, examples, pad_id, seq2seq, device
         share = count / global_count
         objective = objective + share * batch_extra.float()
         extra = batch_extra.float() * share if extra is None else extra + batch_extra.float() * share
-    mean_loss = float(counts[1]) / global_count
+    mean_loss = float(counts[2]) / dist.world if compat == "reference" else float(counts[1]) / global_count
     penalty = float(extra.detach()) if extra is not None else 0.0
     total = mean_loss + penalty
     if not math.isfinite(total):

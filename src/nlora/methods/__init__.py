@@ -16,9 +16,11 @@ def register(cls: type[Method]) -> type[Method]:
 
 
 _MODULES = [
+    "clora",
     "ewc",
     "inclora",
     "lwf",
+    "migu",
     "mtl",
     "nlora",
     "olora",
@@ -28,6 +30,7 @@ _MODULES = [
     "seqft",
     "seqlora",
     "seqprompt",
+    "slao",
 ]
 for _m in _MODULES:
     importlib.import_module(f"{__name__}.{_m}")

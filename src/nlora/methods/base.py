@@ -29,18 +29,29 @@ class Method:
     Hooks, in the order the loop calls them for task ``t``:
       ``train_examples`` - the examples task t trains on (default: its training split);
       ``begin_task``  - choose and create the adapter that trains on task t (default: a fresh one);
+      ``before_training`` - with task t's examples, once before its first step (inflora designs A here);
       ``penalty``     - an extra loss term added to every training step (default: none);
       ``batch_penalty`` - an extra loss term computed from the step's batch (default: none);
+      ``before_step`` - after the step's gradients are complete, before the optimizer uses them (default: none);
       ``end_task``    - anything to do once task t is trained (default: nothing);
       ``evaluate_after`` - whether to evaluate after task t (default: always);
-      ``eval_routes`` - which adapters answer which tasks (default: all adapters, every seen task).
+      ``eval_routes`` - which adapters answer which tasks (default: all adapters, every seen task);
+      ``route_examples`` - methods with ``routes_by_input``: the adapters that answer each test prompt.
     """
 
     name: str = ""
     summary: str = ""
+    # What `nlora methods` tables for a researcher choosing a method (docs/methods.md holds the same table):
+    venue: str = ""  # year and venue, e.g. "2025 COLING"; "ours" for nlora's own
+    trains: str = ""  # what the optimizer updates
+    stored_per_task: str = ""  # what each task adds to the stored model, i.e. how memory grows with tasks
+    needs_task_id: bool = False  # evaluation is told which task an input belongs to
+    uses_replay: bool = False  # trains on kept examples of earlier tasks
+    source: str = ""  # paper (arXiv id) and the public code the implementation follows
     fresh_adapter_per_task: bool = True
     foldable: bool = True  # earlier adapters may be folded into the base weights (needs them all active)
     full_finetune: bool = False  # trains the whole model instead of adapters (seq-ft)
+    routes_by_input: bool = False  # evaluation asks route_examples which adapters answer each prompt (route)
     prompt_tuning: bool = False  # trains a soft prompt instead of LoRA (seq-prompt)
     default_lambda: float | None = None
     default_lambda2: float | None = None
@@ -68,6 +79,13 @@ class Method:
             lora.start_adapter(name)  # re-assert: only the new adapter active and trainable
         return name
 
+    def before_training(self, lora: ContinualLoRA, task_index: int, settings: TaskSettings,
+                        ctx: TaskContext) -> None:
+        """Once before task t's first training step (also when it resumes from a step checkpoint, so it must
+        be deterministic), after ``begin_task``, with its training examples; not called for a task whose
+        training finished earlier (its saved weights are reloaded instead). Default: nothing."""
+        return None
+
     def penalty(self, lora: ContinualLoRA, settings: TaskSettings) -> torch.Tensor | None:
         return None
 
@@ -76,6 +94,11 @@ class Method:
         """An extra loss that depends on the training batch (e.g. distillation), mean over its examples;
         called inside autocast after the task loss, with that loss's answer logits (grad attached) and the
         answer tokens they predict (-100 elsewhere), so no second forward is needed. Default: none."""
+        return None
+
+    def before_step(self, lora: ContinualLoRA, dist) -> None:
+        """Called once per optimizer step, after the gradients are summed over ranks (``dist``) and before
+        the optimizer uses them: a method may edit ``.grad`` here (migu's gradient mask). Default: nothing."""
         return None
 
     def eval_adapters(self, task_index: int) -> list[int]:
@@ -96,6 +119,12 @@ class Method:
     def eval_routes(self, task_index: int, evaluated: list[int]) -> list[tuple[list[str] | None, list[int]]]:
         """[(adapters to activate, or None for the model as trained, the task indices they answer)]."""
         return [(None, evaluated)]
+
+    def route_examples(self, lora: ContinualLoRA, task_index: int, sources: list[list[int]]) -> list[list[str]]:
+        """Only for ``routes_by_input``: for each test prompt (its encoded source ids, as in training), the
+        adapters that answer it, chosen without the task id. The routes of ``eval_routes`` are then what the
+        task id would pick, against which the choices are scored (routing.json)."""
+        raise NotImplementedError
 
     def lam(self, settings: TaskSettings) -> float:
         value = settings.lam if settings.lam is not None else self.default_lambda
