@@ -87,7 +87,7 @@ def prompt_lengths(n: int, seed: int) -> tuple[list[int], str]:
             from nlora.models import embedded_model_path
 
             gguf = Path(embedded_model_path("smollm2"))
-            tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+            tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name, trust_remote_code=False)
             # + ~40 tokens of task header, instruction and options
             return [min(MAX_SOURCE, len(tok(t)["input_ids"]) + 40) for t in texts], "CL_Benchmark, SmolLM2 tokenizer"
         except Exception:

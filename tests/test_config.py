@@ -8,6 +8,10 @@ from nlora.errors import NloraError
 from conftest import SHARED
 
 BASE = {"model": "m", "data_dir": "d", "output_dir": "o"}
+# GPUs of the scripts that use more than one: N-LoRA scripts_llama/order_3.sh, every O-LoRA script
+RELEASE_GPUS = {"n-lora/llama-order_3": 4, **{f"o-lora/{n}": 8 for n in ("t5-order_1", "t5-order_2", "t5-order_3",
+                                                                           "t5-long", "llama-order_1", "llama-order_2",
+                                                                           "llama-order_3")}}
 
 
 def test_all_reference_presets_exist():
@@ -28,10 +32,12 @@ def test_presets_match_reference_runs():
         assert cfg.method == method
         assert cfg.nlora_form == ("reference" if method == "n-lora" else "paper")  # the release's loss
         assert cfg.task_names == [r["task"] for r in rows]
+        assert cfg.compat == "reference"
         for t, r in zip(cfg.tasks, rows):
-            assert (t.lr, t.epochs, t.batch_size, t.grad_accum, t.lam) == (r["lr"], r["epochs"], r["batch"],
-                                                                         r["grad_accum"], r["lamda_1"])
+            assert (t.lr, t.epochs, t.batch_size, t.lam) == (r["lr"], r["epochs"], r["batch"], r["lamda_1"])
             assert t.lam2 == r["lamda_2"]
+            # the release's per-device batch x accumulation x GPUs of its script (CUDA_VISIBLE_DEVICES)
+            assert cfg.global_batch == r["batch"] * r["grad_accum"] * RELEASE_GPUS.get(key, 1)
         assert cfg.eval_batch_size == rows[0]["eval_batch"]
 
 

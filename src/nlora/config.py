@@ -39,6 +39,7 @@ class TaskSettings:
     grad_accum: int
     lam: float | None = None   # the method's main coefficient (N-LoRA lambda, O-LoRA lambda1)
     lam2: float | None = None  # O-LoRA lambda2
+    global_batch: int | None = None  # set when the run's global_batch derived batch_size and grad_accum
 
 
 @dataclass
@@ -69,6 +70,13 @@ class RunConfig:
     save_every: int = 100  # optimizer steps between step checkpoints (0: none); resuming needs no more
     log_every: int = 1  # optimizer steps per line of tasks/NN-<task>/train_log.jsonl (and per tracker point)
     report_to: list[str] = field(default_factory=list)  # Accelerate trackers: tensorboard, wandb, ... (none: [])
+    trust_remote_code: bool = False  # run Python code shipped in a model folder (its config's auto_map)
+    allow_pickle_weights: bool = False  # load pytorch_model.bin weights (weights_only) where no safetensors exist
+    compat: str = "clean"  # reference: the N-LoRA release's truncation and token quirks (docs/presets.md)
+    max_grad_norm: float | None = 1.0  # gradient-norm clipping, as the release; 0 or None: none
+    # examples per optimizer step whatever the number of processes: each task's batch_size is then the
+    # per-process micro-batch cap and grad_accum is derived (None: batch_size x grad_accum as given)
+    global_batch: int | None = None
     preset: str | None = None
     description: str | None = None
     lora: LoraSettings = field(default_factory=LoraSettings)
@@ -185,7 +193,9 @@ def checked_value(value, hint, key: str, where: str):
                 value = float(value)
             except ValueError:
                 ok = False
-        ok = ok and isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        ok = ok and isinstance(value, (int, float)) and not isinstance(value, bool)
+        if ok and not math.isfinite(value):
+            raise NloraError(f"{where}: setting '{key}' must be a finite number, got {value!r}")
         value = float(value) if ok else value
     elif hint is str:
         ok = isinstance(value, str)
@@ -265,6 +275,8 @@ def resolve(preset: str | None = None, config_file: str | None = None, overrides
     if lora_flags:
         lora_flags = _check_types({"lora": lora_flags}, "command line")["lora"]
     new_order = overrides.pop("task_names", None)
+    if ({"batch_size", "grad_accum"} & set(task_flags)) and "global_batch" not in overrides:
+        overrides["global_batch"] = None  # explicit batch flags replace a preset's global batch
     merged = _merge(merged, overrides, "command line")
     if lora_flags:
         merged["lora"] = {**merged["lora"], **lora_flags}
@@ -303,13 +315,14 @@ LIMITS = {
     "max_source_length": (8, None, False, False),  # room for the task's name and "Answer:" at least
     "max_target_length": (1, None, False, False), "eval_batch_size": (1, None, False, False),
     "save_every": (0, None, False, False),
+    "max_grad_norm": (0, None, False, False), "global_batch": (1, None, False, False),
 }
 TASK_LIMITS = {"lr": (0, None, True, False), "epochs": (0, None, True, False), "batch_size": (1, None, False, False),
                "grad_accum": (1, None, False, False), "lam": (0, None, False, False), "lam2": (0, None, False, False)}
 LORA_LIMITS = {"r": (1, None, False, False), "alpha": (0, None, True, False), "dropout": (0, 1, False, True)}
 CHOICES = {"nlora_form": ("paper", "reference"), "precision": ("auto", "fp32", "bf16"),
            "unknown_labels": ("error", "drop", "keep"), "eval_mode": ("generate", "score"),
-           "eval_scope": ("seen", "needed")}
+           "eval_scope": ("seen", "needed"), "compat": ("clean", "reference")}
 
 
 def _check_limit(value, limit: tuple, name: str) -> None:
@@ -321,7 +334,7 @@ def _check_limit(value, limit: tuple, name: str) -> None:
     bad = bad or (high is not None and (value > high or (high_open and value == high)))
     if bad:
         bound = f"{'>' if low_open else '>='} {low}" + ("" if high is None else f" and {'<' if high_open else '<='} {high}")
-        raise NloraError(f"setting '{name}' must be {bound}, got {value!r}")
+        raise NloraError(f"{name} must be {bound}, got {value!r}")
 
 
 def _validate(cfg: RunConfig) -> None:
@@ -340,6 +353,8 @@ def _validate(cfg: RunConfig) -> None:
         raise NloraError(f"device must be auto, cpu, cuda or cuda:N, got {cfg.device!r}")
     if cfg.eval_scope == "needed" and cfg.full_matrix:
         raise NloraError("eval_scope needed and full_matrix contradict each other: pick one")
+    if cfg.global_batch and any(t.grad_accum != 1 for t in cfg.tasks if t.global_batch is None):
+        raise NloraError("global_batch derives every task's grad_accum: set one or the other, not both")
     if not isinstance(cfg.log_every, int) or cfg.log_every < 1:
         raise NloraError(f"log_every must be an integer >= 1, got {cfg.log_every!r}")
     if isinstance(cfg.report_to, str) or cfg.report_to is None:  # a config file may say `report_to: tensorboard`

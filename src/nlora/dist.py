@@ -21,7 +21,7 @@ import json
 import os
 import platform
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -153,6 +153,23 @@ class Dist:
         if self.sharded and batches:
             mine += [(batches[0], False)] * (-(-len(batches) // self.world) - len(mine))
         return mine
+
+
+def fit_global_batch(tasks: list, global_batch: int, world: int) -> list:
+    """Each task's settings for ``world`` processes such that every optimizer step takes ``global_batch``
+    examples: per process the largest micro-batch that divides global_batch / world without exceeding the task's
+    batch_size, and the accumulation that makes up the rest (e.g. the release's 4 GPUs x 1 x 8 = 32: one process
+    accumulates 32, two accumulate 16). nlora's batch_size is the micro-batch over all processes."""
+    if global_batch % world:
+        raise NloraError(f"global batch {global_batch} cannot be split evenly over {world} processes; use a number "
+                         f"of processes that divides it, or --batch-size/--grad-accum")
+    per_world = global_batch // world
+    out = []
+    for t in tasks:
+        per_process = max(d for d in range(1, min(t.batch_size, per_world) + 1) if per_world % d == 0)
+        out.append(replace(t, batch_size=per_process * world, grad_accum=per_world // per_process,
+                           global_batch=global_batch))
+    return out
 
 
 def machine_name(device: torch.device | str) -> str:

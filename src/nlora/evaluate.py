@@ -1,4 +1,8 @@
-"""Evaluation: greedy generation on each task's test set, exact match and ROUGE-L per task."""
+"""Evaluation: greedy generation on each task's test set, exact match and ROUGE-L per task.
+
+predict_results.json carries nlora's keys and the release's (``src/run_N_lora.py``, ``compute_metrics.py``):
+exact match, ROUGE-1 and ROUGE-L overall, per dataset and per category, gen_len and samples per second;
+predict_eval_predictions.jsonl is the release's predictions file, beside nlora's predictions.jsonl."""
 
 from __future__ import annotations
 
@@ -6,14 +10,15 @@ import time
 from dataclasses import dataclass
 
 import torch
+from rouge_score import rouge_scorer
 from tqdm.auto import tqdm
 
 from . import metrics
-from .batching import collate_prompts, collate_train, encode
+from .batching import collate_prompts, collate_train, encode, encode_prompts
 from .data import Example, TaskData
 from .dist import Dist
-from .prompts import answer_from_generation
 from .logits import accepts_logits_to_keep, answer_logits, autocast
+from .prompts import ANSWER_MARKER, answer_from_generation
 
 
 @dataclass
@@ -23,44 +28,54 @@ class TaskPredictions:
     prompts: list[str]
     references: list[str]
     predictions: list[str]
+    gen_lens: list[int] | None = None  # per example, tokens of the generate output as the release counts them
+    truncated: int | None = None  # prompts cut to fit max_source_length
 
 
 def _is_oom(e: BaseException) -> bool:
     return isinstance(e, torch.OutOfMemoryError) or "out of memory" in str(e).lower()
 
 
+def generate(model, tokenizer, prompts: list[str], **kw) -> list[str]:
+    """Greedy decoding of ``prompts``; the predicted answers (see ``generate_with_lengths``)."""
+    return generate_with_lengths(model, tokenizer, prompts, **kw)[0]
+
+
 @torch.no_grad()
-def generate(model, tokenizer, prompts: list[str], *, seq2seq: bool, device: torch.device,
-             amp_dtype: torch.dtype | None, batch_size: int, max_source: int, max_new_tokens: int,
-             desc: str = "eval", dist: Dist | None = None) -> list[str]:
-    """Greedy decoding, longest prompts first (less padding); stops once every sequence hit EOS.
+def generate_with_lengths(model, tokenizer, prompts: list[str], *, seq2seq: bool, device: torch.device,
+                          amp_dtype: torch.dtype | None, batch_size: int, max_source: int, max_new_tokens: int,
+                          desc: str = "eval", dist: Dist | None = None,
+                          compat: str = "clean") -> tuple[list[str], list[int], int]:
+    """Greedy decoding, longest prompts first (less padding); stops once every sequence hit EOS. Returns the
+    answers, each output's token count as the release's gen_len counts it, and how many prompts were cut.
 
     Under several processes, batch k goes to rank k % world and the texts are gathered on every rank. Out of
     memory halves the batch and goes on.
     """
     dist = dist or Dist()
-    encoded = encode(tokenizer, [Example(p, "") for p in prompts], seq2seq, max_source, 2)
+    encoded = encode_prompts(tokenizer, prompts, seq2seq, max_source, compat)
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i].source))
     mine = dist.lockstep([order[s:s + batch_size] for s in range(0, len(order), batch_size)])
-    texts: dict[int, str] = {}
+    texts: dict[int, tuple[str, int]] = {}
     model.eval()
     bar = tqdm(total=sum(len(c) for c, keep in mine if keep), desc=desc, unit="ex", leave=False,
                dynamic_ncols=True, disable=not dist.is_main)
     for chunk, keep in mine:
         with dist.root_gathered():  # per batch: the root's last forward of a generation reshards it
             out = _generate_halving(model, tokenizer, encoded, prompts, chunk, seq2seq, device, amp_dtype,
-                                    max_new_tokens, dist)
+                                    max_new_tokens, dist, compat)
         if keep:
             texts.update(out)
             bar.update(len(chunk))
     bar.close()
     for part in dist.all_gather(texts):
         texts.update(part)
-    return [texts[i] for i in range(len(prompts))]
+    return ([texts[i][0] for i in range(len(prompts))], [texts[i][1] for i in range(len(prompts))],
+            sum(e.truncated for e in encoded))
 
 
 def _generate_halving(model, tokenizer, encoded, prompts, chunk, seq2seq, device, amp_dtype, max_new_tokens,
-                      dist: Dist) -> dict[int, str]:
+                      dist: Dist, compat: str = "clean") -> dict[int, tuple[str, int]]:
     """Texts for the prompts in ``chunk``; out of memory halves the batch and goes on (not under FSDP, where
     every rank must make the same passes)."""
     texts, size = {}, len(chunk)
@@ -68,7 +83,7 @@ def _generate_halving(model, tokenizer, encoded, prompts, chunk, seq2seq, device
         idx = chunk[:size]
         try:
             out = _generate_batch(model, tokenizer, [encoded[i] for i in idx], [prompts[i] for i in idx],
-                                  seq2seq, device, amp_dtype, max_new_tokens, synced=dist.sharded)
+                                  seq2seq, device, amp_dtype, max_new_tokens, synced=dist.sharded, compat=compat)
         except (torch.OutOfMemoryError, RuntimeError) as e:
             if not _is_oom(e) or size == 1 or dist.sharded:
                 raise
@@ -83,18 +98,27 @@ def _generate_halving(model, tokenizer, encoded, prompts, chunk, seq2seq, device
 
 
 def _generate_batch(model, tokenizer, encoded, prompts, seq2seq, device, amp_dtype, max_new_tokens,
-                    synced: bool = False) -> list[str]:
+                    synced: bool = False, compat: str = "clean") -> list[tuple[str, int]]:
     batch = {k: v.to(device) for k, v in collate_prompts(encoded, tokenizer.pad_token_id, seq2seq).items()}
     with autocast(device, amp_dtype):
         # synced: sharded ranks keep stepping until all have finished (their weight gathers must match)
         gen = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
                              pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
                              synced_gpus=synced)
+    # the release's gen_len: non-pad tokens of each generate output (for decoders, the prompt's included)
+    lens = (gen != tokenizer.pad_token_id).sum(-1).tolist()
     if seq2seq:
-        return [t.strip() for t in tokenizer.batch_decode(gen, skip_special_tokens=True)]
-    # keep prompt + continuation: the answer is what follows the last "Answer:"
-    texts = tokenizer.batch_decode(gen[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
-    return [answer_from_generation(p + t).strip() for p, t in zip(prompts, texts)]
+        answers = [t.strip() for t in tokenizer.batch_decode(gen, skip_special_tokens=True)]
+    elif compat == "reference":
+        # the release decodes prompt and continuation together; no "Answer:" left in them (a prompt cut
+        # before it, and none generated) gives an empty prediction
+        answers = [t.split(ANSWER_MARKER)[-1].strip() if ANSWER_MARKER in t else ""
+                   for t in tokenizer.batch_decode(gen, skip_special_tokens=True, clean_up_tokenization_spaces=True)]
+    else:
+        # keep prompt + continuation: the answer is what follows the last "Answer:"
+        texts = tokenizer.batch_decode(gen[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+        answers = [answer_from_generation(p + t).strip() for p, t in zip(prompts, texts)]
+    return list(zip(answers, lens))
 
 
 def sequence_logprobs(model, batch: dict[str, torch.Tensor], seq2seq: bool, keep_logits: bool = False) -> torch.Tensor:
@@ -138,19 +162,32 @@ def score_labels(model, tokenizer, prompts: list[str], labels: list[str], *, seq
     return [best[i] for i in range(len(prompts))]
 
 
-def predict_tasks(model, tokenizer, tasks: list[TaskData], mode: str = "generate", **kw) -> list[TaskPredictions]:
-    """Predictions for every task's test split: free greedy generation, or label scoring (``mode="score"``)."""
+def predict_tasks(model, tokenizer, tasks: list[TaskData], mode: str = "generate", compat: str = "clean",
+                  **kw) -> list[TaskPredictions]:
+    """Predictions for every task's test split: free greedy generation, or label scoring (``mode="score"``,
+    which has no counterpart in the release and always uses the clean encoding)."""
     results = []
     for task in tasks:
         examples = task.splits["test"]
+        lens = truncated = None
         if mode == "score":
             preds = score_labels(model, tokenizer, [e.prompt for e in examples], task.labels,
                                  desc=f"score {task.name}", **kw)
         else:
-            preds = generate(model, tokenizer, [e.prompt for e in examples], desc=f"eval {task.name}", **kw)
+            preds, lens, truncated = generate_with_lengths(model, tokenizer, [e.prompt for e in examples],
+                                                           desc=f"eval {task.name}", compat=compat, **kw)
         results.append(TaskPredictions(task.name, task.category, [e.prompt for e in examples],
-                                       [e.label for e in examples], preds))
+                                       [e.label for e in examples], preds, lens, truncated))
     return results
+
+
+_ROUGE1 = rouge_scorer.RougeScorer(["rouge1"], use_stemmer=True)
+
+
+def rouge1(predictions: list[str], references: list[str]) -> float:
+    """Mean ROUGE-1 F-measure in percent, as the release's compute_metrics (stemmed, rounded to 4 places)."""
+    n = max(len(references), 1)
+    return round(100 * sum(_ROUGE1.score(r, p)["rouge1"].fmeasure for p, r in zip(predictions, references)) / n, 4)
 
 
 def results_dict(preds: list[TaskPredictions], runtime_s: float) -> dict[str, float]:
@@ -170,8 +207,22 @@ def results_dict(preds: list[TaskPredictions], runtime_s: float) -> dict[str, fl
     for cat, (p, r) in by_category.items():
         for k, v in metrics.score(p, r).items():
             out.setdefault(f"predict_{k}_for_{cat}", v)
+    # the release's ROUGE-1 keys, overall, per dataset and per category
+    out["predict_rouge1"] = rouge1(all_p, all_r)
+    for t in preds:
+        out[f"predict_rouge1_for_{t.task}"] = rouge1(t.predictions, t.references)
+    for cat, (p, r) in by_category.items():
+        out.setdefault(f"predict_rouge1_for_{cat}", rouge1(p, r))
+    lens = [n for t in preds for n in (t.gen_lens or [])]
+    if lens and all(t.gen_lens is not None for t in preds):  # generation only: label scoring generates nothing
+        out["predict_gen_len"] = round(sum(lens) / len(lens), 4)
+    if all(t.truncated is not None for t in preds):
+        out["predict_truncated"] = sum(t.truncated for t in preds)
+        for t in preds:
+            out[f"predict_truncated_for_{t.task}"] = t.truncated
     out["predict_samples"] = len(all_r)
     out["predict_runtime"] = round(runtime_s, 3)
+    out["predict_samples_per_second"] = round(len(all_r) / runtime_s, 3) if runtime_s > 0 else None
     return out
 
 
@@ -179,6 +230,29 @@ def prediction_rows(preds: list[TaskPredictions]) -> list[dict]:
     return [{"task": t.task, "prompt": p, "reference": r, "prediction": y,
              "exact_match": metrics.exact_match(y, r)}
             for t in preds for p, r, y in zip(t.prompts, t.references, t.predictions)]
+
+
+def release_prediction_rows(preds: list[TaskPredictions], labels: list[list[str]]) -> list[dict]:
+    """The release's predict_eval_predictions.jsonl rows: Task (the category), Dataset, Instance (id, sentence,
+    label, ground_truth, and its instruction template with "{0}" for the sentence) and Prediction.
+
+    The sentence and template are read back from nlora's prompt (REFERENCE.md section 4); ``labels``: each
+    task's label list, which makes up the prompt's option line. The id is the example's position in the
+    evaluated test split (the file's index when the whole split is used, as the release does)."""
+    rows = []
+    for t, task_labels in zip(preds, labels):
+        option = f"Option: {', '.join(task_labels)} \n"
+        for i, (prompt, ref, pred) in enumerate(zip(t.prompts, t.references, t.predictions)):
+            head, _, rest = prompt.partition("\n")
+            dataset_line, _, rest = rest.partition("\n")
+            body = rest.removesuffix("\n" + ANSWER_MARKER)
+            at = body.find(option)
+            instruction, sentence = (body[: at + len(option)], body[at + len(option):]) if at >= 0 else ("", body)
+            rows.append({"Task": head.removeprefix("Task:"), "Dataset": dataset_line.removeprefix("Dataset:"),
+                         "Instance": {"id": str(i), "sentence": sentence, "label": ref, "ground_truth": ref,
+                                      "instruction": f"{instruction}{{0}}\n{ANSWER_MARKER}"},
+                         "Prediction": pred})
+    return rows
 
 
 def timed_predict(model, tokenizer, tasks: list[TaskData], **kw) -> tuple[list[TaskPredictions], dict]:

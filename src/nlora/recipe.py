@@ -23,10 +23,10 @@ from .adapters import ContinualLoRA
 from .batching import collate_train, encode
 from .config import RunConfig, save_config
 from .data import Example, TaskData, load_tasks, resolve_task_dirs
-from .dist import Dist, machine_name
+from .dist import Dist, fit_global_batch, machine_name
 from .dist import setup as dist_setup
 from .errors import NloraError
-from .evaluate import TaskPredictions, predict_tasks, prediction_rows, results_dict
+from .evaluate import TaskPredictions, predict_tasks, prediction_rows, release_prediction_rows, results_dict
 from .io import write_json, write_jsonl
 from .methods import get_method
 from .methods.base import TaskContext
@@ -176,6 +176,7 @@ def evaluate_and_write(model, tok, tasks: list[TaskData], dest: Path, gen_kw: di
     results = results_dict(preds, time.perf_counter() - start)
     if dist.is_main:
         write_jsonl(dest / "predictions.jsonl", prediction_rows(preds))
+        write_jsonl(dest / "predict_eval_predictions.jsonl", release_prediction_rows(preds, [t.labels for t in tasks]))
         write_json(dest / "predict_results.json", results)  # last: its presence marks the evaluation done
     dist.barrier()
     return results
@@ -244,7 +245,7 @@ def train_or_reuse(lora, method, t, settings, tasks, tdir, tok, loaded, cfg, dev
     """Train task t (resuming its step checkpoint if any), or reload its adapter if it finished earlier."""
     task = tasks[settings.name]
     examples = method.train_examples(t, [tasks[s.name].splits["train"] for s in cfg.tasks])
-    train_data = encode(tok, examples, loaded.seq2seq, cfg.max_source_length, cfg.max_target_length)
+    train_data = encode(tok, examples, loaded.seq2seq, cfg.max_source_length, cfg.max_target_length, cfg.compat)
     adapter = method.begin_task(lora, t, settings)
     ctx = task_context(lora, train_data, settings, tok, loaded.seq2seq, device, amp)
     stats_path = tdir / "train_stats.json"
@@ -260,16 +261,19 @@ def train_or_reuse(lora, method, t, settings, tasks, tdir, tok, loaded, cfg, dev
         return _read_json(stats_path)
     checkpoint = tdir / "checkpoint" / ckpt.STATE_FILE
     entry = {"task": task.name, "adapter": adapter, "train_steps": 0, "train_examples": 0, "train_loss": None,
-             "mean_penalty": None, "train_seconds": 0.0}
+             "mean_penalty": None, "train_seconds": 0.0,
+             "train_truncated": sum(e.truncated for e in train_data)}  # over the length limit, cut (--compat)
     if train_data:
         log(f"task {t + 1}/{len(cfg.tasks)} {task.name}: {len(train_data)} examples, {settings.epochs:g} "
-            f"epoch(s), batch {settings.batch_size}x{settings.grad_accum}, lr {settings.lr:g}"
+            f"epoch(s), batch {settings.batch_size}x{settings.grad_accum}, lr {settings.lr:g}, "
+            f"{entry['train_truncated']} over {cfg.max_source_length} tokens cut ({cfg.compat})"
             + (" (resuming from its step checkpoint)" if checkpoint.is_file() else ""))
         method.before_training(lora, t, settings, ctx)
         stats = train_task(lora, method, train_data, settings, pad_id=tok.pad_token_id, seq2seq=loaded.seq2seq,
                            device=device, amp_dtype=amp, seed=cfg.seed + t, desc=f"train {task.name}", dist=dist,
                            checkpoint=checkpoint, save_every=cfg.save_every, compile_model=cfg.compile,
-                           log=runlog.task_log(t, task.name, tdir) if runlog is not None else None)
+                           log=runlog.task_log(t, task.name, tdir) if runlog is not None else None,
+                           compat=cfg.compat, max_grad_norm=cfg.max_grad_norm)
         entry.update(train_steps=stats.steps, train_examples=stats.examples, train_loss=round(stats.final_loss, 6),
                      mean_penalty=round(stats.mean_penalty, 6), train_seconds=round(stats.seconds, 2))
     else:
@@ -295,6 +299,8 @@ def run(cfg: RunConfig, overwrite: bool = False) -> dict:
 def _run(cfg: RunConfig, overwrite: bool, held: ExitStack) -> dict:
     started = time.perf_counter()
     dist = dist_setup(cfg.device)
+    if cfg.global_batch:  # the same examples per optimizer step on any number of processes
+        cfg.tasks = fit_global_batch(cfg.tasks, cfg.global_batch, dist.world)
     method = get_method(cfg.method)(cfg)
     if dist.sharded and (method.full_finetune or method.prompt_tuning):
         raise NloraError(f"{dist.sharder}: method {cfg.method} trains more than LoRA factors; with sharded base "
@@ -312,7 +318,8 @@ def _run(cfg: RunConfig, overwrite: bool, held: ExitStack) -> dict:
         log(f"{out} holds a complete run; nothing to do (--overwrite to run again)")
         return _read_json(out / "summary.json")
     log(f"loading model {cfg.model}")
-    loaded = load_model(cfg.model)
+    loaded = load_model(cfg.model, trust_remote_code=cfg.trust_remote_code,
+                        allow_pickle_weights=cfg.allow_pickle_weights)
     targets = cfg.lora.target_modules or default_target_modules(loaded.model)
     check_target_modules(loaded.model, targets)
     method.check(loaded.model, targets)
@@ -333,7 +340,8 @@ def _run(cfg: RunConfig, overwrite: bool, held: ExitStack) -> dict:
     per_task = []
     gen_kw = dict(seq2seq=loaded.seq2seq, device=device, amp_dtype=amp,
                   batch_size=cfg.eval_batch_size or default_eval_batch(device),
-                  max_source=cfg.max_source_length, max_new_tokens=cfg.max_target_length, mode=cfg.eval_mode)
+                  max_source=cfg.max_source_length, max_new_tokens=cfg.max_target_length, mode=cfg.eval_mode,
+                  compat=cfg.compat)
     all_tasks = [tasks[s.name] for s in cfg.tasks]
     zero_shot = None
     if cfg.full_matrix:  # the starting model on every task: the b[j] of FWT
@@ -422,9 +430,18 @@ def evaluate_run(run_dir: str | Path, task_names: list[str], after_task: int | N
 
 def _evaluate_run(run_dir: Path, task_names: list[str], after_task: int | None, data_dir: str | None,
                   max_test: int | None, eval_batch_size: int | None, device: str | None) -> tuple[Path, dict]:
+    from .analysis import check_run_dir, read_run_config
+    from .io import check_saved_weights, error_line
+
+    for flag, value in (("--max-test-per-task", max_test), ("--eval-batch-size", eval_batch_size)):
+        if value is not None and value < 1:  # 0 test examples would be scored as 0.0 exact match
+            raise NloraError(f"{flag} must be >= 1, got {value}")
+    if not task_names:
+        raise NloraError("--tasks names no task")
+    check_run_dir(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise NloraError(f"{run_dir} is not a run directory (no config.yaml)")
-    cfg = RunConfig.from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()))
+    cfg = read_run_config(run_dir / "config.yaml")
     method = get_method(cfg.method)(cfg)
     trained = [i for i, s in enumerate(cfg.tasks) if (task_dir(run_dir, i, s.name) / "adapter").is_dir()]
     k = (trained[-1] + 1 if trained else 0) if after_task is None else after_task
@@ -437,18 +454,26 @@ def _evaluate_run(run_dir: Path, task_names: list[str], after_task: int | None, 
     tasks = load_tasks(data_dir or cfg.data_dir, task_names, load_instructions(cfg.instructions), None,
                        max_test if max_test is not None else cfg.max_test_per_task, cfg.seed, cfg.unknown_labels,
                        splits=("test",))
-    loaded = load_model(cfg.model)
+    for i in needed:  # damaged adapter files are found before the model loads
+        check_saved_weights(task_dir(run_dir, i, cfg.tasks[i].name) / "adapter")
+    loaded = load_model(cfg.model, trust_remote_code=cfg.trust_remote_code,
+                        allow_pickle_weights=cfg.allow_pickle_weights)
     targets = cfg.lora.target_modules or default_target_modules(loaded.model)
     lora = ContinualLoRA(loaded.model.to(dev), cfg.lora, targets, loaded.seq2seq)
     for i in needed:
         method.start(lora, method.adapter_name(i))
-        lora.load_adapter_weights(method.adapter_name(i), task_dir(run_dir, i, cfg.tasks[i].name) / "adapter")
+        adapter_dir = task_dir(run_dir, i, cfg.tasks[i].name) / "adapter"
+        try:
+            lora.load_adapter_weights(method.adapter_name(i), adapter_dir)
+        except (RuntimeError, KeyError, ValueError) as e:  # tensors of other shapes or names than the model's
+            raise NloraError(f"{adapter_dir}: does not fit model {cfg.model} ({error_line(e)})") from None
     lora.model.to(dev)
     index = {s.name: i for i, s in enumerate(cfg.tasks)}
     evaluated = [min(index.get(name, k - 1), k - 1) for name in task_names]  # unseen tasks: the newest model
     gen_kw = dict(seq2seq=loaded.seq2seq, device=dev, amp_dtype=amp, batch_size=eval_batch_size or cfg.eval_batch_size or default_eval_batch(dev),
-                  max_source=cfg.max_source_length, max_new_tokens=cfg.max_target_length, mode=cfg.eval_mode)
-    dest = run_dir / "eval" / f"after-{k:02d}" / "+".join(task_names)
+                  max_source=cfg.max_source_length, max_new_tokens=cfg.max_target_length, mode=cfg.eval_mode,
+                  compat=cfg.compat)
+    dest = run_dir / "eval" / f"after-{k:02d}" / re.sub(r"[^A-Za-z0-9_.+-]", "_", "+".join(task_names))
     rundir.record(run_dir, "eval")
     log(f"evaluating {run_dir} after task {k} ({cfg.tasks[k - 1].name}) on {', '.join(task_names)}")
     results = evaluate_and_write(lora.model, loaded.tokenizer, [tasks[t] for t in task_names], dest, gen_kw,

@@ -7,9 +7,9 @@ from importlib import resources
 from pathlib import Path
 
 from . import plots, rundir
-from .analysis import DEFAULT_THRESHOLD, analyze_run
+from .analysis import DEFAULT_THRESHOLD, analyze_run, check_run_dir, check_threshold, read_summary
 from .errors import NloraError
-from .io import write_json, write_text
+from .io import read_json, write_json, write_text
 from .trainlog import run_logs
 
 ANALYSIS_OUTPUTS = ("analysis.json", "collision.png", "nuclear_norm.png", "accuracy_matrix.png")
@@ -19,14 +19,20 @@ def analyze(run_dir: str | Path, threshold: float = DEFAULT_THRESHOLD) -> dict:
     """Write analysis.json and the run's own figures into the run directory."""
     run_dir = Path(run_dir)
     result = analyze_run(run_dir, threshold)
+    write_analysis(run_dir, result)
+    return result
+
+
+def write_analysis(run_dir: str | Path, result: dict) -> None:
+    """analysis.json and the run's own figures, from analyze_run's result (which read and checked the run)."""
+    run_dir = Path(run_dir)
+    summary = _summary(run_dir, required=False)  # read before anything is written
     rundir.record(run_dir, *ANALYSIS_OUTPUTS)  # so a later --overwrite removes them, and only them
     write_json(run_dir / "analysis.json", result)
     plots.collision_heatmap(result, run_dir / "collision.png")
     plots.nuclear_norm_per_layer([(run_dir.name, result)], run_dir / "nuclear_norm.png")
-    summary = _summary(run_dir, required=False)
     if summary:
         plots.accuracy_heatmap(summary, run_dir / "accuracy_matrix.png")
-    return result
 
 
 def _summary(run_dir: Path, required: bool = True) -> dict | None:
@@ -35,19 +41,36 @@ def _summary(run_dir: Path, required: bool = True) -> dict | None:
         if required:
             raise NloraError(f"{run_dir}: no summary.json (the run is not complete)")
         return None
+    return read_summary(path)
+
+
+def _is_current_analysis(cached, threshold: float) -> bool:
+    """Whether analysis.json holds a complete analysis at this threshold: it is only a cache, so anything
+    else (damaged, older, hand-edited) is computed again rather than trusted."""
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise NloraError(f"{path}: malformed JSON at line {e.lineno} column {e.colno}") from None
+        return (cached["threshold"] == threshold and isinstance(cached["tasks"], list)
+                and len(cached["collision_matrix"]) == len(cached["tasks"])
+                and all(isinstance(cached[k]["total"], (int, float))
+                        for k in ("orthogonality_update", "orthogonality_lora_A"))
+                and isinstance(cached["nuclear_norm"]["mean"], (int, float))
+                and (cached["acr"] is None or isinstance(cached["acr"], (int, float)))
+                and all(isinstance(p["threshold"], (int, float)) for p in cached["acr_curve"])
+                and all(isinstance(layer["nuclear_norm"], list) for layer in cached["layers"].values()))
+    except (KeyError, TypeError, AttributeError):
+        return False
 
 
-def _cached_analysis(run_dir: Path, threshold: float) -> dict:
+def _cached_analysis(run_dir: Path, threshold: float) -> tuple[dict, bool]:
+    """The run's analysis at ``threshold`` and whether it was computed now (and so is still to be written)."""
     path = run_dir / "analysis.json"
     if path.is_file():
-        cached = json.loads(path.read_text())
-        if cached.get("threshold") == threshold:
-            return cached
-    return analyze(run_dir, threshold)
+        try:
+            cached = read_json(path)
+        except NloraError:
+            cached = None
+        if _is_current_analysis(cached, threshold):
+            return cached, False
+    return analyze_run(run_dir, threshold), True
 
 
 def paper_results() -> dict:
@@ -71,14 +94,19 @@ def _labels(run_dirs: list[Path]) -> list[str]:
 
 def build_report(run_dirs: list[str | Path], out_dir: str | Path, threshold: float = DEFAULT_THRESHOLD) -> Path:
     """A Markdown report comparing runs, with its figures, in out_dir/report.md."""
+    threshold = check_threshold(threshold)
     dirs = [Path(d) for d in run_dirs]
     for d in dirs:
-        if not d.is_dir():
-            raise NloraError(f"run directory not found: {d}")
+        check_run_dir(d)
     out = Path(out_dir)
+    rundir.check_path_usable(out, "--out")
     labels = _labels(dirs)
     summaries = [_summary(d) for d in dirs]
-    analyses = [_cached_analysis(d, threshold) for d in dirs]
+    computed = [_cached_analysis(d, threshold) for d in dirs]
+    for d, (a, fresh) in zip(dirs, computed):  # every run read and checked: only now is anything written
+        if fresh:
+            write_analysis(d, a)
+    analyses = [a for a, _ in computed]
     figs = {"bars": plots.aa_bwt_bars(list(zip(labels, summaries)), out / "aa_bwt.png"),
             "nuclear": plots.nuclear_norm_per_layer(list(zip(labels, analyses)), out / "nuclear_norm.png"),
             "curve": plots.collision_curves(list(zip(labels, analyses)), out / "collision_curve.png")}

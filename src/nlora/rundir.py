@@ -173,6 +173,8 @@ def check_run_files(out: Path) -> None:
     candidates = [out / "summary.json", *sorted(out.glob("tasks/*/train_stats.json")),
                   *sorted(out.glob("tasks/*/predict_results.json")), *sorted(out.glob("zero_shot/predict_results.json"))]
     for path in candidates:
+        if not path.is_file():
+            continue
         try:
             value = json.loads(path.read_text("utf-8"))
         except (ValueError, UnicodeDecodeError, RecursionError):

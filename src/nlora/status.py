@@ -201,8 +201,19 @@ def describe(status: RunStatus, now: float | None = None) -> list[str]:
     return lines
 
 
+def expand(run_dir: str | Path) -> list[Path]:
+    """A run directory, or a folder of them (the demo's runs/demo, a benchmark's output): its runs, in order."""
+    run_dir = Path(run_dir)
+    if run_dir.is_dir() and not (run_dir / "config.yaml").is_file():
+        runs = sorted(p.parent for p in run_dir.glob("*/config.yaml"))
+        if runs:
+            return runs
+    return [run_dir]
+
+
 def main(run_dirs: list[str]) -> None:
-    statuses = [read_status(d) for d in run_dirs]  # every directory checked before anything is printed
+    # every directory checked before anything is printed
+    statuses = [read_status(d) for given in run_dirs for d in expand(given)]
     for i, status in enumerate(statuses):
         if i:
             print()

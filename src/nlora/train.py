@@ -31,18 +31,23 @@ class TrainStats:
     seconds: float
 
 
-def build_schedule(lengths: list[int], settings: TaskSettings, seed: int,
-                   group_by_length: bool = True) -> list[list[int]]:
+def build_schedule(lengths: list[int], settings: TaskSettings, seed: int, group_by_length: bool = True,
+                   world: int = 1) -> list[list[int]]:
     """The task's micro-batches, a function of the seed only (so a resumed run replays the same order).
-    With a global batch, batches are drawn at that size and cut into micro-batches, so every number of
-    processes sees the same global batches."""
+    With a global batch, batches are drawn at that size and cut into per-process chunks; a micro-batch holds
+    ``world`` chunks interleaved, so that rank r's round-robin share is chunk r: every number of processes
+    sees the same global batches in the same per-process chunks."""
     per_epoch = math.ceil(len(lengths) / settings.batch_size)
     schedule = []
     for epoch in range(math.ceil(settings.epochs)):
         if getattr(settings, "global_batch", None):
             order = [i for b in batch_order(lengths, settings.global_batch, seed * 1000 + epoch, group_by_length)
                      for i in b]
-            schedule += [order[s:s + settings.batch_size] for s in range(0, len(order), settings.batch_size)]
+            per_rank = max(1, settings.batch_size // world)
+            chunks = [order[s:s + per_rank] for s in range(0, len(order), per_rank)]
+            for s in range(0, len(chunks), world):
+                group = chunks[s:s + world]
+                schedule.append([c[j] for j in range(per_rank) for c in group if j < len(c)])
         else:
             schedule += batch_order(lengths, settings.batch_size, seed * 1000 + epoch, group_by_length)
     return schedule[:math.ceil(settings.epochs * per_epoch)]
@@ -66,7 +71,7 @@ def train_task(lora: ContinualLoRA, method: Method, data: list[Encoded], setting
     keep_logits = not seq2seq and accepts_logits_to_keep(model)
     # reference: random batches, as the release's HF Trainer (no group_by_length)
     schedule = build_schedule([len(e.source) + len(e.target) for e in data], settings, seed,
-                              group_by_length=compat != "reference")
+                              group_by_length=compat != "reference", world=dist.world)
     total_steps = math.ceil(len(schedule) / settings.grad_accum)
 
     state = ckpt.TrainState()
@@ -83,7 +88,8 @@ def train_task(lora: ContinualLoRA, method: Method, data: list[Encoded], setting
         step = micro // settings.grad_accum + 1
         share = dist.shard(schedule[micro])
         filler = dist.sharded and not share  # sharded ranks must all run the pass; this one counts for nothing
-        loss, extra = _micro_step(forward, method, lora, settings, [data[i] for i in share or schedule[micro][:1]],
+        mine = share or (schedule[micro][:1] if filler else [])  # an unsharded rank with no share runs no pass
+        loss, extra = _micro_step(forward, method, lora, settings, [data[i] for i in mine],
                                   pad_id, seq2seq, device, amp_dtype, keep_logits, dist, step, filler, compat)
         state.losses.append(loss)
         state.penalties.append(extra)
@@ -137,8 +143,8 @@ def _micro_step(model, method, lora, settings, examples, pad_id, seq2seq, device
         if filler:
             loss_sum, count = loss_sum * 0, 0
             batch_extra = None if batch_extra is None else batch_extra * 0
-    local_mean = loss_sum.detach().float().item() / max(count, 1)
-    counts = dist.sum_(torch.tensor([float(count), loss_sum.detach().float().item(), local_mean], device=device))
+    local_sum = loss_sum.detach().float().item()
+    counts = dist.sum_(torch.tensor([float(count), local_sum, local_sum / max(count, 1)], device=device))
     global_count = max(float(counts[0]), 1.0)
     if compat == "reference":  # each rank's own mean, averaged over ranks (a 0/0 mean counts as 0, not NaN)
         global_count = max(float(count), 1.0) * dist.world

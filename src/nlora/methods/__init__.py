@@ -18,7 +18,10 @@ def register(cls: type[Method]) -> type[Method]:
 _MODULES = [
     "clora",
     "ewc",
+    "gainlora",
     "inclora",
+    "inflora",
+    "l2p",
     "lwf",
     "migu",
     "mtl",
@@ -27,6 +30,7 @@ _MODULES = [
     "pertask",
     "progprompt",
     "replay",
+    "route",
     "seqft",
     "seqlora",
     "seqprompt",

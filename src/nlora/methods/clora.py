@@ -65,7 +65,7 @@ class CLoRA(Method):
     default_lambda = 1.0
     venue = "2025 ACL"
     trains = "a fresh LoRA per task"
-    stored_per_task = "one LoRA (r x (in + out) per layer); folded: constant"
+    stored_per_task = "one LoRA per task, folded into the base weights: constant"
     source = "arXiv 2410.16801; sutakori/CLoRA clora.py"
 
     def __init__(self, cfg):

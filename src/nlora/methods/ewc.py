@@ -33,6 +33,10 @@ def diagonal_fisher(params: list[torch.nn.Parameter], ctx: TaskContext, batches:
 class EWC(Method):
     name = "ewc"
     summary = "one LoRA through all tasks, diagonal-Fisher pull towards earlier solutions (Kirkpatrick et al., 2017)"
+    venue = "2017 PNAS"
+    trains = "one LoRA through all tasks"
+    stored_per_task = "a Fisher and an anchor (2 x the LoRA): constant"
+    source = "arXiv 1612.00796"
     fresh_adapter_per_task = False
     default_lambda = 1e4
 

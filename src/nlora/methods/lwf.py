@@ -24,6 +24,10 @@ TEACHER = "lwf_teacher"
 class LwF(Method):
     name = "lwf"
     summary = "one LoRA through all tasks, distilled towards its pre-task outputs on new inputs (Li & Hoiem, 2017)"
+    venue = "2016 ECCV"
+    trains = "one LoRA through all tasks"
+    stored_per_task = "a frozen teacher copy of the LoRA: constant"
+    source = "arXiv 1606.09282"
     fresh_adapter_per_task = False
     default_lambda = 1.0
     temperature = 2.0

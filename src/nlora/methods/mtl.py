@@ -11,6 +11,10 @@ from .base import Method
 class MultiTask(Method):
     name = "mtl"
     summary = "one LoRA on all tasks' data at once, evaluated once at the end (upper bound; last task's lr/epochs)"
+    venue = "upper bound"
+    trains = "one LoRA on all tasks' data at once"
+    stored_per_task = "nothing (not sequential: all data at once)"
+    source = "the N-LoRA / O-LoRA comparisons (MTL)"
     fresh_adapter_per_task = False
 
     def train_examples(self, task_index: int, train_splits: list[list]) -> list:

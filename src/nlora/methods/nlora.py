@@ -52,6 +52,10 @@ def _require_square(module: str, out_f: int, in_f: int) -> None:
 class NLoRA(Method):
     name = "n-lora"
     summary = "fresh LoRA per task, old ones frozen, L1 penalty on the new update B·A (Yang et al., 2025)"
+    venue = "2025 COLING"
+    trains = "a fresh LoRA per task"
+    stored_per_task = "one LoRA per task, folded into the base weights: constant"
+    source = "arXiv 2410.10179; PKU-YuanGroup/N-LoRA"
     default_lambda = 0.4
 
     def check(self, model: torch.nn.Module, target_modules: list[str]) -> None:

@@ -39,6 +39,10 @@ def l2_penalty(current: list[LayerFactors]) -> torch.Tensor:
 class OLoRA(Method):
     name = "o-lora"
     summary = "fresh LoRA per task, old ones frozen, new A kept orthogonal to old A's (Wang et al., 2023)"
+    venue = "2023 EMNLP Findings"
+    trains = "a fresh LoRA per task"
+    stored_per_task = "one LoRA per task, folded; old A's kept for the penalty: grows (r x in per layer)"
+    source = "arXiv 2310.14152; cmnfriend/O-LoRA"
     default_lambda = 0.5
     default_lambda2 = 0.0
 

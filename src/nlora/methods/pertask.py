@@ -13,6 +13,11 @@ from .base import Method
 class PerTask(Method):
     name = "per-task"
     summary = "a separate LoRA per task, each task evaluated with its own adapter (task id given; upper bound)"
+    venue = "upper bound"
+    trains = "a separate LoRA per task, alone"
+    stored_per_task = "one LoRA per task, kept separate: grows linearly"
+    needs_task_id = True
+    source = "the O-LoRA comparison (PerTaskFT)"
     foldable = False  # every adapter must stay separate to be routed to
 
     def begin_task(self, lora: ContinualLoRA, task_index: int, settings: TaskSettings) -> str:

@@ -19,6 +19,11 @@ from .pertask import PerTask
 class ProgPrompt(Method):
     name = "progprompt"
     summary = "a new soft prompt per task before the frozen earlier ones; task id routes evaluation (ICLR 2023)"
+    venue = "2023 ICLR"
+    trains = "a new soft prompt (10 vectors) per task"
+    stored_per_task = "10 prompt vectors per task: grows linearly"
+    needs_task_id = True
+    source = "arXiv 2301.12314"
     foldable = False
     prompt_tuning = True
     tokens_per_task = 10

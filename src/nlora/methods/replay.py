@@ -14,6 +14,11 @@ from .base import Method
 class Replay(Method):
     name = "replay"
     summary = "one LoRA through all tasks; mixes in --lambda (default 0.02) of each earlier task's training data"
+    venue = "2019 NeurIPS"
+    trains = "one LoRA through all tasks, on task data + memory"
+    stored_per_task = "2% of the task's training examples: grows linearly"
+    uses_replay = True
+    source = "arXiv 1906.01076 (episodic memory)"
     fresh_adapter_per_task = False
     default_lambda = 0.02  # the fraction of each earlier task's training examples kept in memory
 

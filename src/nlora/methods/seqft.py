@@ -18,6 +18,10 @@ WARN_PARAMS = 1e9
 class SeqFT(Method):
     name = "seq-ft"
     summary = "full fine-tuning of all weights through the tasks in turn (small models; use a small --lr)"
+    venue = "baseline"
+    trains = "all weights (full fine-tuning)"
+    stored_per_task = "nothing: one model, constant"
+    source = "the O-LoRA comparison (SeqFT)"
     fresh_adapter_per_task = False
     foldable = False
     full_finetune = True

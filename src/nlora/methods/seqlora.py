@@ -10,4 +10,8 @@ from .base import Method
 class SeqLoRA(Method):
     name = "seq-lora"
     summary = "one LoRA trained through all tasks in turn, no regulariser (lower bound)"
+    venue = "baseline"
+    trains = "one LoRA through all tasks"
+    stored_per_task = "nothing: one LoRA, constant"
+    source = "the N-LoRA / O-LoRA comparisons (SeqLoRA)"
     fresh_adapter_per_task = False

@@ -19,6 +19,10 @@ warnings.filterwarnings("ignore", message="Position ids are not supported for pa
 class SeqPrompt(Method):
     name = "seq-prompt"
     summary = "one soft prompt (20 tokens, PEFT prompt tuning) trained through all tasks (LFPT5 without replay)"
+    venue = "2021 EMNLP"
+    trains = "one soft prompt (20 vectors), model frozen"
+    stored_per_task = "nothing: one prompt, constant"
+    source = "arXiv 2104.08691; LFPT5 (arXiv 2110.07298) without replay"
     fresh_adapter_per_task = False
     foldable = False
     prompt_tuning = True
