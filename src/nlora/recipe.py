@@ -50,7 +50,7 @@ def task_dir(out: Path, index: int, name: str) -> Path:
 # (a resumed run may land on another GPU), none of which changes what is trained.
 RESUME_FREE = ("output_dir", "device", "save_every", "eval_batch_size", "report_to", "log_every")
 # What a run writes at the top of its directory (recorded in the manifest before it is written).
-RUN_OUTPUTS = ("config.yaml", rundir.FINGERPRINT, "tasks", "zero_shot", "summary.json")
+RUN_OUTPUTS = ("config.yaml", rundir.FINGERPRINT, "tasks", "zero_shot", "summary.json", "logs")
 
 
 def check_resumable(saved: Path, cfg: RunConfig) -> None:
