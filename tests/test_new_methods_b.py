@@ -320,7 +320,7 @@ def test_methods_table_fits_120_columns_and_lists_every_method(capsys):
 
 
 def test_docs_table_has_a_row_per_method(capsys):
-    rows = set(re.findall(r"^\| `([^`]+)` \|", DOCS.read_text(), flags=re.M))
+    rows = set(re.findall(r"^\| `([^`]+)` \|", DOCS.read_text(), flags=re.MULTILINE))
     assert set(REGISTRY) <= rows, sorted(set(REGISTRY) - rows)
     assert main(["methods", "--markdown"]) == 0
     generated = capsys.readouterr().out

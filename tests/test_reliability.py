@@ -302,3 +302,29 @@ def test_lock_holder_is_named(tmp_path):
     finally:
         held.release()
     assert rundir.lock_holder(tmp_path) is None
+
+
+@pytest.mark.parametrize("code,expect", [(28, "No space left on device"), (30, "Read-only file system")])
+def test_disk_full_or_read_only_when_the_run_directory_is_made(model_dirs, data_dir, tmp_path, capsys, monkeypatch,
+                                                               code, expect):
+    import nlora.recipe as recipe_mod
+
+    def failing_save(cfg, path):
+        raise OSError(code, os.strerror(code), str(path))
+
+    monkeypatch.setattr(recipe_mod, "save_config", failing_save)
+    out = tmp_path / "run"
+    assert_refused(run_args(model_dirs["t5"], data_dir, out), capsys, expect, out)
+    assert not out.exists()  # made by this run, so removed again
+
+
+def test_non_finite_loss_message_is_not_glued_to_the_progress_bar(model_dirs, data_dir, tmp_path, capsys,
+                                                                  monkeypatch):
+    import torch
+
+    from nlora.methods.nlora import NLoRA
+
+    monkeypatch.setattr(NLoRA, "penalty", lambda self, lora, settings: torch.tensor(float("nan")))
+    assert main(run_args(model_dirs["t5"], data_dir, tmp_path / "run")) == 2
+    last = capsys.readouterr().err.rstrip("\n").split("\n")[-1]
+    assert last.split("\r")[-1].startswith("nlora: error: non-finite loss")

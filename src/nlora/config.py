@@ -333,7 +333,9 @@ def _check_limit(value, limit: tuple, name: str) -> None:
     bad = bad or value < low or (low_open and value == low)
     bad = bad or (high is not None and (value > high or (high_open and value == high)))
     if bad:
-        bound = f"{'>' if low_open else '>='} {low}" + ("" if high is None else f" and {'<' if high_open else '<='} {high}")
+        bound = f"{'>' if low_open else '>='} {low}"
+        if high is not None:
+            bound += f" and {'<' if high_open else '<='} {high}"
         raise NloraError(f"{name} must be {bound}, got {value!r}")
 
 

@@ -8,6 +8,7 @@ run directories, analysis and report are the real thing.
 from __future__ import annotations
 
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 from . import rundir
@@ -46,8 +47,6 @@ def _prepare(out: Path, overwrite: bool) -> None:
 def run_demo(output_dir: str = "runs/demo", model: str = "smollm2", device: str = "cpu", seed: int = 42,
              overwrite: bool = False, sizes: dict | None = None) -> dict[str, dict]:
     """Both runs, their analysis and a report; returns method -> summary."""
-    from .report import analyze, build_report
-
     sizes = sizes or DEMO_SIZES
     if model in EMBEDDED:
         embedded_model_path(model)  # a missing extra is one clear line before anything is written
@@ -57,7 +56,20 @@ def run_demo(output_dir: str = "runs/demo", model: str = "smollm2", device: str 
     log(f"demo: {model} learns {len(names)} generated tasks in turn ({' -> '.join(names)}; {sizes['train']} "
         f"training examples each, 2 epochs), once with seq-lora and once with n-lora, evaluating every seen task "
         f"after each; about 6 minutes on 2 CPU cores. Outputs: {out}/")
-    _prepare(out, overwrite)
+    with ExitStack() as held:  # one demo at a time in a folder: the second is refused, not mixed in
+        rundir.check_path_usable(out)
+        existed = out.is_dir()
+        if existed:
+            held.callback(rundir.DirectoryLock(out).acquire().release)
+        _prepare(out, overwrite)
+        if not existed:
+            held.callback(rundir.DirectoryLock(out).acquire().release)
+        return _both_runs(out, model, device, seed, sizes, names)
+
+
+def _both_runs(out: Path, model: str, device: str, seed: int, sizes: dict, names: list[str]) -> dict[str, dict]:
+    from .report import analyze, build_report
+
     data = write_demo_tasks(out / "data", sizes["train"], sizes["test"], seed=0)
     summaries = {}
     for method, lam in DEMO_METHODS.items():

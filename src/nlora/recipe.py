@@ -114,11 +114,16 @@ def make_run_dir(cfg: RunConfig, overwrite: bool, dist: Dist, held: ExitStack) -
             if not rundir.is_empty(out):
                 raise NloraError(f"output directory {out} was filled by another process meanwhile; choose another "
                                  "--output-dir")
-        if overwrite:
-            rundir.clear(out)
-        rundir.record(out, *RUN_OUTPUTS)
-        write_json(out / rundir.FINGERPRINT, rundir.data_fingerprint(data_files(cfg)))
-        save_config(cfg, out / "config.yaml")
+        try:
+            if overwrite:
+                rundir.clear(out)
+            rundir.record(out, *RUN_OUTPUTS)
+            write_json(out / rundir.FINGERPRINT, rundir.data_fingerprint(data_files(cfg)))
+            save_config(cfg, out / "config.yaml")
+        except OSError as e:  # a full or read-only disk: leave no half-made run directory behind
+            if not existed:
+                shutil.rmtree(out, ignore_errors=True)
+            raise NloraError(f"cannot write the run directory {out}: {e.strerror or e}") from None
     dist.barrier()
     return out
 

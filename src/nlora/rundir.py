@@ -171,7 +171,7 @@ def lock_holder(path: Path) -> int | None:
 def check_run_files(out: Path) -> None:
     """Every JSON file a resume reads must parse; name the first that does not, before anything loads."""
     candidates = [out / "summary.json", *sorted(out.glob("tasks/*/train_stats.json")),
-                  *sorted(out.glob("tasks/*/predict_results.json")), *sorted(out.glob("zero_shot/predict_results.json"))]
+                  *sorted(out.glob("tasks/*/predict_results.json")), out / "zero_shot" / "predict_results.json"]
     for path in candidates:
         if not path.is_file():
             continue

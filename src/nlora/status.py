@@ -195,9 +195,7 @@ def describe(status: RunStatus, now: float | None = None) -> list[str]:
     left = estimate_left(status)
     lines.append(f"elapsed: {_duration(now - status.started)} since the run began (config.yaml written); "
                  + ("estimated time left: unknown until a task has trained a step" if left is None else
-                    f"estimated time left: about {_duration(left)}"
-                    + (" (the remaining tasks at the mean time of the finished ones)"
-                       if status.current and status.current.index + 1 < n else "")))
+                    f"estimated time left: about {_duration(left)}" + _basis(status)))
     return lines
 
 
@@ -209,6 +207,15 @@ def expand(run_dir: str | Path) -> list[Path]:
         if runs:
             return runs
     return [run_dir]
+
+
+def _basis(status: RunStatus) -> str:
+    current = status.current
+    if current is None or current.index + 1 == len(status.tasks):
+        return ""
+    if any(t.train_seconds is not None for t in status.done):
+        return " (the remaining tasks at the mean time of the finished ones)"
+    return " (the remaining tasks as long as this one)"
 
 
 def main(run_dirs: list[str]) -> None:

@@ -31,6 +31,7 @@ _MODULES = [
     "progprompt",
     "replay",
     "route",
+    "sapt",
     "seqft",
     "seqlora",
     "seqprompt",

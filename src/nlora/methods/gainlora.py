@@ -72,7 +72,7 @@ class InputGates:
 
     def _pre(self, module, args, kwargs):
         if not self.seq2seq:
-            past = kwargs.get("past_key_values")
+            past = next((kwargs[k] for k in ("cache", "past_key_values") if kwargs.get(k) is not None), None)
             if past is not None and hasattr(past, "get_seq_length") and past.get_seq_length() > 0:
                 return None  # a generation step after the prompt's: keep the prompt's gates
         embeds = kwargs.get("inputs_embeds")

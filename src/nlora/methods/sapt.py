@@ -1,0 +1,109 @@
+"""SAPT-SALS (Zhao et al., ACL 2024), its shared attentive learning & selection part: a LoRA per task, a key
+per task and one shared query network; every input mixes all tasks' LoRA branches with softmax weights
+computed from the input, so no task id is needed.
+
+Source: circle-hit/SAPT ``src/t5_prompt.py`` (``trans_input``: Linear(d, 100), Linear(100, d), SiLU,
+LayerNorm, no biases; ``cal_attention``: max-pooled input embeddings, scores k_i . g(x) / sqrt(d), softmax over
+tasks; the new key drawn uniform(-1, 1)) and ``src/run_t5.py`` (earlier LoRAs and keys loaded frozen).
+
+- Output of every adapted layer: W x + sum_{i<=t} w_i(x) s B_i A_i x, with
+  w(x) = softmax_i(k_i . g(maxpool_tokens emb(x)) / sqrt(d)) over the tasks trained so far (w = 1 at task 1).
+- Task t trains its LoRA (A and B), its key k_t and the shared query network g; earlier LoRAs and keys are
+  frozen. g is stored per task as it was after that task (a snapshot; the model after task t uses g_t), and
+  task t starts from g_{t-1}.
+
+Not included: SAPT's attentive reflection module (ARM), which keeps old tasks' selection from drifting by
+replaying *generated pseudo-samples* of each old task through the attention (a KL term towards their recorded
+weights). It needs a per-task generator model and a generation pipeline; without it nothing stops g and the
+new key from pulling old tasks' inputs towards the newest branch, so expect more forgetting than the paper
+reports. Choices where the source is silent or where we differ: max pooling over the prompt's real tokens
+(the code pools over padded positions too); for decoder-only models training pools over prompt + answer,
+evaluation over the prompt; the first task is mixed too (one key: weight 1), where the LLaMA scripts run it
+with ``--run_single``. Stored per task: its LoRA, its key (d) and the query network snapshot (2*100*d + 2*d);
+``method_state.safetensors`` in its adapter folder. No task id, no replay. Not foldable (branches are
+weighted per example). On CL_Benchmark a prompt names its task (``Task:``, ``Dataset:`` lines), so the
+selection reads the task id nearly for free there.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+
+from ..adapters import ContinualLoRA
+from ..config import TaskSettings
+from . import register
+from .base import Method, TaskContext
+from .gainlora import InputGates
+
+QUERY_HIDDEN = 100  # trans_input's bottleneck in the source
+
+
+def masked_max(embeds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Max over the real tokens of each row (padded positions excluded)."""
+    return embeds.masked_fill(mask.unsqueeze(-1) == 0, float("-inf")).amax(1)
+
+
+class SaptState(torch.nn.Module):
+    """A task's key and the shared query network as it was after that task."""
+
+    def __init__(self, d: int, h: int):
+        super().__init__()
+        self.key = torch.nn.Parameter(torch.empty(d).uniform_(-1, 1))
+        self.query = torch.nn.Sequential(torch.nn.Linear(d, h, bias=False), torch.nn.Linear(h, d, bias=False),
+                                         torch.nn.SiLU(), torch.nn.LayerNorm(d))
+
+
+def mixture_weights(keys: torch.Tensor, query: torch.nn.Module, pooled: torch.Tensor) -> torch.Tensor:
+    """softmax over tasks of k_i . g(x) / sqrt(d): (batch x tasks), rows sum to one."""
+    scores = query(pooled) @ keys.T / math.sqrt(keys.shape[1])
+    return torch.softmax(scores, dim=-1)
+
+
+@register
+class SaptSals(Method):
+    name = "sapt-sals"
+    summary = "LoRA + key per task, shared query net; softmax mixture of all tasks' branches from the input"
+    venue = "ACL 2024"
+    trains = "the new task's LoRA, its key and the shared query network"
+    stored_per_task = "one LoRA + one key (d) + a snapshot of the query network (about 200*d) per task"
+    needs_task_id = False
+    uses_replay = False
+    source = "ACL 2024 (SAPT); circle-hit/SAPT src/t5_prompt.py (trans_input, cal_attention), src/run_t5.py"
+    foldable = False  # branches are weighted per example
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self._gates: dict[int, InputGates] = {}
+
+    def start(self, lora: ContinualLoRA, name: str) -> None:
+        super().start(lora, name)
+        if name not in lora.extras:
+            d = lora.model.get_base_model().get_input_embeddings().embedding_dim
+            lora.attach_extra(name, SaptState(d, QUERY_HIDDEN))
+        if id(lora) not in self._gates:
+            self._gates[id(lora)] = InputGates(lora, lambda embeds, mask: self.gate_values(lora, embeds, mask))
+        self._gates[id(lora)].add(lora, name)
+
+    def tasks_in(self, lora: ContinualLoRA) -> list[str]:
+        return [n for n in lora.adapters if n in lora.extras]
+
+    def gate_values(self, lora: ContinualLoRA, embeds: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        names = self.tasks_in(lora)
+        keys = torch.stack([lora.extras[n].key for n in names])
+        weights = mixture_weights(keys, lora.extras[names[-1]].query, masked_max(embeds, mask))
+        return {n: weights[:, i] for i, n in enumerate(names)}
+
+    def begin_task(self, lora: ContinualLoRA, task_index: int, settings: TaskSettings) -> str:
+        name = super().begin_task(lora, task_index, settings)
+        for p in lora.extras[name].parameters():
+            p.requires_grad = True
+        return name
+
+    def before_training(self, lora: ContinualLoRA, task_index: int, settings: TaskSettings,
+                        ctx: TaskContext) -> None:
+        if task_index > 0:  # the shared query network continues from where the previous task left it
+            previous = lora.extras[self.adapter_name(task_index - 1)].query
+            lora.extras[lora.current].query.load_state_dict(copy.deepcopy(previous.state_dict()))
