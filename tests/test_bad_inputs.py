@@ -8,7 +8,6 @@ and report cases use copies of one tiny finished run.
 
 from __future__ import annotations
 
-import functools
 import http.server
 import json
 import os
@@ -17,10 +16,9 @@ import threading
 from pathlib import Path
 
 import pytest
+from test_fetch import write_tree
 
 from nlora.cli import main
-
-from test_fetch import write_tree
 
 RUN_FLAGS = ["--tasks", "topic,mood", "--max-train-per-task", "4", "--max-test-per-task", "2", "--batch-size", "4",
              "--eval-batch-size", "4", "--max-target-length", "3"]
@@ -536,6 +534,23 @@ def test_a_dataset_under_two_categories_is_chosen_by_its_category(data_dir):
     assert sc.name == "SC/topic" and sc.category == "SC" and sc.labels == ["World", "Sports", "Other"]
     assert tc.category == "TC" and tc.labels == ["World", "Sports"]
     assert sc.splits["test"][0].prompt.startswith("Task:SC\nDataset:topic\n")  # the prompt names the folder
+
+
+def test_run_and_eval_on_a_task_named_with_its_category(model_dirs, data_dir, tmp_path, capsys):
+    shutil.copytree(data_dir / "TC" / "topic", data_dir / "SC" / "topic")
+    out = tmp_path / "run"
+    flags = [a if a != "topic,mood" else "SC/topic,mood" for a in RUN_FLAGS]
+    assert main(["run", "--model", str(model_dirs["llama"]), "--data-dir", str(data_dir), "--output-dir", str(out),
+                 *flags]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["tasks"] == ["SC/topic", "mood"]
+    assert "predict_exact_match_for_SC/topic" in json.loads(
+        (out / "tasks" / "01-SC_topic" / "predict_results.json").read_text())
+    assert main(["eval", str(out), "--tasks", "TC/topic", "--max-test-per-task", "2"]) == 0
+    assert (out / "eval" / "after-02" / "TC_topic" / "predict_results.json").is_file()
+    capsys.readouterr()
+    assert main(["eval", str(out), "--tasks", "topic"]) == 2  # the bare name is still ambiguous
+    assert "is in more than one category" in capsys.readouterr().err
 
 
 def test_trust_remote_code_flag_reaches_transformers(model_dirs, data_dir, tmp_path, capsys, monkeypatch):

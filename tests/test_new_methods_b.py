@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
+import nlora.train as train_mod
 from nlora.adapters import ContinualLoRA
 from nlora.batching import collate_prompts, collate_train, encode
 from nlora.cli import main
@@ -121,6 +123,10 @@ def test_migu_refuses_a_quantile_outside_0_1(model_dirs):
     _, lora, method, _ = setup("llama", model_dirs, "migu")
     with pytest.raises(NloraError, match="quantile"):
         method.begin_task(lora, 1, settings(lam=1.5))
+    loaded, _, lora_method, _ = setup("llama", model_dirs, "migu-lora")
+    sharded = ContinualLoRA(loaded.model, LoraSettings(), default_target_modules(loaded.model), False, sharded=True)
+    with pytest.raises(NloraError, match="sharded"):
+        lora_method.begin_task(sharded, 0, settings())
 
 
 # ---------------------------------------------------------------- clora
@@ -325,3 +331,40 @@ def test_docs_table_has_a_row_per_method(capsys):
     assert main(["methods", "--markdown"]) == 0
     generated = capsys.readouterr().out
     assert all(f"| `{name}` |" in generated for name in REGISTRY)
+
+
+# ---------------------------------------------------------------- resume
+
+def _args(model_dir, data_dir, out, method):
+    return ["run", "--model", str(model_dir), "--data-dir", str(data_dir), "--output-dir", str(out),
+            "--tasks", "topic,mood", "--max-train-per-task", "8", "--max-test-per-task", "4", "--batch-size", "4",
+            "--eval-batch-size", "4", "--max-target-length", "6", "--lr", "0.01", "--method", method,
+            "--save-every", "1"]
+
+
+@pytest.mark.parametrize("method,crash_at", [("slao", 3), ("l2p", 3), ("migu-lora", 4)])
+def test_resumed_run_equals_the_uninterrupted_one(model_dirs, data_dir, tmp_path, monkeypatch, method, crash_at):
+    """Interrupted at the start of task 2 (slao: its merge state is rebuilt from the saved adapter of task 1)
+    or in the middle of task 2 (migu-lora: after a step checkpoint), then resumed: the same adapters, bit for
+    bit, and the same predictions."""
+    whole, broken = tmp_path / "whole", tmp_path / "broken"
+    assert main(_args(model_dirs["llama"], data_dir, whole, method)) == 0
+    real, calls = train_mod._micro_step, {"n": 0}
+
+    def crashing(*a, **k):  # task 1 has two micro-steps; call 3 starts task 2, call 4 follows its checkpoint
+        calls["n"] += 1
+        if calls["n"] == crash_at:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(train_mod, "_micro_step", crashing)
+    assert main(_args(model_dirs["llama"], data_dir, broken, method)) == 130
+    monkeypatch.setattr(train_mod, "_micro_step", real)
+    assert not (broken / "summary.json").exists()
+    assert main(_args(model_dirs["llama"], data_dir, broken, method)) == 0
+    for t in ("01-topic", "02-mood"):
+        a = load_file(whole / "tasks" / t / "adapter" / "adapter_model.safetensors")
+        b = load_file(broken / "tasks" / t / "adapter" / "adapter_model.safetensors")
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), t
+        assert (whole / "tasks" / t / "predictions.jsonl").read_text() == \
+            (broken / "tasks" / t / "predictions.jsonl").read_text()

@@ -74,7 +74,7 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
                         "'nlora[tensorboard]'), wandb (WANDB_MODE=offline: no network), mlflow, ... or none")
     p.add_argument("--trust-remote-code", action="store_true", default=None,
                    help="let a model folder whose config.json has auto_map run its own Python code (default: "
-                        "refused; an architecture transformers knows always uses transformers' code)")
+                        "refused, and an architecture transformers knows uses transformers' own code)")
     p.add_argument("--allow-pickle-weights", action="store_true", default=None,
                    help="load a model whose weights exist only as pytorch_model.bin (a pickle, loaded with torch's "
                         "weights_only loader; default: refused, safetensors only)")

@@ -19,6 +19,7 @@ from .data import Example, TaskData
 from .dist import Dist
 from .logits import accepts_logits_to_keep, answer_logits, autocast
 from .prompts import ANSWER_MARKER, answer_from_generation
+from .scoring import cached_scoring_applies, candidate_logprobs
 
 
 @dataclass
@@ -136,25 +137,34 @@ def score_labels(model, tokenizer, prompts: list[str], labels: list[str], *, seq
                  desc: str = "score", dist: Dist | None = None) -> list[str]:
     """Label scoring: each prompt's prediction is the label (+ EOS) with the highest log-likelihood.
 
-    All candidates of a prompt go into one forward pass (batches hold whole candidate sets); an alternative
-    to the reference's free generation that cannot produce an answer outside the label set.
+    An alternative to the reference's free generation that cannot produce an answer outside the label set.
+    Each prompt is run once and every label scored from it (``scoring.candidate_logprobs``), batches of
+    ``batch_size`` prompts; where that does not apply (soft prompts), every (prompt, label) pair is one row
+    and batches hold whole candidate sets.
     """
     dist = dist or Dist()
     pairs = encode(tokenizer, [Example(p, lab) for p in prompts for lab in labels], seq2seq, max_source,
                    max_new_tokens)
     k = len(labels)
+    cached = cached_scoring_applies(model)
     order = sorted(range(len(prompts)), key=lambda i: -len(pairs[i * k].source))
-    per_batch = max(1, batch_size // k)
+    per_batch = batch_size if cached else max(1, batch_size // k)
     mine = dist.lockstep([order[s:s + per_batch] for s in range(0, len(order), per_batch)])
+    candidates = [pairs[j].target for j in range(k)]  # a label's tokens do not depend on the prompt
     best: dict[int, str] = {}
     keep_logits = not seq2seq and accepts_logits_to_keep(model)
     model.eval()
     for chunk, keep in tqdm(mine, desc=desc, unit="batch", leave=False, dynamic_ncols=True,
                             disable=not dist.is_main):
-        rows = [pairs[i * k + j] for i in chunk for j in range(k)]
-        batch = {key: v.to(device) for key, v in collate_train(rows, tokenizer.pad_token_id, seq2seq).items()}
         with autocast(device, amp_dtype):
-            scores = sequence_logprobs(model, batch, seq2seq, keep_logits).view(len(chunk), k)
+            if cached:
+                scores = candidate_logprobs(model, [pairs[i * k] for i in chunk], candidates, seq2seq=seq2seq,
+                                            pad_id=tokenizer.pad_token_id, device=device)
+            else:
+                rows = [pairs[i * k + j] for i in chunk for j in range(k)]
+                batch = {key: v.to(device) for key, v in collate_train(rows, tokenizer.pad_token_id,
+                                                                        seq2seq).items()}
+                scores = sequence_logprobs(model, batch, seq2seq, keep_logits).view(len(chunk), k)
         if keep:
             best.update((i, labels[j]) for i, j in zip(chunk, scores.argmax(-1).tolist()))
     for part in dist.all_gather(best):

@@ -49,7 +49,11 @@ class CheckResult:
 
 def _problem(path: Path, name: str) -> str | None:
     """Why a present file is unusable, or None."""
-    head = path.read_bytes()[:64]
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(64)
+    except OSError as e:
+        return f"unreadable ({e.strerror or e})"
     if head.startswith(b"version https://git-lfs"):
         return "a Git LFS pointer, not the data"
     try:

@@ -31,7 +31,9 @@ def answer_logits(model, batch: dict[str, torch.Tensor], seq2seq: bool,
         logits = model(**inputs, logits_to_keep=answer_span).logits
     else:
         logits = model(**inputs).logits[:, -answer_span:]
-    return logits[:, :-1], labels[:, -answer_span + 1:]
+    # (from the width, not -answer_span + 1: a batch with no answer token left, as --compat reference's cut
+    # inputs give, has answer_span 1, and labels[:, 0:] would be every column)
+    return logits[:, :-1], labels[:, labels.shape[1] - answer_span + 1:]
 
 
 def loss_from_logits(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, int]:

@@ -111,7 +111,7 @@ def check_model_folder(path: Path, trust_remote_code: bool = False, allow_pickle
     architecture, its tokenizer, its weights. Returns from_pretrained's keyword arguments for the weights.
 
     A config with ``auto_map`` names Python files of the folder; they run only with ``trust_remote_code``.
-    Where the architecture is one transformers knows, its own code is used and the folder's ignored.
+    Without it, where the architecture is one transformers knows, transformers' code is used, not the folder's.
     Weights: safetensors (checked to be complete); pickle-only weights (``pytorch_model.bin``) can run code
     when loaded, so they load only with ``allow_pickle_weights``, and then with torch's weights_only loader.
     """

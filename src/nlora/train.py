@@ -88,8 +88,7 @@ def train_task(lora: ContinualLoRA, method: Method, data: list[Encoded], setting
         step = micro // settings.grad_accum + 1
         share = dist.shard(schedule[micro])
         filler = dist.sharded and not share  # sharded ranks must all run the pass; this one counts for nothing
-        mine = share or (schedule[micro][:1] if filler else [])  # an unsharded rank with no share runs no pass
-        loss, extra = _micro_step(forward, method, lora, settings, [data[i] for i in mine],
+        loss, extra = _micro_step(forward, method, lora, settings, [data[i] for i in share or schedule[micro][:1]],
                                   pad_id, seq2seq, device, amp_dtype, keep_logits, dist, step, filler, compat)
         state.losses.append(loss)
         state.penalties.append(extra)

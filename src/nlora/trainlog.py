@@ -104,9 +104,12 @@ class RunLog:
         self.started = True
         if not self.is_main or not self.cfg.report_to:
             return
+        from accelerate import PartialState
         from accelerate.tracking import LOGGER_TYPE_TO_CLASS
 
         from .rundir import record
+
+        PartialState()  # the trackers log through Accelerate's logger, which needs its state (one process: no-op)
 
         record(self.out, LOGS_DIR)  # in the run's manifest before it is written: --overwrite clears it
         logs = self.out / LOGS_DIR

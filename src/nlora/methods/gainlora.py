@@ -182,9 +182,9 @@ class GainState(torch.nn.Module):
 class GainLoRA(InfLoRA):
     name = "gainlora"
     summary = "inflora plus a per-task gate on each branch from the pooled input, updated outside old inputs' span"
-    venue = "NeurIPS 2025"
+    venue = "2025 NeurIPS"
     trains = "B of the new task's LoRA (A designed, frozen) and the new task's gate (2-layer MLP + key)"
-    stored_per_task = "one LoRA + one gate (2*d*100 + d) per task + GPM basis columns (LoRA layers and gate)"
+    stored_per_task = "one LoRA + one gate (2*d*100 + d) per task, kept separate, + GPM columns (bounded): grows linearly"
     needs_task_id = False
     uses_replay = False
     source = "arXiv 2505.15424; liangyanshuo/gainlora src/t5_large.py, src/cl_trainer_gainlora_inflora.py"
@@ -260,11 +260,9 @@ class GainLoRA(InfLoRA):
                 e = prompt_embeddings(lora, [x.source for x in ctx.examples], masked_mean)
                 covs = [covariance(e), covariance(state.gate.hidden(e)), covariance(state.gate.features(e))]
             eps = self.gate_eps + (1 - self.gate_eps) * task_index / max(len(self.cfg.tasks), 1)
-            added = [gpm_update(c, self.gate_bases[i], eps) for i, c in enumerate(covs)]
-            for i, cols in enumerate(added):
-                state.gate_bases.put(i, cols.cpu())
-        else:  # reloaded: the saved columns
-            added = [state.gate_bases.get(i).double() for i in range(3)]
+            for i, c in enumerate(covs):
+                state.gate_bases.put(i, gpm_update(c, self.gate_bases[i], eps))
+        added = [state.gate_bases.get(i).double() for i in range(3)]  # as saved: a resumed run has the same
         for i, cols in enumerate(added):
             if cols.shape[1]:
                 old = self.gate_bases[i]

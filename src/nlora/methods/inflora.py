@@ -162,16 +162,16 @@ class BasisStore(torch.nn.Module):
         return getattr(self, f"basis_{i}")
 
     def put(self, i: int, value: torch.Tensor) -> None:
-        setattr(self, f"basis_{i}", value.to(torch.float32).contiguous())
+        setattr(self, f"basis_{i}", value.to(self.get(i).device, torch.float32).contiguous())
 
 
 @register
 class InfLoRA(Method):
     name = "inflora"
     summary = "fresh LoRA per task, A designed from input covariance outside earlier tasks' GPM subspace, only B trains"
-    venue = "CVPR 2024"
+    venue = "2024 CVPR"
     trains = "B of the new task's LoRA (A designed, frozen)"
-    stored_per_task = "one LoRA per task + GPM basis columns per layer (bases <= d_in x d_in per layer in total)"
+    stored_per_task = "one LoRA per task (foldable) + the GPM columns it adds (<= d_in x d_in per layer in all): grows linearly"
     needs_task_id = False
     uses_replay = False
     source = "arXiv 2404.00228; liangyanshuo/InfLoRA methods/inflora.py (_train, update_DualGPM)"
@@ -229,13 +229,13 @@ class InfLoRA(Method):
         name = lora.current
         store = self.basis_store(lora, name)
         names = self.layer_names(lora, name)
-        if self._trained != task_index:  # reloaded from a finished run: its saved columns are the update
-            added = {n: store.get(i).double() for i, n in enumerate(names)}
-        else:
+        if self._trained == task_index:  # else reloaded from a finished run: its saved columns are the update
             covs = layer_covariances(lora, name, ctx.examples, ctx.batch_size) if ctx and ctx.examples else {}
-            added = {n: gpm_update(covs[n], self.bases.get(n), self.threshold(task_index)) for n in covs}
             for i, n in enumerate(names):
-                store.put(i, added.get(n, torch.zeros(store.get(i).shape[0], 0)).cpu())
+                if n in covs:
+                    store.put(i, gpm_update(covs[n], self.bases.get(n), self.threshold(task_index)))
+        # the memory grows by what is saved (fp32), so a resumed run continues from the same bases
+        added = {n: store.get(i).double() for i, n in enumerate(names)}
         for n, cols in added.items():
             if cols.shape[1]:
                 old = self.bases.get(n)

@@ -147,6 +147,9 @@ class MIGULoRA(_MIGUMixin, Method):
                 for m in (layer.lora_A[name], layer.lora_B[name])]
 
     def begin_task(self, lora: ContinualLoRA, task_index: int, settings: TaskSettings) -> str:
+        if lora.sharded:  # each rank would hold only some rows of a gradient, the mask needs them all
+            raise NloraError("migu-lora masks rows of whole LoRA gradients; it does not run with sharded weights "
+                             "(FSDP, ZeRO-3): use a DDP config")
         name = super().begin_task(lora, task_index, settings)
         self.attach(lora, task_index, settings, name)
         return name

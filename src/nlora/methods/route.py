@@ -78,7 +78,7 @@ class Route(Method):
     summary = "per-task LoRAs trained alone; each test prompt answered by the adapter of the nearest task prototype"
     venue = "ours"
     trains = "the new task's LoRA (alone)"
-    stored_per_task = "one LoRA + one prototype vector (hidden size) per task"
+    stored_per_task = "one LoRA + one prototype (hidden size d) per task, kept separate: grows linearly"
     needs_task_id = False
     uses_replay = False
     source = "nlora (src/nlora/methods/route.py)"

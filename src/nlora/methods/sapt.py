@@ -66,12 +66,12 @@ def mixture_weights(keys: torch.Tensor, query: torch.nn.Module, pooled: torch.Te
 class SaptSals(Method):
     name = "sapt-sals"
     summary = "LoRA + key per task, shared query net; softmax mixture of all tasks' branches from the input"
-    venue = "ACL 2024"
+    venue = "2024 ACL"
     trains = "the new task's LoRA, its key and the shared query network"
-    stored_per_task = "one LoRA + one key (d) + a snapshot of the query network (about 200*d) per task"
+    stored_per_task = "one LoRA + a key (d) + a query-net snapshot (~200*d) per task, kept separate: grows linearly"
     needs_task_id = False
     uses_replay = False
-    source = "ACL 2024 (SAPT); circle-hit/SAPT src/t5_prompt.py (trans_input, cal_attention), src/run_t5.py"
+    source = "arXiv 2401.08295; circle-hit/SAPT src/t5_prompt.py (trans_input, cal_attention), src/run_t5.py"
     foldable = False  # branches are weighted per example
 
     def __init__(self, cfg):
