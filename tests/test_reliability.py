@@ -269,7 +269,9 @@ def test_stray_world_size(model_dirs, data_dir, tmp_path, capsys, monkeypatch, e
 def _damage(out: Path, data: Path) -> dict:
     return {
         "corrupt train_stats.json": (lambda: (out / "tasks/01-topic/train_stats.json").write_text("{\"task\": "),
-                                     "01-topic/train_stats.json: damaged"),
+                                     "01-topic/train_stats.json: malformed JSON at line 1"),
+        "truncated adapter": (lambda: _truncate(out / "tasks/01-topic/adapter/adapter_model.safetensors"),
+                              "01-topic/adapter/adapter_model.safetensors: not a readable safetensors file"),
         "corrupt predict_results.json": (lambda: (out / "tasks/02-mood/predict_results.json").write_text("[1, 2]"),
                                          "02-mood/predict_results.json: damaged"),
         "corrupt config.yaml": (lambda: (out / "config.yaml").write_text("model: [unclosed\n"),
@@ -282,8 +284,12 @@ def _damage(out: Path, data: Path) -> dict:
     }
 
 
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:-40])
+
+
 @pytest.mark.parametrize("case", ["corrupt train_stats.json", "corrupt predict_results.json", "corrupt config.yaml",
-                                  "config.yaml not UTF-8", "data changed"])
+                                  "config.yaml not UTF-8", "data changed", "truncated adapter"])
 def test_damaged_run_met_on_resume(finished_run, model_dirs, data_dir, capsys, case):
     (finished_run / "summary.json").unlink()  # as if stopped after the last evaluation
     breaker, expect = _damage(finished_run, data_dir)[case]

@@ -27,7 +27,7 @@ from .dist import Dist, fit_global_batch, machine_name
 from .dist import setup as dist_setup
 from .errors import NloraError
 from .evaluate import TaskPredictions, predict_tasks, prediction_rows, release_prediction_rows, results_dict
-from .io import write_json, write_jsonl
+from .io import read_json, write_json, write_jsonl
 from .methods import get_method
 from .methods.base import TaskContext
 from .models import autocast_dtype, check_target_modules, default_target_modules, load_model, pick_device
@@ -46,9 +46,10 @@ def task_dir(out: Path, index: int, name: str) -> Path:
     return out / "tasks" / f"{index + 1:02d}-{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}"
 
 
-# Settings that may change between a run and its resumption: where it runs and how it batches evaluation
-# (a resumed run may land on another GPU), none of which changes what is trained.
-RESUME_FREE = ("output_dir", "device", "save_every", "eval_batch_size", "report_to", "log_every")
+# Settings that may change between a run and its resumption: where it runs, how it batches evaluation (a
+# resumed run may land on another GPU), how it logs, what it may load: none changes what is trained.
+RESUME_FREE = ("output_dir", "device", "save_every", "eval_batch_size", "report_to", "log_every",
+               "trust_remote_code", "allow_pickle_weights")
 # What a run writes at the top of its directory (recorded in the manifest before it is written).
 RUN_OUTPUTS = ("config.yaml", rundir.FINGERPRINT, "tasks", "zero_shot", "summary.json", "logs")
 
@@ -140,10 +141,9 @@ def log(msg: str) -> None:
 
 def _read_json(path: Path):
     try:
-        return json.loads(path.read_text("utf-8"))
-    except (ValueError, UnicodeDecodeError):
-        raise NloraError(f"{path}: damaged (not readable JSON); delete it to redo that step, or pass --overwrite "
-                         "to start the run over") from None
+        return read_json(path)
+    except NloraError as e:
+        raise NloraError(f"{e}; delete it to redo that step, or pass --overwrite to start the run over") from None
 
 
 def evaluate_and_write(model, tok, tasks: list[TaskData], dest: Path, gen_kw: dict, dist: Dist | None = None,

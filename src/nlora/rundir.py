@@ -22,7 +22,7 @@ from pathlib import Path
 import yaml
 
 from .errors import NloraError
-from .io import write_json
+from .io import check_saved_weights, read_json, write_json
 
 MANIFEST = ".nlora-run.json"
 DEMO_MANIFEST = ".nlora-demo.json"
@@ -169,20 +169,26 @@ def lock_holder(path: Path) -> int | None:
 # -- files read back on resume -------------------------------------------------------------------------------
 
 def check_run_files(out: Path) -> None:
-    """Every JSON file a resume reads must parse; name the first that does not, before anything loads."""
+    """Every file a resume reads back must be whole: the JSON records parse to objects and each finished task's
+    saved weights are complete. Names the first that is not, before the model loads."""
     candidates = [out / "summary.json", *sorted(out.glob("tasks/*/train_stats.json")),
                   *sorted(out.glob("tasks/*/predict_results.json")), out / "zero_shot" / "predict_results.json"]
+    advice = "delete it to redo that step, or pass --overwrite to start the run over"
     for path in candidates:
         if not path.is_file():
             continue
         try:
-            value = json.loads(path.read_text("utf-8"))
-        except (ValueError, UnicodeDecodeError, RecursionError):
-            raise NloraError(f"{path}: damaged (not readable JSON); delete it to redo that step, or pass --overwrite "
-                             "to start the run over") from None
+            value = read_json(path)
+        except NloraError as e:
+            raise NloraError(f"{e}; {advice}") from None
         if not isinstance(value, dict):
-            raise NloraError(f"{path}: damaged (expected a JSON object); delete it to redo that step, or pass "
-                             "--overwrite to start the run over")
+            raise NloraError(f"{path}: damaged (expected a JSON object); {advice}")
+    for stats in sorted(out.glob("tasks/*/train_stats.json")):  # a task counts as trained: its adapter is read
+        if (stats.parent / "adapter").is_dir():
+            try:
+                check_saved_weights(stats.parent / "adapter")
+            except NloraError as e:
+                raise NloraError(f"{e}; delete {stats} to train that task again, or pass --overwrite") from None
 
 
 def data_fingerprint(files: dict[str, list[Path]]) -> dict[str, dict[str, str]]:

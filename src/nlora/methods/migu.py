@@ -55,11 +55,14 @@ class OutputMagnitudeMask:
     def masks(self, quantile: float, dist=None) -> list[torch.Tensor | None]:
         """Per module, 1 for output rows whose summed |y| reaches the ``quantile`` of its layer, else 0."""
         out = []
-        for s in self.sums:
+        reduce = dist is not None and dist.active
+        for module, s in zip(self.modules, self.sums):
+            if s is None and reduce:  # this rank ran no pass: it still takes part in every all-reduce
+                s = torch.zeros(module.weight.shape[0], device=module.weight.device)
             if s is None:  # not used in this step's forward passes
                 out.append(None)
                 continue
-            if dist is not None:
+            if reduce:
                 s = dist.sum_(s.clone())  # a sum over ranks ranks rows as the release's average does
             out.append((s >= torch.quantile(s, quantile)).to(s.dtype))
         return out
