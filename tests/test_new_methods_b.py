@@ -117,6 +117,29 @@ def test_migu_one_step_leaves_masked_rows_unchanged(model_dirs, data_dir):
         assert 0 < changed <= math.ceil(0.3 * w0.shape[0]) + 1, (changed, w0.shape)
 
 
+def test_migu_every_rank_joins_each_reduction_even_without_a_pass():
+    """Under several processes a rank that ran no forward pass in a step still joins every all-reduce (else
+    the others would wait for it), and the ranking uses the reduced sums."""
+    from nlora.methods.migu import OutputMagnitudeMask
+
+    class TwoRanks:  # stands for a process group: the other rank's sums equal this one's
+        active, calls = True, 0
+
+        def sum_(self, t):
+            self.calls += 1
+            return t * 2
+
+    torch.manual_seed(0)
+    used, idle = torch.nn.Linear(4, 10), torch.nn.Linear(4, 6)
+    mask = OutputMagnitudeMask([used, idle])
+    used(torch.randn(3, 4))
+    dist = TwoRanks()
+    kept, everything = mask.masks(0.7, dist)
+    assert dist.calls == 2 and everything.tolist() == [1.0] * 6
+    assert int(kept.sum()) == 3
+    assert mask.masks(0.7, None)[1] is None  # one process: a layer without a pass is left alone
+
+
 def test_migu_refuses_a_quantile_outside_0_1(model_dirs):
     from nlora.errors import NloraError
 

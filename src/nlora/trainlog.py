@@ -173,11 +173,13 @@ class TaskLog:
               epochs: float) -> None:
         """Keep the lines up to ``steps_done`` (the checkpoint's step; 0 for a fresh start), then append."""
         self.total, self.batch_sizes, self.grad_accum, self.epochs = total_steps, batch_sizes, grad_accum, epochs
-        self.logged_micro = (steps_done // self.every) * self.every * grad_accum  # end of the last kept interval
+        kept = [row for row in read_log(self.path) if row["step"] <= steps_done] if steps_done and self.is_main else []
+        # the next line covers the micro-batches after the last kept line (--log-every may differ on resume)
+        last = kept[-1]["step"] if kept else (steps_done // self.every) * self.every
+        self.logged_micro = last * grad_accum
         self.mark_micro, self.mark_time = steps_done * grad_accum, time.perf_counter()
         if not self.is_main:
             return
-        kept = [row for row in read_log(self.path) if row["step"] <= steps_done]
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(f".{self.path.name}.tmp")
         tmp.write_text("".join(json.dumps(row) + "\n" for row in kept), encoding="utf-8")

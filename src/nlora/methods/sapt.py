@@ -29,14 +29,16 @@ from __future__ import annotations
 
 import copy
 import math
+import random
 
 import torch
+import torch.nn.functional as F
 
 from ..adapters import ContinualLoRA
 from ..config import TaskSettings
 from . import register
 from .base import Method, TaskContext
-from .gainlora import InputGates
+from .gainlora import InputGates, prompt_embeddings
 
 QUERY_HIDDEN = 100  # trans_input's bottleneck in the source
 
@@ -107,3 +109,86 @@ class SaptSals(Method):
         if task_index > 0:  # the shared query network continues from where the previous task left it
             previous = lora.extras[self.adapter_name(task_index - 1)].query
             lora.extras[lora.current].query.load_state_dict(copy.deepcopy(previous.state_dict()))
+
+
+class SaptReplayState(SaptState):
+    """SaptState plus what the attention replay keeps of the task: the pooled embeddings of its kept examples
+    (k x d) and its recorded mixture weights (over the tasks up to it)."""
+
+    def __init__(self, d: int, h: int):
+        super().__init__(d, h)
+        self.register_buffer("memory", torch.zeros(0, d))
+        self.register_buffer("label", torch.zeros(0))
+
+
+def replay_kl(keys: torch.Tensor, query: torch.nn.Module, memories: list[torch.Tensor],
+              labels: list[torch.Tensor]) -> torch.Tensor:
+    """sum over old tasks j of KL(label_j padded with zeros || mixture weights of j's kept inputs), each the
+    mean over j's kept inputs."""
+    total = keys.new_zeros(())
+    for memory, label in zip(memories, labels):
+        if memory.shape[0] == 0:
+            continue
+        log_w = torch.log_softmax(query(memory) @ keys.T / math.sqrt(keys.shape[1]), dim=-1)
+        target = torch.zeros(keys.shape[0], device=keys.device)
+        target[:label.shape[0]] = label.to(keys.device)
+        total = total + F.kl_div(log_w, target.expand_as(log_w), reduction="batchmean")
+    return total
+
+
+@register
+class SaptReplay(SaptSals):
+    name = "sapt-replay"
+    summary = "sapt-sals + its attention replay (ARM) on 2% kept real examples instead of generated pseudo-samples"
+    venue = "2024 ACL (replay of real examples: ours)"
+    trains = "the new task's LoRA, its key and the shared query network (+ a KL on kept examples' weights)"
+    stored_per_task = "as sapt-sals + pooled embeddings of 2% of its examples (d each) + its weights: grows linearly"
+    uses_replay = True
+    source = "arXiv 2401.08295; circle-hit/SAPT src/t5_prompt.py (cal_attention, memory_replay)"
+    default_lambda = 0.1  # kl_ratio of the Long T5 scripts
+    keep_fraction = 0.02
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self._trained: int | None = None
+
+    def start(self, lora: ContinualLoRA, name: str) -> None:
+        if name not in lora.extras and lora.model is not None:
+            d = lora.model.get_base_model().get_input_embeddings().embedding_dim
+            Method.start(self, lora, name)
+            lora.attach_extra(name, SaptReplayState(d, QUERY_HIDDEN))
+        super().start(lora, name)
+
+    def before_training(self, lora: ContinualLoRA, task_index: int, settings: TaskSettings,
+                        ctx: TaskContext) -> None:
+        super().before_training(lora, task_index, settings, ctx)
+        self._trained = task_index
+        names = self.tasks_in(lora)
+        self._old = [lora.extras[n] for n in names[:-1]]
+
+    def penalty(self, lora: ContinualLoRA, settings: TaskSettings) -> torch.Tensor | None:
+        if not getattr(self, "_old", None):
+            return None
+        names = self.tasks_in(lora)
+        keys = torch.stack([lora.extras[n].key for n in names]).float()
+        kl = replay_kl(keys, lora.extras[names[-1]].query, [s.memory for s in self._old], [s.label for s in self._old])
+        return self.lam(settings) * kl
+
+    def kept(self, task_index: int, n: int) -> list[int]:
+        k = min(n, max(1, math.ceil(self.keep_fraction * n)))
+        return sorted(random.Random(self.cfg.seed * 7919 + task_index).sample(range(n), k))
+
+    @torch.no_grad()
+    def end_task(self, lora: ContinualLoRA, task_index: int, settings: TaskSettings,
+                 ctx: TaskContext | None = None) -> None:
+        self._old = []
+        if self._trained != task_index or ctx is None or not ctx.examples:
+            return  # reloaded with its adapter
+        self._trained = None
+        state: SaptReplayState = lora.extras[lora.current]
+        pooled = prompt_embeddings(lora, [e.source for e in ctx.examples], masked_max)
+        names = self.tasks_in(lora)
+        keys = torch.stack([lora.extras[n].key for n in names])
+        state.memory = pooled[self.kept(task_index, len(ctx.examples))].contiguous()
+        # its weights as its own training left them (the code records them on its dev set)
+        state.label = mixture_weights(keys, state.query, pooled).mean(0).contiguous()
