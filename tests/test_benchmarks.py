@@ -1,9 +1,11 @@
 """The benchmark scripts' bookkeeping (their speed figures are measured, not tested)."""
 
 import importlib.util
+import statistics
 from pathlib import Path
 
 import pytest
+import torch
 
 from test_fetch import write_tree
 
@@ -60,3 +62,119 @@ def test_accuracy_paired_comparisons_pair_runs_by_seed():
     assert aa["metric"] == "AA" and aa["diffs"] == [4.0, 3.0, 5.0] and aa["mean"] == 4.0 and aa["sd"] == 1.0
     assert aa["t"] == pytest.approx(4.0 / (1.0 / 3 ** 0.5))
     assert bwt["diffs"] == [1.0, -3.0]  # seed 3 has no BWT for n-lora: left out, not counted as 0
+
+
+# ---------------------------------------------------------------------------------------- throughput.py
+
+def _lines(capsys) -> list[dict]:
+    import json
+
+    return [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+
+
+def _counting(monkeypatch, module, name: str) -> list:
+    """Replace module.name by a wrapper that records each call's arguments and calls the original."""
+    calls, original = [], getattr(module, name)
+
+    def wrapper(*args, **kwargs):
+        calls.append((args, kwargs))
+        return original(*args, **kwargs)
+    monkeypatch.setattr(module, name, wrapper)
+    return calls
+
+
+@pytest.fixture
+def toy_cl(tmp_path):
+    from conftest import write_task
+
+    for name in ("topic", "mood"):
+        write_task(tmp_path / "CL", name, n_train=8, n_test=4)
+    return tmp_path / "CL"
+
+
+def test_throughput_times_the_real_train_task_and_predict_tasks(toy_cl, monkeypatch, capsys):
+    import nlora.evaluate
+    import nlora.train
+
+    tp = load("throughput")
+    trained = _counting(monkeypatch, nlora.train, "train_task")
+    predicted = _counting(monkeypatch, nlora.evaluate, "predict_tasks")
+    tp.main(["--shape", "tiny", "--cases", "train,scaling,eval", "--data-dir", str(toy_cl), "--tasks", "topic,mood",
+             "--examples", "8", "--batch", "4", "--eval-per-task", "2", "--repeats", "2", "--threads", "1", "--also-bf16"])
+    train, scaling, evals = _lines(capsys)
+    assert [train["case"], scaling["case"], evals["case"]] == ["train", "scaling", "eval"]
+    for rec in (train, scaling, evals):
+        assert rec["device"] and rec["threads"] == 1 and len(rec["load_avg"]) == 3
+        assert rec["prompts"] == str(toy_cl)  # the prompts came from the data folder given
+    variants = {"ours", "ours-bf16", "reference", "peft-bf16"}  # CPU: the default is fp32, bf16 asked for
+    assert set(train["s_per_step"]) == set(train["peak_rss_mib"]) == set(train["pass_times_s"]) == variants
+    assert all(len(ts) == 2 for ts in train["pass_times_s"].values())  # every variant timed in each round
+    assert all(m > 0 for m in train["peak_rss_mib"].values())
+    assert train["steps_per_pass"] == 2 and train["examples"] == 8
+    # the ratio is the reference's median time over ours
+    med = {k: statistics.median(v) for k, v in train["pass_times_s"].items()}
+    assert train["speedup"]["ours vs reference"] == pytest.approx(med["reference"] / med["ours"], rel=0.02, abs=0.01)
+    assert set(scaling["ratio_task16_vs_task1"]) == {"ours (folded)", "reference (stacked, live)"}
+    assert {"ours-generate", "ours-score", "reference", "peft-bf16"} <= set(evals["prompts_per_s"])
+    assert evals["test_prompts"] == 4 and evals["ours_batch"] == 32 and evals["reference_batch"] == 16
+    # "ours" is nlora's own code: train_task ran for every ours pass (train: 2 variants x (warm-up + 2 rounds);
+    # scaling: 2 x 3), predict_tasks in both modes, both precisions, on every pass
+    assert len(trained) == 2 * 3 + 2 * 3
+    assert {kw["amp_dtype"] for _, kw in trained} == {None, torch.bfloat16}
+    assert sorted((kw["mode"], str(kw["amp_dtype"])) for _, kw in predicted) == sorted(
+        [(m, str(a)) for m in ("generate", "score") for a in (None, torch.bfloat16)] * 3)
+
+
+def test_throughput_e2e_runs_nlora_recipe_against_the_reference_loop(toy_cl, model_dirs, monkeypatch, capsys):
+    import nlora.recipe
+
+    tp = load("throughput")
+    runs = _counting(monkeypatch, nlora.recipe, "run")
+    tp.main(["--shape", "tiny", "--cases", "e2e", "--data-dir", str(toy_cl), "--e2e-model", str(model_dirs["llama"]),
+             "--e2e-tasks", "topic,mood", "--e2e-train", "8", "--e2e-test", "4", "--threads", "1"])
+    (rec,) = _lines(capsys)
+    assert rec["case"] == "e2e" and rec["tasks"] == ["topic", "mood"] and "skipped" not in rec
+    assert set(rec["wall_s"]) == {"ours", "reference", "ours-score"} and all(v > 0 for v in rec["wall_s"].values())
+    assert rec["speedup"]["ours vs reference"] == pytest.approx(rec["wall_s"]["reference"] / rec["wall_s"]["ours"],
+                                                                rel=0.1, abs=0.06)
+    assert rec["train_steps"] == 2 and rec["test_generations"] == 4 + 8
+    assert set(rec["aa"]) == set(rec["peak_rss_mib"]) == set(rec["wall_s"]) and len(rec["load_avg"]) == 3
+    # ours with the defaults, and with label scoring: both through nlora.recipe.run
+    assert sorted(args[0].eval_mode for args, _ in runs) == ["generate", "score"]
+
+
+def test_throughput_e2e_skips_cleanly_without_the_data(tmp_path, capsys):
+    tp = load("throughput")
+    tp.main(["--cases", "e2e", "--data-dir", str(tmp_path / "absent"), "--e2e-tasks", "agnews"])
+    (rec,) = _lines(capsys)
+    assert rec["case"] == "e2e" and "not found" in rec["skipped"] and "wall_s" not in rec
+
+
+def test_reference_keeps_finished_adapters_live_as_one_stacked_lora(monkeypatch):
+    """The baseline's stacked frozen LoRA adds exactly the finished tasks' updates, and only the new one trains."""
+    from conftest import tiny_llama
+
+    tp = load("throughput")
+    model, tok = tiny_llama()
+    ref = tp.Reference(model, False, tok, torch.device("cpu"), None)
+    deltas = []
+    for t in range(3):
+        torch.manual_seed(t)
+        for _, m in ref._layers():
+            torch.nn.init.normal_(m.lora_B[ref.current].weight)
+        deltas.append({n: m.get_delta_weight(ref.current).detach().clone() for n, m in ref._layers()})
+        ref.next_task()
+    for n, m in ref._layers():
+        assert m.lora_A["previous"].weight.shape[0] == 8 * 3
+        assert torch.allclose(m.get_delta_weight("previous"), sum(d[n] for d in deltas), atol=1e-5)
+    assert sorted(ref.model.base_model.active_adapters) == ["previous", "task3"]
+    assert ref.trainable and all(p.requires_grad == (".task3." in n) for n, p in ref.model.named_parameters()
+                                 if "lora_" in n)
+
+
+def test_peak_memory_sees_an_allocation_inside_the_block():
+    tp = load("throughput")
+    with tp.PeakMemory(torch.device("cpu")) as pm:
+        block = torch.ones(64 * 2**20 // 4)  # 64 MiB, written (so resident)
+        del block
+    assert pm.above_start_mib >= 60 and pm.peak_mib >= pm.above_start_mib

@@ -132,7 +132,7 @@ def test_gpm_energy_rule_matches_a_loop():
     x = torch.randn(200, 12, generator=g, dtype=torch.float64) * torch.linspace(3, 0.1, 12, dtype=torch.float64)
     cov = x.T @ x / 200
     first = gpm_update(cov, None, 0.9)
-    u, s, _ = torch.linalg.svd(cov)
+    s = torch.linalg.svd(cov)[1]
     energy = (s**2 / (s**2).sum()).tolist()
     k, acc = 0, 0.0
     while acc + energy[k] < 0.9:  # count of prefixes whose share stays below the threshold
@@ -152,14 +152,20 @@ def test_gpm_energy_rule_matches_a_loop():
     assert more.shape[1] == r and (first.T @ more).abs().max() < 1e-10
 
 
-def test_inflora_state_saved_and_reloaded(model_dirs, data_dir, tmp_path):
+def test_inflora_state_saved_and_reloaded(model_dirs, data_dir, tmp_path, capsys):
     out = tmp_path / "inf"
     assert run_cli(model_dirs["llama"], data_dir, out, "inflora") == 0
     from safetensors.torch import load_file
 
-    saved = load_file(str(out / "tasks" / "01-topic" / "adapter" / "method_state.safetensors"))
+    state = out / "tasks" / "01-topic" / "adapter" / "method_state.safetensors"
+    saved = load_file(str(state))
     assert saved and all(v.shape[1] >= 1 for v in saved.values())
     assert main(["eval", str(out), "--tasks", ",".join(NAMES)]) == 0
+    state.write_bytes(state.read_bytes()[:40])  # damaged: one line, exit code 2
+    capsys.readouterr()
+    assert main(["eval", str(out), "--tasks", ",".join(NAMES)]) == 2
+    err = capsys.readouterr().err
+    assert "method_state.safetensors" in err and len(err.strip().splitlines()) == 1
 
 
 # ---------------------------------------------------------------- route
@@ -176,6 +182,7 @@ def test_route_sends_each_task_to_its_adapter(model_dirs, data_dir, tmp_path, ki
     later = [r["prediction"] for r in map(json.loads, (out / "tasks" / "02-mood" / "predictions.jsonl").read_text().splitlines())
              if r["task"] == "topic"]
     assert first == later and summary["bwt"] == 0.0  # routed right, so task 1 is answered by its frozen adapter
+    assert [e["routing_accuracy"] for e in summary["per_task"]] == [100.0, 100.0]
     assert main(["eval", str(out), "--tasks", ",".join(NAMES)]) == 0
     again = json.loads((out / "eval" / "after-02" / "topic+mood" / "routing.json").read_text())
     assert again == routing
@@ -374,3 +381,72 @@ def test_resumed_run_reloads_the_method_state(model_dirs, data_dir, tmp_path, me
     assert (last / "predictions.jsonl").read_text() == before
     again = load_file(str(last / "adapter" / "method_state.safetensors"))
     assert sorted(again) == sorted(state) and all(torch.equal(again[k], state[k]) for k in state)
+
+
+def test_sapt_replay_kl_equals_the_formula(model_dirs, data_dir):
+    import math
+
+    from nlora.methods.gainlora import prompt_embeddings
+    from nlora.methods.sapt import masked_max
+
+    loaded, lora, method, tasks = setup("sapt-arm", "llama", model_dirs, data_dir, n_train=24)
+    ctx0 = train_one(loaded, lora, method, tasks, 0)
+    kept = lora.extras["task0"]
+    assert kept.memory.shape[0] == math.ceil(0.02 * len(ctx0.examples)) == 1  # 2% of 24, rounded up
+    pooled = prompt_embeddings(lora, [e.source for e in ctx0.examples], masked_max)
+    assert any(torch.equal(kept.memory[0], p) for p in pooled)  # real examples' pooled embeddings
+    assert kept.label.shape == (1,) and float(kept.label[0]) == pytest.approx(1.0)
+    seen = []
+    train_one(loaded, lora, method, tasks, 1, between=lambda ctx: seen.append(
+        float(method.penalty(lora, TaskSettings(name="mood", lr=1, epochs=1, batch_size=4, grad_accum=1, lam=0.5)))))
+    assert seen[0] > 0  # the new key takes weight from task 1's kept inputs: a KL against [1, 0]
+    settings = TaskSettings(name="mood", lr=1, epochs=1, batch_size=4, grad_accum=1, lam=0.5)
+    method._old = [lora.extras["task0"]]
+    got = method.penalty(lora, settings)
+    with torch.no_grad():
+        keys = [lora.extras["task0"].key, lora.extras["task1"].key]
+        total = 0.0
+        for x in kept.memory:  # brute force: 0.5 * mean_x sum_i label_i log(label_i / w_i), label = [l_0, 0]
+            q = lora.extras["task1"].query(x[None])[0]
+            scores = torch.tensor([float(k @ q) for k in keys]) / math.sqrt(x.shape[0])
+            w = scores.exp() / scores.exp().sum()
+            total += sum(float(lab * math.log(lab / w[i])) for i, lab in enumerate(kept.label.tolist()) if lab > 0)
+        assert float(got) == pytest.approx(0.5 * total / kept.memory.shape[0], rel=1e-4)
+    assert got.requires_grad  # it trains the query network and the new key
+
+
+def test_replay_kl_brute_force_several_tasks():
+    from nlora.methods.sapt import QUERY_HIDDEN, SaptState, replay_kl
+
+    torch.manual_seed(0)
+    d = 8
+    query = SaptState(d, QUERY_HIDDEN).query
+    keys = torch.randn(3, d)
+    memories = [torch.randn(3, d), torch.randn(2, d)]
+    labels = [torch.tensor([1.0]), torch.tensor([0.3, 0.7])]
+    got = float(replay_kl(keys, query, memories, labels))
+    want = 0.0
+    with torch.no_grad():
+        for mem, lab in zip(memories, labels):
+            part = 0.0
+            for x in mem:
+                s = [float(k @ query(x[None])[0]) / d ** 0.5 for k in keys]
+                z = sum(torch.tensor(s).exp().tolist())
+                w = [torch.tensor(v).exp().item() / z for v in s]
+                part += sum(lab_i * torch.tensor(lab_i / w[i]).log().item() for i, lab_i in enumerate(lab.tolist()))
+            want += part / mem.shape[0]
+    assert got == pytest.approx(want, rel=1e-4)
+
+
+@pytest.mark.parametrize("method", ["gainlora", "route"])
+def test_label_scoring_with_input_chosen_branches(model_dirs, data_dir, tmp_path, method):
+    """Label scoring (one prompt pass, labels from its cache) keeps the prompt's gates / route, and `nlora eval`
+    gives the same predictions."""
+    out = tmp_path / "score"
+    assert run_cli(model_dirs["llama"], data_dir, out, method, "--eval-mode", "score") == 0
+    last = out / "tasks" / "02-mood"
+    assert main(["eval", str(out), "--tasks", ",".join(NAMES)]) == 0
+    again = out / "eval" / "after-02" / "topic+mood" / "predictions.jsonl"
+    assert again.read_text() == (last / "predictions.jsonl").read_text()
+    assert all(json.loads(x)["prediction"] in ("World", "Sports", "positive", "negative")
+               for x in again.read_text().splitlines())

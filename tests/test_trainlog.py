@@ -190,3 +190,29 @@ def test_report_plots_loss_curves(model_dirs, data_dir, tmp_path):
         log.unlink()
     assert main(["report", str(out), "--out", str(tmp_path / "rep2")]) == 0
     assert "loss_curves" not in (tmp_path / "rep2" / "report.md").read_text()
+
+
+def test_resumed_log_is_cut_back_to_the_checkpoint(tmp_path):
+    """Unit level: lines past the checkpoint's step and a line cut short by a kill are dropped on resume; with
+    another --log-every the next line starts after the last kept one."""
+    from nlora.trainlog import TaskLog
+
+    path = tmp_path / "train_log.jsonl"
+    log = TaskLog(path, every=1, run=None, index=0, name="t")
+    log.begin(0, total_steps=6, batch_sizes=[2] * 12, grad_accum=2, epochs=1.0)
+    losses = [float(i) for i in range(12)]
+    for step in range(1, 6):
+        log.step(step, 2 * step, losses, [0.0] * 12, 0.01, 1.0, elapsed=float(step))
+    with open(path, "a") as f:
+        f.write('{"step": 6, "total_st')  # killed mid-line
+    assert [r["step"] for r in read_log(path)] == [1, 2, 3, 4, 5]
+    assert read_log(path)[1]["loss"] == 2.5  # mean of micro-batches 2 and 3
+    resumed = TaskLog(path, every=4, run=None, index=0, name="t")
+    resumed.begin(3, total_steps=6, batch_sizes=[2] * 12, grad_accum=2, epochs=1.0)  # checkpoint at step 3
+    assert [r["step"] for r in read_log(path)] == [1, 2, 3] and path.read_text().endswith("}\n")
+    for step in range(4, 7):
+        resumed.step(step, 2 * step, losses, [0.0] * 12, 0.01, 1.0, elapsed=float(step))
+    rows = read_log(path)
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 6]
+    assert rows[3]["loss"] == 6.5 and rows[4]["loss"] == 9.5  # micro 6-7, then 8-11: after the last kept line
+    assert not list(tmp_path.glob(".*.tmp"))

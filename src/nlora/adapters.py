@@ -15,6 +15,7 @@ from peft.tuners.lora import LoraLayer
 
 from .config import LoraSettings
 from .errors import NloraError
+from .io import read_safetensors
 
 
 @dataclass
@@ -256,14 +257,13 @@ EXTRA_FILE = "method_state.safetensors"
 def load_extra(module: torch.nn.Module, path: Path) -> None:
     """Load a method's saved state into ``module``; buffers take the saved shape (a GPM basis grows with
     tasks), parameters must match."""
-    from safetensors.torch import load_file
-
-    if not path.is_file():
-        raise NloraError(f"{path.parent}: the method's saved state ({EXTRA_FILE}) is missing")
-    state = load_file(str(path))
+    state = read_safetensors(path, "the method's saved state")
     for key, value in state.items():
         owner, _, leaf = key.rpartition(".")
-        sub = module.get_submodule(owner) if owner else module
+        try:
+            sub = module.get_submodule(owner) if owner else module
+        except AttributeError:
+            continue  # not this method's: load_state_dict names it
         if leaf in sub._buffers and sub._buffers[leaf] is not None and sub._buffers[leaf].shape != value.shape:
             sub._buffers[leaf] = value.to(sub._buffers[leaf].device, sub._buffers[leaf].dtype)
     try:

@@ -19,9 +19,9 @@ from . import __version__, metrics
 from . import checkpoint as ckpt
 from . import rundir
 from .adapters import ContinualLoRA
-from .batching import collate_train, encode
+from .batching import collate_train, encode, encode_prompts
 from .config import RunConfig, save_config
-from .data import Example, TaskData, load_tasks, resolve_task_dirs
+from .data import TaskData, load_tasks, resolve_task_dirs
 from .dist import Dist, fit_global_batch, machine_name
 from .dist import setup as dist_setup
 from .errors import NloraError
@@ -194,16 +194,21 @@ def _predict_routed(lora, tok, task: TaskData, router, expected, dist, gen_kw):
     groups: dict[tuple, list[int]] = {}
     for n, choice in enumerate(chosen):
         groups.setdefault(choice, []).append(n)
-    predictions = [""] * len(examples)
+    predictions, lens, truncated = [""] * len(examples), [0] * len(examples), []
+    counted = True  # every group reports generation lengths (label scoring reports none)
     for choice, idx in groups.items():
         part = TaskData(task.name, task.category, task.labels, {"test": [examples[n] for n in idx]})
         lora.activate(list(choice))
         with lora.merged(lora.active()):
             (answered,) = predict_tasks(lora.model, tok, [part], dist=dist, **gen_kw)
-        for n, y in zip(idx, answered.predictions):
-            predictions[n] = y
+        for j, n in enumerate(idx):
+            predictions[n] = answered.predictions[j]
+            lens[n] = answered.gen_lens[j] if answered.gen_lens is not None else 0
+        counted = counted and answered.gen_lens is not None
+        truncated.append(answered.truncated)
     preds = TaskPredictions(task.name, task.category, [e.prompt for e in examples], [e.label for e in examples],
-                            predictions)
+                            predictions, lens if counted else None,
+                            None if None in truncated else sum(truncated))
     counts = {"+".join(c): len(idx) for c, idx in sorted(groups.items())}
     right = len(groups.get(tuple(expected), [])) if expected is not None else None
     return preds, {"expected": "+".join(expected) if expected is not None else None, "routed": counts,
@@ -222,14 +227,16 @@ def routing_summary(per_task: dict) -> dict:
             "tasks": per_task}
 
 
-def example_router(method, lora, task_index: int, tok, seq2seq: bool, max_source: int):
-    """For methods that route by the input: prompts -> the adapters answering each (encoded as in training).
-    None for the others, whose evaluation is unchanged."""
+def example_router(method, lora, task_index: int, tok, seq2seq: bool, max_source: int, compat: str = "clean"):
+    """For methods that route by the input: prompts -> the adapters answering each (token ids as the model
+    reads them in evaluation). None for the others, whose evaluation is unchanged."""
     if not method.routes_by_input:
         return None
 
     def router(prompts: list[str]) -> list[list[str]]:
-        sources = [e.source for e in encode(tok, [Example(p, "") for p in prompts], seq2seq, max_source, 2)]
+        if not prompts:
+            return []
+        sources = [e.source for e in encode_prompts(tok, prompts, seq2seq, max_source, compat)]
         return method.route_examples(lora, task_index, sources)
     return router
 
@@ -365,15 +372,20 @@ def _run(cfg: RunConfig, overwrite: bool, held: ExitStack) -> dict:
         fresh = not (tdir / "predict_results.json").is_file()  # a resumed run's earlier evaluations are not re-logged
         results = evaluate_and_write(lora.model, tok, [all_tasks[j] for j in evaluated], tdir, gen_kw, dist,
                                      reuse=True, routes=route_positions(method, t, evaluated), lora=lora,
-                                     router=example_router(method, lora, t, tok, loaded.seq2seq, cfg.max_source_length))
+                                     router=example_router(method, lora, t, tok, loaded.seq2seq, cfg.max_source_length,
+                                                           cfg.compat))
         for j in evaluated:
             matrix[t][j] = results[f"predict_exact_match_for_{all_tasks[j].name}"]
         if fresh:
             runlog.log_eval({all_tasks[j].name: matrix[t][j] for j in evaluated})
         loss = "-" if entry["train_loss"] is None else f"{entry['train_loss']:.4f}"
+        routed = _read_json(tdir / "routing.json") if (tdir / "routing.json").is_file() else None  # route
         log(f"after {task.name}: loss {loss}, exact match "
-            + ", ".join(f"{all_tasks[j].name} {matrix[t][j]:.1f}" for j in evaluated))
-        per_task.append({**entry, "eval_seconds": results["predict_runtime"]})
+            + ", ".join(f"{all_tasks[j].name} {matrix[t][j]:.1f}" for j in evaluated)
+            + (f"; routed as the task id would: {routed['accuracy']:.1f}%" if routed and routed["accuracy"] is not None
+               else ""))
+        per_task.append({**entry, "eval_seconds": results["predict_runtime"],
+                         **({"routing_accuracy": routed["accuracy"]} if routed else {})})
 
     summary = {
         "tasks": cfg.task_names, "method": cfg.method, "model": cfg.model, "preset": cfg.preset,
@@ -483,5 +495,5 @@ def _evaluate_run(run_dir: Path, task_names: list[str], after_task: int | None, 
     results = evaluate_and_write(lora.model, loaded.tokenizer, [tasks[t] for t in task_names], dest, gen_kw,
                                  routes=route_positions(method, k - 1, evaluated), lora=lora,
                                  router=example_router(method, lora, k - 1, loaded.tokenizer, loaded.seq2seq,
-                                                       cfg.max_source_length))
+                                                       cfg.max_source_length, cfg.compat))
     return dest, results

@@ -74,7 +74,7 @@ class InputGates:
         if not self.seq2seq:
             past = next((kwargs[k] for k in ("cache", "past_key_values") if kwargs.get(k) is not None), None)
             if past is not None and hasattr(past, "get_seq_length") and past.get_seq_length() > 0:
-                return None  # a generation step after the prompt's: keep the prompt's gates
+                return  # a generation step after the prompt's: keep the prompt's gates
         embeds = kwargs.get("inputs_embeds")
         if embeds is None:
             ids = kwargs.get("input_ids", args[0] if args else None)
@@ -82,7 +82,6 @@ class InputGates:
         mask = kwargs.get("attention_mask")
         mask = torch.ones(embeds.shape[:2], device=embeds.device) if mask is None or mask.dim() != 2 else mask
         self.values = self.compute(embeds.detach().float(), mask.to(embeds.device).float())
-        return None
 
     def add(self, lora: ContinualLoRA, adapter: str) -> None:
         if adapter in self.adapters:

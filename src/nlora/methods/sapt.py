@@ -16,7 +16,8 @@ Not included: SAPT's attentive reflection module (ARM), which keeps old tasks' s
 replaying *generated pseudo-samples* of each old task through the attention (a KL term towards their recorded
 weights). It needs a per-task generator model and a generation pipeline; without it nothing stops g and the
 new key from pulling old tasks' inputs towards the newest branch, so expect more forgetting than the paper
-reports. Choices where the source is silent or where we differ: max pooling over the prompt's real tokens
+reports; ``sapt-arm`` (below) adds ARM's loss with 2% kept real examples instead. Choices where the source
+is silent or where we differ: max pooling over the prompt's real tokens
 (the code pools over padded positions too); for decoder-only models training pools over prompt + answer,
 evaluation over the prompt; the first task is mixed too (one key: weight 1), where the LLaMA scripts run it
 with ``--run_single``. Stored per task: its LoRA, its key (d) and the query network snapshot (2*100*d + 2*d);
@@ -84,10 +85,13 @@ class SaptSals(Method):
         super().start(lora, name)
         if name not in lora.extras:
             d = lora.model.get_base_model().get_input_embeddings().embedding_dim
-            lora.attach_extra(name, SaptState(d, QUERY_HIDDEN))
+            lora.attach_extra(name, self.make_state(d))
         if id(lora) not in self._gates:
             self._gates[id(lora)] = InputGates(lora, lambda embeds, mask: self.gate_values(lora, embeds, mask))
         self._gates[id(lora)].add(lora, name)
+
+    def make_state(self, d: int) -> torch.nn.Module:
+        return SaptState(d, QUERY_HIDDEN)
 
     def tasks_in(self, lora: ContinualLoRA) -> list[str]:
         return [n for n in lora.adapters if n in lora.extras]
@@ -138,7 +142,21 @@ def replay_kl(keys: torch.Tensor, query: torch.nn.Module, memories: list[torch.T
 
 @register
 class SaptReplay(SaptSals):
-    name = "sapt-replay"
+    """sapt-sals plus SAPT's attentive reflection loss (ARM) on kept *real* examples instead of generated
+    pseudo-samples (source: circle-hit/SAPT ``src/t5_prompt.py::memory_replay``, ``src/run_t5.py`` l.570-610).
+
+    After task j: 2% of its training prompts (at least one, seeded) are kept as their max-pooled frozen input
+    embeddings (all the attention module reads, so the same as keeping the prompts), and label_j = its mean
+    mixture weights over its training prompts as its own training left them (the code records them on the dev
+    set). Every step of a later task t adds lambda * sum_{j<t} KL([label_j, 0, ..., 0] || w(x)), the KL averaged
+    over j's kept inputs (``KLDivLoss(batchmean)`` as the code), lambda = --lambda, default 0.1 (the Long T5
+    scripts' kl_ratio). It trains the query network and the new key to keep old inputs' weights where they were.
+    Everything else as sapt-sals (see its module text: LoRA per task, key per task, shared query network,
+    softmax mixture, no task id; CL_Benchmark prompts name their task, so the selection gets the task id nearly
+    free there). Stored per task: as sapt-sals + k x d pooled embeddings + its label. Replay: yes (2%).
+    """
+
+    name = "sapt-arm"
     summary = "sapt-sals + its attention replay (ARM) on 2% kept real examples instead of generated pseudo-samples"
     venue = "2024 ACL (replay of real examples: ours)"
     trains = "the new task's LoRA, its key and the shared query network (+ a KL on kept examples' weights)"
@@ -152,12 +170,8 @@ class SaptReplay(SaptSals):
         super().__init__(cfg)
         self._trained: int | None = None
 
-    def start(self, lora: ContinualLoRA, name: str) -> None:
-        if name not in lora.extras and lora.model is not None:
-            d = lora.model.get_base_model().get_input_embeddings().embedding_dim
-            Method.start(self, lora, name)
-            lora.attach_extra(name, SaptReplayState(d, QUERY_HIDDEN))
-        super().start(lora, name)
+    def make_state(self, d: int) -> torch.nn.Module:
+        return SaptReplayState(d, QUERY_HIDDEN)
 
     def before_training(self, lora: ContinualLoRA, task_index: int, settings: TaskSettings,
                         ctx: TaskContext) -> None:
