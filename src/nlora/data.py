@@ -83,12 +83,10 @@ def read_labels(path: Path) -> list[str]:
     return labels
 
 
-UNKNOWN_LABEL_POLICIES = ("error", "drop", "keep")
-
-
 def read_split(path: Path, labels: list[str], unknown_labels: str = "error") -> list[dict]:
     """Rows of a split. A label outside labels.json is an error, or dropped, or kept (scored as the
-    reference does, where it can never be matched: MNLI marks its unlabelled examples '-')."""
+    reference does: MNLI marks its unlabelled examples '-', which normalises to "" and so matches an empty or
+    punctuation-only prediction, in the release as here)."""
     rows = read_json(path)
     if not isinstance(rows, list):
         raise NloraError(f"{path}: expected a JSON list of {{\"label\", \"sentence\"}} objects")

@@ -263,9 +263,3 @@ def release_prediction_rows(preds: list[TaskPredictions], labels: list[list[str]
                                       "instruction": f"{instruction}{{0}}\n{ANSWER_MARKER}"},
                          "Prediction": pred})
     return rows
-
-
-def timed_predict(model, tokenizer, tasks: list[TaskData], **kw) -> tuple[list[TaskPredictions], dict]:
-    start = time.perf_counter()
-    preds = predict_tasks(model, tokenizer, tasks, **kw)
-    return preds, results_dict(preds, time.perf_counter() - start)
