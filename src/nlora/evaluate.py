@@ -6,7 +6,6 @@ predict_eval_predictions.jsonl is the release's predictions file, beside nlora's
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import torch
