@@ -1,4 +1,5 @@
-"""The benchmark scripts' bookkeeping (their speed figures are measured, not tested)."""
+"""The benchmark scripts: their bookkeeping, and the throughput script's lines and code paths (its speed figures
+are measured, not tested)."""
 
 import importlib.util
 import statistics
@@ -6,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from test_fetch import write_tree
 
 ROOT = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -100,7 +100,8 @@ def test_throughput_times_the_real_train_task_and_predict_tasks(toy_cl, monkeypa
     trained = _counting(monkeypatch, nlora.train, "train_task")
     predicted = _counting(monkeypatch, nlora.evaluate, "predict_tasks")
     tp.main(["--shape", "tiny", "--cases", "train,scaling,eval", "--data-dir", str(toy_cl), "--tasks", "topic,mood",
-             "--examples", "8", "--batch", "4", "--eval-per-task", "2", "--repeats", "2", "--threads", "1", "--also-bf16"])
+             "--examples", "8", "--batch", "4", "--eval-per-task", "2", "--repeats", "2", "--threads", "1",
+             "--also-bf16"])
     train, scaling, evals = _lines(capsys)
     assert [train["case"], scaling["case"], evals["case"]] == ["train", "scaling", "eval"]
     for rec in (train, scaling, evals):
