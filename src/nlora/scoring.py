@@ -20,6 +20,7 @@ import inspect
 import torch
 
 from .batching import Encoded
+from .logits import accepts_logits_to_keep
 
 
 def cached_scoring_applies(model) -> bool:
@@ -62,7 +63,9 @@ def candidate_logprobs(model, prompts: list[Encoded], candidates: list[list[int]
 def _decoder_only(model, prompts, candidates, pad_id, device) -> torch.Tensor:
     ids, mask = _left_pad([p.source for p in prompts], pad_id, device)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+    # only the last position's logits are needed from the prompt pass: not a vocabulary-wide row per token
+    keep = {"logits_to_keep": 1} if accepts_logits_to_keep(model) else {}
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **keep)
     cache_arg = _cache_argument(model)
     cache = getattr(out, "cache", None) or out.past_key_values
     first = torch.log_softmax(out.logits[:, -1].float(), -1)  # predicts every candidate's first token
