@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 
 from nlora.config import resolve
-from nlora.dist import machine_name
 from nlora.data import index_tasks
+from nlora.dist import machine_name
 from nlora.io import write_json, write_text
 from nlora.recipe import run
 from nlora.report import analyze
@@ -51,11 +51,25 @@ def carve_validation(data_dir: Path, tasks: list[str], dest: Path, n_val: int, s
 
 
 def run_one(args, method: str, tasks: str, seed: int, out: Path, data_dir: Path, lam: float | None) -> dict:
-    overrides = dict(model=args.model, data_dir=str(data_dir), output_dir=str(out), task_names=tasks.split(","),
-                     method=method, lr=args.lr, epochs=args.epochs, batch_size=args.batch_size, seed=seed,
-                     max_train_per_task=args.max_train, max_test_per_task=args.max_test, precision=args.precision,
-                     unknown_labels="drop", device=args.device, nlora_form=args.nlora_form,
-                     eval_scope=args.eval_scope, save_every=args.save_every)
+    overrides = dict(
+        model=args.model,
+        data_dir=str(data_dir),
+        output_dir=str(out),
+        task_names=tasks.split(","),
+        method=method,
+        lr=args.lr,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        seed=seed,
+        max_train_per_task=args.max_train,
+        max_test_per_task=args.max_test,
+        precision=args.precision,
+        unknown_labels="drop",
+        device=args.device,
+        nlora_form=args.nlora_form,
+        eval_scope=args.eval_scope,
+        save_every=args.save_every,
+    )
     if lam is not None:
         overrides["lambda"] = lam
     if args.lora_r is not None:  # the default r 8 / alpha 32 stays out of the config when not asked for
@@ -68,6 +82,9 @@ def choose_lambdas(args, methods: list[str], tasks: str) -> tuple[dict[str, floa
     val_data = carve_validation(Path(args.data_dir), tasks.split(","), Path(args.out) / "valdata", args.val, 0)
     chosen, tried = {}, {}
     for method in methods:
+        if method in args.fixed_lambda:
+            chosen[method] = args.fixed_lambda[method]
+            continue
         grid = GRIDS.get(method)
         if not grid:
             chosen[method] = None
@@ -78,8 +95,12 @@ def choose_lambdas(args, methods: list[str], tasks: str) -> tuple[dict[str, floa
             scores.append(((s["aa"], s["bwt"] if s["bwt"] is not None else 0.0), lam))
         chosen[method] = max(scores)[1]
         tried[method] = [{"lambda": lam, "val_aa": aa, "val_bwt": bwt} for (aa, bwt), lam in scores]
-        print(f"[accuracy] {method}: lambda {chosen[method]:g} (validation AA/BWT: "
-              + ", ".join(f"{lam:g} -> {aa:.1f}/{bwt:.1f}" for (aa, bwt), lam in scores) + ")", flush=True)
+        print(
+            f"[accuracy] {method}: lambda {chosen[method]:g} (validation AA/BWT: "
+            + ", ".join(f"{lam:g} -> {aa:.1f}/{bwt:.1f}" for (aa, bwt), lam in scores)
+            + ")",
+            flush=True,
+        )
     return chosen, tried
 
 
@@ -104,15 +125,31 @@ def main(argv=None) -> None:
     p.add_argument("--epochs", type=float, default=1.0)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--eval-scope", choices=["seen", "needed"], default="needed",
-                   help="needed (default): only what AA and BWT use; seen: the whole lower triangle")
+    p.add_argument(
+        "--eval-scope",
+        choices=["seen", "needed"],
+        default="needed",
+        help="needed (default): only what AA and BWT use; seen: the whole lower triangle",
+    )
     p.add_argument("--save-every", type=int, default=10, help="step checkpoints, so a stopped run loses little")
     p.add_argument("--lora-r", type=int, help="LoRA rank for every method (default: nlora's 8)")
     p.add_argument("--lora-alpha", type=float, help="LoRA alpha (default with --lora-r: 4 x r, the scale of r 8 / 32)")
     p.add_argument("--precision", default="bf16")
     p.add_argument("--nlora-form", default="paper", choices=["paper", "reference"])
     p.add_argument("--device", default="auto")
+    p.add_argument(
+        "--lambda",
+        dest="fixed_lambda",
+        action="append",
+        default=[],
+        metavar="METHOD=VALUE",
+        help="use this lambda for METHOD instead of choosing it on validation data (repeatable)",
+    )
     args = p.parse_args(argv)
+    try:
+        args.fixed_lambda = {m: float(v) for m, v in (x.split("=", 1) for x in args.fixed_lambda)}
+    except ValueError:
+        p.error("--lambda takes METHOD=VALUE, e.g. n-lora=1e-5")
     sequences = dict(s.split("=", 1) for s in args.sequence) if args.sequence else SEQUENCES
     methods, seeds = args.methods.split(","), [int(s) for s in args.seeds.split(",")]
     lambdas, tried = choose_lambdas(args, methods, next(iter(sequences.values())))
@@ -124,17 +161,42 @@ def main(argv=None) -> None:
                 out = Path(args.out) / "runs" / name / method / f"seed-{seed}"
                 s = run_one(args, method, tasks, seed, out, Path(args.data_dir), lambdas[method])
                 a = analyze(out) if method in ANALYSED else None
-                runs.append({"seed": seed, "aa": s["aa"], "bwt": s["bwt"], "wall_time_s": s["wall_time_s"],
-                             "acr": a["acr"] if a else None, "nuclear_norm": a["nuclear_norm"]["mean"] if a else None,
-                             "accuracy_matrix": s["accuracy_matrix"]})
-            rows.append({"sequence": name, "method": method, "lambda": lambdas[method], "runs": runs,
-                         **{f"{k}_mean_sd": mean_sd([r[k] for r in runs])
-                            for k in ("aa", "bwt", "acr", "nuclear_norm", "wall_time_s")}})
+                runs.append(
+                    {
+                        "seed": seed,
+                        "aa": s["aa"],
+                        "bwt": s["bwt"],
+                        "wall_time_s": s["wall_time_s"],
+                        "acr": a["acr"] if a else None,
+                        "nuclear_norm": a["nuclear_norm"]["mean"] if a else None,
+                        "accuracy_matrix": s["accuracy_matrix"],
+                    }
+                )
+            rows.append(
+                {
+                    "sequence": name,
+                    "method": method,
+                    "lambda": lambdas[method],
+                    "runs": runs,
+                    **{
+                        f"{k}_mean_sd": mean_sd([r[k] for r in runs])
+                        for k in ("aa", "bwt", "acr", "nuclear_norm", "wall_time_s")
+                    },
+                }
+            )
     device = "cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu"
     machine = machine_name(device)
-    write_json(Path(args.out) / "results.json", {"settings": vars(args), "machine": machine, "lambdas": lambdas,
-                                                 "selection": tried, "rows": rows,
-                                                 "comparisons": paired_comparisons(rows)})
+    write_json(
+        Path(args.out) / "results.json",
+        {
+            "settings": vars(args),
+            "machine": machine,
+            "lambdas": lambdas,
+            "selection": tried,
+            "rows": rows,
+            "comparisons": paired_comparisons(rows),
+        },
+    )
     text = table(rows, args, machine, tried)
     write_text(Path(args.out) / "table.md", text)
     print(text)
@@ -146,40 +208,66 @@ def _ms(pair, scale=1.0, digits=2) -> str:
 
 
 def table(rows: list[dict], args, machine: str, tried: dict | None = None) -> str:
-    lines = [f"{args.model}, {args.max_train} train / {args.max_test} test per task, {args.epochs:g} epoch(s), batch "
-             f"{args.batch_size}, lr {args.lr:g}, {args.precision}, seeds {args.seeds}, {machine}; lambda chosen on "
-             f"a validation split of {args.val} training rows per task.", "",
-             "| sequence | method | lambda | AA | BWT | ACR (%) | mean nuclear norm | wall time (s) |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"{args.model}, {args.max_train} train / {args.max_test} test per task, {args.epochs:g} epoch(s), batch "
+        f"{args.batch_size}, lr {args.lr:g}, {args.precision}, seeds {args.seeds}, {machine}; lambda chosen on "
+        f"a validation split of {args.val} training rows per task.",
+        "",
+        "| sequence | method | lambda | AA | BWT | ACR (%) | mean nuclear norm | wall time (s) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         lam = "-" if r["lambda"] is None else f"{r['lambda']:g}"
-        lines.append(f"| {r['sequence']} | {r['method']} | {lam} "
-                     f"| {_ms(r['aa_mean_sd'])} | {_ms(r['bwt_mean_sd'])} | {_ms(r['acr_mean_sd'], 100, 3)} "
-                     f"| {_ms(r['nuclear_norm_mean_sd'], 1, 4)} | {_ms(r['wall_time_s_mean_sd'], 1, 0)} |")
+        lines.append(
+            f"| {r['sequence']} | {r['method']} | {lam} "
+            f"| {_ms(r['aa_mean_sd'])} | {_ms(r['bwt_mean_sd'])} | {_ms(r['acr_mean_sd'], 100, 3)} "
+            f"| {_ms(r['nuclear_norm_mean_sd'], 1, 4)} | {_ms(r['wall_time_s_mean_sd'], 1, 0)} |"
+        )
     if tried:
-        lines += ["", "Lambda selection (seed 1, validation split; chosen by AA, then BWT):", "",
-                  "| method | lambda | validation AA | validation BWT |", "|---|---|---|---|"]
-        lines += [f"| {m} | {x['lambda']:g} | {x['val_aa']:.2f} | {x['val_bwt']:.2f} |" for m, xs in tried.items()
-                  for x in xs]
-    lines += ["", "Per seed (AA / BWT):", "", "| sequence | method | " + " | ".join(f"seed {s}" for s in args.seeds.split(","))
-              + " |", "|---|---|" + "---|" * len(args.seeds.split(","))]
+        lines += [
+            "",
+            "Lambda selection (seed 1, validation split; chosen by AA, then BWT):",
+            "",
+            "| method | lambda | validation AA | validation BWT |",
+            "|---|---|---|---|",
+        ]
+        lines += [
+            f"| {m} | {x['lambda']:g} | {x['val_aa']:.2f} | {x['val_bwt']:.2f} |" for m, xs in tried.items() for x in xs
+        ]
+    lines += [
+        "",
+        "Per seed (AA / BWT):",
+        "",
+        "| sequence | method | " + " | ".join(f"seed {s}" for s in args.seeds.split(",")) + " |",
+        "|---|---|" + "---|" * len(args.seeds.split(",")),
+    ]
     for r in rows:
         cells = [f"{x['aa']:.2f} / " + ("-" if x["bwt"] is None else f"{x['bwt']:.2f}") for x in r["runs"]]
         lines.append(f"| {r['sequence']} | {r['method']} | " + " | ".join(cells) + " |")
     comparisons = paired_comparisons(rows)
     if comparisons:
-        lines += ["", "Paired by seed (each seed draws its own training and test samples, the same for every "
-                  "method), first method minus second; t = mean / (sd / sqrt(n)); with 3 seeds |t| > 4.30 is a "
-                  "difference at the 5% level (two-sided):", "",
-                  "| sequence | comparison | metric | per-seed differences | mean ± sd | t |", "|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "Paired by seed (each seed draws its own training and test samples, the same for every "
+            "method), first method minus second; t = mean / (sd / sqrt(n)); with 3 seeds |t| > 4.30 is a "
+            "difference at the 5% level (two-sided):",
+            "",
+            "| sequence | comparison | metric | per-seed differences | mean ± sd | t |",
+            "|---|---|---|---|---|---|",
+        ]
         for c in comparisons:
             t = "-" if c["t"] is None else f"{c['t']:.2f}"
-            lines.append(f"| {c['sequence']} | {c['first']} - {c['second']} | {c['metric']} | "
-                         + ", ".join(f"{d:+.2f}" for d in c["diffs"]) + f" | {c['mean']:+.2f} ± {c['sd']:.2f} | {t} |")
+            lines.append(
+                f"| {c['sequence']} | {c['first']} - {c['second']} | {c['metric']} | "
+                + ", ".join(f"{d:+.2f}" for d in c["diffs"])
+                + f" | {c['mean']:+.2f} ± {c['sd']:.2f} | {t} |"
+            )
     return "\n".join(lines) + "\n"
 
 
-def paired_comparisons(rows: list[dict], first: str = "n-lora", others: tuple = ("o-lora", "seq-lora", "inc-lora")) -> list:
+def paired_comparisons(
+    rows: list[dict], first: str = "n-lora", others: tuple = ("o-lora", "seq-lora", "inc-lora")
+) -> list:
     """N-LoRA against each baseline on AA and BWT, seed by seed (seeds share their data samples)."""
     out = []
     for seq in dict.fromkeys(r["sequence"] for r in rows):
@@ -189,15 +277,28 @@ def paired_comparisons(rows: list[dict], first: str = "n-lora", others: tuple = 
                 continue
             seeds = sorted(set(by_method[first]) & set(by_method[other]))
             for metric in ("aa", "bwt"):
-                diffs = [by_method[first][s][metric] - by_method[other][s][metric] for s in seeds
-                         if by_method[first][s][metric] is not None and by_method[other][s][metric] is not None]
+                diffs = [
+                    by_method[first][s][metric] - by_method[other][s][metric]
+                    for s in seeds
+                    if by_method[first][s][metric] is not None and by_method[other][s][metric] is not None
+                ]
                 if not diffs:
                     continue
                 mean = statistics.mean(diffs)
                 sd = statistics.stdev(diffs) if len(diffs) > 1 else 0.0
                 t = mean / (sd / len(diffs) ** 0.5) if len(diffs) > 1 and sd > 0 else None
-                out.append({"sequence": seq, "first": first, "second": other, "metric": metric.upper(),
-                            "diffs": diffs, "mean": mean, "sd": sd, "t": t})
+                out.append(
+                    {
+                        "sequence": seq,
+                        "first": first,
+                        "second": other,
+                        "metric": metric.upper(),
+                        "diffs": diffs,
+                        "mean": mean,
+                        "sd": sd,
+                        "t": t,
+                    }
+                )
     return out
 
 

@@ -11,7 +11,6 @@ prints the table with the machine.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
@@ -31,17 +30,39 @@ ADAPTER_METHODS = {"n-lora", "o-lora", "inc-lora", "seq-lora", "per-task"}  # wh
 
 
 def run_method(method: str, args) -> dict:
-    overrides = dict(model=args.model, data_dir=args.data_dir, output_dir=str(Path(args.out) / method),
-                     task_names=args.tasks.split(","), method=method, lr=args.lr, epochs=args.epochs,
-                     batch_size=args.batch_size, max_train_per_task=args.max_train, max_test_per_task=args.max_test,
-                     precision=args.precision, seed=args.seed, unknown_labels="drop", device=args.device,
-                     eval_batch_size=args.eval_batch_size, eval_scope=args.eval_scope, save_every=args.save_every)
+    overrides = dict(
+        model=args.model,
+        data_dir=args.data_dir,
+        output_dir=str(Path(args.out) / method),
+        task_names=args.tasks.split(","),
+        method=method,
+        lr=args.lr,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        max_train_per_task=args.max_train,
+        max_test_per_task=args.max_test,
+        precision=args.precision,
+        seed=args.seed,
+        unknown_labels="drop",
+        device=args.device,
+        eval_batch_size=args.eval_batch_size,
+        eval_scope=args.eval_scope,
+        save_every=args.save_every,
+    )
     if method in LAMBDAS:
         overrides["lambda"] = LAMBDAS[method]
     summary = run(resolve(overrides=overrides))
-    row = {"method": method, "lambda": LAMBDAS.get(method), "aa": summary["aa"], "bwt": summary["bwt"],
-           "wall_time_s": summary["wall_time_s"], "resumed": summary.get("resumed", False),
-           "accuracy_matrix": summary["accuracy_matrix"], "acr": None, "nuclear_norm_mean": None}
+    row = {
+        "method": method,
+        "lambda": LAMBDAS.get(method),
+        "aa": summary["aa"],
+        "bwt": summary["bwt"],
+        "wall_time_s": summary["wall_time_s"],
+        "resumed": summary.get("resumed", False),
+        "accuracy_matrix": summary["accuracy_matrix"],
+        "acr": None,
+        "nuclear_norm_mean": None,
+    }
     if method in ADAPTER_METHODS:
         a = analyze(Path(args.out) / method)
         row["acr"], row["nuclear_norm_mean"] = a["acr"], a["nuclear_norm"]["mean"]
@@ -53,14 +74,20 @@ def fmt(v, scale=1.0, digits=2):
 
 
 def table(rows: list[dict], machine: str, args) -> str:
-    lines = [f"Tasks {args.tasks}; {args.max_train} train / {args.max_test} test per task, {args.epochs:g} epochs, "
-             f"batch {args.batch_size}, lr {args.lr:g}, {args.precision}, seed {args.seed}, evaluation scope "
-             f"{args.eval_scope}; {args.model} on {machine}.",
-             "", "| method | lambda | AA | BWT | ACR (%) | mean nuclear norm | wall time (s) |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"Tasks {args.tasks}; {args.max_train} train / {args.max_test} test per task, {args.epochs:g} epochs, "
+        f"batch {args.batch_size}, lr {args.lr:g}, {args.precision}, seed {args.seed}, evaluation scope "
+        f"{args.eval_scope}; {args.model} on {machine}.",
+        "",
+        "| method | lambda | AA | BWT | ACR (%) | mean nuclear norm | wall time (s) |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['method']} | {r['lambda'] if r['lambda'] is not None else '-'} | {fmt(r['aa'])} | "
-                     f"{fmt(r['bwt'])} | {fmt(r['acr'], 100, 3)} | {fmt(r['nuclear_norm_mean'], 1, 4)} | "
-                     f"{r['wall_time_s']:.0f}{' (resumed)' if r['resumed'] else ''} |")
+        lines.append(
+            f"| {r['method']} | {r['lambda'] if r['lambda'] is not None else '-'} | {fmt(r['aa'])} | "
+            f"{fmt(r['bwt'])} | {fmt(r['acr'], 100, 3)} | {fmt(r['nuclear_norm_mean'], 1, 4)} | "
+            f"{r['wall_time_s']:.0f}{' (resumed)' if r['resumed'] else ''} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -77,8 +104,12 @@ def main(argv=None) -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--eval-batch-size", type=int, default=None, help="default: 128 on a GPU, 32 on a CPU")
     p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--eval-scope", choices=["seen", "needed"], default="needed",
-                   help="needed (default): only what AA and BWT use; seen: the whole lower triangle")
+    p.add_argument(
+        "--eval-scope",
+        choices=["seen", "needed"],
+        default="needed",
+        help="needed (default): only what AA and BWT use; seen: the whole lower triangle",
+    )
     p.add_argument("--save-every", type=int, default=10, help="step checkpoints, so a stopped table loses little")
     p.add_argument("--precision", default="bf16")
     p.add_argument("--device", default="auto")

@@ -66,8 +66,11 @@ def main(argv=None) -> None:
     p.add_argument("--shape", help="throughput shape to measure (default: t5-large or llama-7b)")
     p.add_argument("--examples", type=int, default=256, help="examples per throughput measurement")
     p.add_argument("--estimate-only", action="store_true")
-    p.add_argument("--rates", help="TRAIN,EVAL: training examples/s and test generations/s to estimate with, "
-                                   "instead of measuring this machine (e.g. figures from another GPU)")
+    p.add_argument(
+        "--rates",
+        help="TRAIN,EVAL: training examples/s and test generations/s to estimate with, "
+        "instead of measuring this machine (e.g. figures from another GPU)",
+    )
     args = p.parse_args(argv)
     prefix, shape = FAMILIES[args.family]
     presets = [n for n in preset_names() if n.startswith(prefix)]
@@ -79,8 +82,10 @@ def main(argv=None) -> None:
         device = "given rates"
     else:
         train_eps, eval_pps, device = measure(args.shape or shape, args.examples)
-    print(f"[paper] {device}: {train_eps:g} training examples/s, {eval_pps:g} test generations/s "
-          f"(shape {args.shape or shape})")
+    print(
+        f"[paper] {device}: {train_eps:g} training examples/s, {eval_pps:g} test generations/s "
+        f"(shape {args.shape or shape})"
+    )
     runnable = []
     for name in presets:
         train, tests, missing = workload(name, Path(args.data_dir))
@@ -96,8 +101,12 @@ def main(argv=None) -> None:
     from nlora.report import build_report
 
     for name in runnable:
-        run(resolve(preset=name, overrides={"model": args.model, "data_dir": args.data_dir,
-                                            "output_dir": str(Path(args.out) / name)}))
+        run(
+            resolve(
+                preset=name,
+                overrides={"model": args.model, "data_dir": args.data_dir, "output_dir": str(Path(args.out) / name)},
+            )
+        )
     print(f"[paper] report: {build_report([Path(args.out) / n for n in runnable], Path(args.out) / 'report')}")
 
 

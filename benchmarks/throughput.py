@@ -69,16 +69,48 @@ from nlora.recipe import default_eval_batch
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "CL_Benchmark"
 SHAPES = {
-    "tiny": ("llama", dict(vocab_size=384, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                           num_attention_heads=4, num_key_value_heads=2)),
-    "t5-tiny": ("t5", dict(vocab_size=384, d_model=64, d_ff=128, d_kv=16, num_layers=2, num_heads=4,
-                           feed_forward_proj="relu")),
-    "smollm2": ("llama", dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
-                              num_attention_heads=9, num_key_value_heads=3, tie_word_embeddings=True)),
-    "llama-7b": ("llama", dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
-                               num_attention_heads=32, num_key_value_heads=32)),
-    "t5-large": ("t5", dict(vocab_size=32128, d_model=1024, d_ff=4096, d_kv=64, num_layers=24, num_heads=16,
-                            feed_forward_proj="relu")),
+    "tiny": (
+        "llama",
+        dict(
+            vocab_size=384,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+        ),
+    ),
+    "t5-tiny": (
+        "t5",
+        dict(vocab_size=384, d_model=64, d_ff=128, d_kv=16, num_layers=2, num_heads=4, feed_forward_proj="relu"),
+    ),
+    "smollm2": (
+        "llama",
+        dict(
+            vocab_size=49152,
+            hidden_size=576,
+            intermediate_size=1536,
+            num_hidden_layers=30,
+            num_attention_heads=9,
+            num_key_value_heads=3,
+            tie_word_embeddings=True,
+        ),
+    ),
+    "llama-7b": (
+        "llama",
+        dict(
+            vocab_size=32000,
+            hidden_size=4096,
+            intermediate_size=11008,
+            num_hidden_layers=32,
+            num_attention_heads=32,
+            num_key_value_heads=32,
+        ),
+    ),
+    "t5-large": (
+        "t5",
+        dict(vocab_size=32128, d_model=1024, d_ff=4096, d_kv=64, num_layers=24, num_heads=16, feed_forward_proj="relu"),
+    ),
 }
 TASKS = "agnews,amazon,MNLI,QQP"
 E2E_TASKS = "agnews,MNLI,QQP"
@@ -93,6 +125,7 @@ def emit(rec: dict) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- measuring
+
 
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
@@ -171,8 +204,15 @@ def interleaved(variants: dict, device: torch.device, repeats: int, warmups: dic
                 sync(device)
                 times[name].append(time.perf_counter() - start)
             mem[name] = [max(mem[name][0], pm.peak_mib), max(mem[name][1], pm.above_start_mib)]
-    return {name: {"median_s": statistics.median(ts), "times_s": [round(t, 3) for t in ts],
-                   "peak_mib": mem[name][0], "above_start_mib": mem[name][1]} for name, ts in times.items()}
+    return {
+        name: {
+            "median_s": statistics.median(ts),
+            "times_s": [round(t, 3) for t in ts],
+            "peak_mib": mem[name][0],
+            "above_start_mib": mem[name][1],
+        }
+        for name, ts in times.items()
+    }
 
 
 def memory_field(device: torch.device) -> str:
@@ -180,8 +220,12 @@ def memory_field(device: torch.device) -> str:
 
 
 def common_info(args, device: torch.device) -> dict:
-    return {"shape": args.shape, "device": machine_name(device), "torch": torch.__version__,
-            "threads": torch.get_num_threads()}
+    return {
+        "shape": args.shape,
+        "device": machine_name(device),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+    }
 
 
 def load_avg() -> list[float] | None:
@@ -209,6 +253,7 @@ def profile_top(fn, device: torch.device, top: int = 10) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------- model, data
+
 
 def build_model(shape: str, device: torch.device, vocab: int | None = None):
     """A random-initialised model at the named shape (seeded: every copy starts identical)."""
@@ -239,26 +284,53 @@ def load_tokenizer(shape: str):
     return tok, "SmolLM2 tokenizer"
 
 
-def bench_tasks(data_dir: Path | None, names: list[str], n_train: int, n_test: int,
-                seed: int) -> tuple[list[TaskData], str]:
+def bench_tasks(
+    data_dir: Path | None, names: list[str], n_train: int, n_test: int, seed: int
+) -> tuple[list[TaskData], str]:
     """The tasks' train and test examples as nlora reads them (same prompts as a run); synthetic prompts of
     CL_Benchmark-like lengths when the data is absent."""
     if data_dir is not None and data_dir.is_dir():
         tasks = load_tasks(data_dir, names, load_instructions(None), n_train, n_test, seed, "drop")
         return [tasks[n] for n in names], str(data_dir)
     rng = random.Random(seed)
-    words = ["the", "of", "market", "team", "price", "game", "said", "new", "year", "first", "film", "good", "bad",
-             "product", "quality"]
+    words = [
+        "the",
+        "of",
+        "market",
+        "team",
+        "price",
+        "game",
+        "said",
+        "new",
+        "year",
+        "first",
+        "film",
+        "good",
+        "bad",
+        "product",
+        "quality",
+    ]
     out = []
 
     def example(name: str, labels: list[str]) -> Example:
         sentence = " ".join(rng.choice(words) for _ in range(int(rng.lognormvariate(4.0, 0.5))))
         return Example(build_prompt("TC", name, sentence, labels, "Pick the option.\n"), rng.choice(labels))
 
-    for name, labels in (("agnews", ["World", "Sports", "Business", "Science or Technology"]),
-                         ("MNLI", ["neutral", "entailment", "contradiction"])):
-        out.append(TaskData(name, "TC", labels, {"train": [example(name, labels) for _ in range(n_train)],
-                                                 "test": [example(name, labels) for _ in range(n_test)]}))
+    for name, labels in (
+        ("agnews", ["World", "Sports", "Business", "Science or Technology"]),
+        ("MNLI", ["neutral", "entailment", "contradiction"]),
+    ):
+        out.append(
+            TaskData(
+                name,
+                "TC",
+                labels,
+                {
+                    "train": [example(name, labels) for _ in range(n_train)],
+                    "test": [example(name, labels) for _ in range(n_test)],
+                },
+            )
+        )
     return out, "synthetic (no CL_Benchmark)"
 
 
@@ -269,6 +341,7 @@ def user_config(**overrides):
 
 # --------------------------------------------------------------------------------------------- ours
 
+
 class Ours:
     """nlora's real code: ContinualLoRA + the default method (n-lora), train_task and predict_tasks."""
 
@@ -278,30 +351,50 @@ class Ours:
         self.lora = ContinualLoRA(model, cfg.lora, default_target_modules(model), seq2seq)
         self.method = get_method(cfg.method)(cfg)
         base = cfg.tasks[0]
-        self.settings = TaskSettings(base.name, base.lr, base.epochs, batch or base.batch_size, base.grad_accum,
-                                     base.lam, base.lam2)
+        self.settings = TaskSettings(
+            base.name, base.lr, base.epochs, batch or base.batch_size, base.grad_accum, base.lam, base.lam2
+        )
         for t in range(earlier + 1):  # as the recipe: begin_task folds the finished tasks' adapters
             self.method.begin_task(self.lora, t, self.settings)
 
     def train(self, examples: list[Example]) -> None:
         cfg = self.cfg
         data = encode(self.tok, examples, self.seq2seq, cfg.max_source_length, cfg.max_target_length, cfg.compat)
-        nlora_train.train_task(self.lora, self.method, data, self.settings, pad_id=self.tok.pad_token_id,
-                               seq2seq=self.seq2seq, device=self.device, amp_dtype=self.amp, seed=cfg.seed,
-                               compat=cfg.compat, max_grad_norm=cfg.max_grad_norm)
+        nlora_train.train_task(
+            self.lora,
+            self.method,
+            data,
+            self.settings,
+            pad_id=self.tok.pad_token_id,
+            seq2seq=self.seq2seq,
+            device=self.device,
+            amp_dtype=self.amp,
+            seed=cfg.seed,
+            compat=cfg.compat,
+            max_grad_norm=cfg.max_grad_norm,
+        )
 
     def predict(self, tasks: list[TaskData], mode: str, new_tokens: int) -> list:
         """As the recipe's evaluate_and_write: predict_tasks on weights merged with the active adapters."""
         cfg = self.cfg
         with self.lora.merged(self.lora.active()):
             return nlora_evaluate.predict_tasks(
-                self.lora.model, self.tok, tasks, mode=mode, compat=cfg.compat, seq2seq=self.seq2seq,
-                device=self.device, amp_dtype=self.amp,
-                batch_size=cfg.eval_batch_size or default_eval_batch(self.device), max_source=cfg.max_source_length,
-                max_new_tokens=new_tokens if mode == "generate" else cfg.max_target_length)
+                self.lora.model,
+                self.tok,
+                tasks,
+                mode=mode,
+                compat=cfg.compat,
+                seq2seq=self.seq2seq,
+                device=self.device,
+                amp_dtype=self.amp,
+                batch_size=cfg.eval_batch_size or default_eval_batch(self.device),
+                max_source=cfg.max_source_length,
+                max_new_tokens=new_tokens if mode == "generate" else cfg.max_target_length,
+            )
 
 
 # --------------------------------------------------------------------------------------------- reference
+
 
 class Reference:
     """The release's settings written with PEFT as a user would: one PEFT model; the finished tasks' LoRAs kept
@@ -315,8 +408,9 @@ class Reference:
         self.tok, self.seq2seq, self.device, self.amp, self.lam, self.pad_to = tok, seq2seq, device, amp, lam, pad_to
         self.targets = default_target_modules(model)
         self.task_type = TaskType.SEQ_2_SEQ_LM if seq2seq else TaskType.CAUSAL_LM
-        self._config = lambda r: LoraConfig(r=r, lora_alpha=4 * r, lora_dropout=0.1, target_modules=self.targets,
-                                            task_type=self.task_type)
+        self._config = lambda r: LoraConfig(
+            r=r, lora_alpha=4 * r, lora_dropout=0.1, target_modules=self.targets, task_type=self.task_type
+        )
         self.model = get_peft_model(model, self._config(8), adapter_name="task0")
         self.finished: list[dict[str, tuple[torch.Tensor, torch.Tensor]]] = []  # per task: module -> (A, B)
         self.current = "task0"
@@ -337,8 +431,12 @@ class Reference:
 
     def next_task(self) -> None:
         """Finish the current task: its factors join the stacked frozen LoRA; a fresh LoRA trains next."""
-        self.finished.append({n: (m.lora_A[self.current].weight.detach().clone(),
-                                  m.lora_B[self.current].weight.detach().clone()) for n, m in self._layers()})
+        self.finished.append(
+            {
+                n: (m.lora_A[self.current].weight.detach().clone(), m.lora_B[self.current].weight.detach().clone())
+                for n, m in self._layers()
+            }
+        )
         t = len(self.finished)
         if "previous" in self.model.peft_config:
             self.model.delete_adapter("previous")
@@ -362,7 +460,7 @@ class Reference:
         bos = tok.bos_token or ""
         prompts = tok([bos + e.prompt for e in examples], max_length=MAX_SOURCE, truncation=True)["input_ids"]
         labels = tok([e.label for e in examples], add_special_tokens=False)["input_ids"]
-        answers = [lab[:MAX_TARGET - 1] + [tok.eos_token_id] for lab in labels]
+        answers = [lab[: MAX_TARGET - 1] + [tok.eos_token_id] for lab in labels]
         return [(p + a, [-100] * len(p) + a) for p, a in zip(prompts, answers)]
 
     def _collate(self, rows) -> dict[str, torch.Tensor]:
@@ -378,15 +476,19 @@ class Reference:
             ids = [[pad] * (width - len(s)) + s for s, _ in rows]
             mask = [[0] * (width - len(s)) + [1] * len(s) for s, _ in rows]
             labels = [[-100] * (width - len(s)) + lab for s, lab in rows]
-        return {k: torch.tensor(v, device=self.device) for k, v in
-                (("input_ids", ids), ("attention_mask", mask), ("labels", labels))}
+        return {
+            k: torch.tensor(v, device=self.device)
+            for k, v in (("input_ids", ids), ("attention_mask", mask), ("labels", labels))
+        }
 
     def l1(self) -> torch.Tensor:
         """N-LoRA's term on the current task's update: lambda * sum over layers |s B A|."""
         total = torch.zeros((), device=self.device)
         for _, m in self._layers():
-            total = total + (m.scaling[self.current] * m.lora_B[self.current].weight
-                             @ m.lora_A[self.current].weight).abs().sum()
+            total = (
+                total
+                + (m.scaling[self.current] * m.lora_B[self.current].weight @ m.lora_A[self.current].weight).abs().sum()
+            )
         return self.lam * total
 
     def train(self, examples: list[Example], batch: int = 8, lr: float = 1e-3, seed: int = 42) -> None:
@@ -396,7 +498,7 @@ class Reference:
         opt = torch.optim.AdamW(self.trainable, lr=lr, weight_decay=0.0)
         self.model.train()
         for s in range(0, len(order), batch):
-            b = self._collate([rows[i] for i in order[s:s + batch]])
+            b = self._collate([rows[i] for i in order[s : s + batch]])
             with torch.autocast(self.device.type, dtype=self.amp) if self.amp else contextlib.nullcontext():
                 loss = self.model(**b).loss
             (loss + self.l1()).backward()
@@ -416,11 +518,22 @@ class Reference:
                 prompts = [e.prompt if self.seq2seq else (tok.bos_token or "") + e.prompt for e in task.splits["test"]]
                 answers = []
                 for s in range(0, len(prompts), batch):
-                    enc = tok(prompts[s:s + batch], max_length=MAX_SOURCE, truncation=True, padding="longest",
-                              return_tensors="pt").to(self.device)
+                    enc = tok(
+                        prompts[s : s + batch],
+                        max_length=MAX_SOURCE,
+                        truncation=True,
+                        padding="longest",
+                        return_tensors="pt",
+                    ).to(self.device)
                     with torch.autocast(self.device.type, dtype=self.amp) if self.amp else contextlib.nullcontext():
-                        gen = self.model.generate(**enc, max_new_tokens=new_tokens, do_sample=False, num_beams=1,
-                                                  pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+                        gen = self.model.generate(
+                            **enc,
+                            max_new_tokens=new_tokens,
+                            do_sample=False,
+                            num_beams=1,
+                            pad_token_id=tok.pad_token_id,
+                            eos_token_id=tok.eos_token_id,
+                        )
                     texts = tok.batch_decode(gen, skip_special_tokens=True)
                     answers += [t.strip() if self.seq2seq else t.split(ANSWER_MARKER)[-1].strip() for t in texts]
                 out.append(answers)
@@ -430,6 +543,7 @@ class Reference:
 
 
 # --------------------------------------------------------------------------------------------- cases
+
 
 def training_examples(tasks: list[TaskData], n: int, seed: int) -> list[Example]:
     """n training examples drawn from all the tasks (their mix of prompt lengths)."""
@@ -448,7 +562,7 @@ def bench_train(args, device, tok, tasks, info, pad512: bool = False) -> None:
     for name, amp in ours_variants.items():
         model, seq2seq = build_model(args.shape, device, vocab)
         o = Ours(model, seq2seq, tok, device, amp, batch=args.batch)
-        runners[name], warm[name] = (lambda o=o: o.train(examples)), (lambda o=o: o.train(examples[:args.batch]))
+        runners[name], warm[name] = (lambda o=o: o.train(examples)), (lambda o=o: o.train(examples[: args.batch]))
     base_variants = {"reference": None, "peft-bf16": torch.bfloat16}
     if pad512:
         base_variants = {"reference-pad512": None}
@@ -456,27 +570,41 @@ def bench_train(args, device, tok, tasks, info, pad512: bool = False) -> None:
         model, seq2seq = build_model(args.shape, device, vocab)
         r = Reference(model, seq2seq, tok, device, amp, pad_to=MAX_SOURCE if pad512 else None)
         runners[name] = lambda r=r: r.train(examples, args.batch)
-        warm[name] = lambda r=r: r.train(examples[:args.batch], args.batch)
+        warm[name] = lambda r=r: r.train(examples[: args.batch], args.batch)
     res = interleaved(runners, device, args.repeats, warm)
     steps = math.ceil(len(examples) / args.batch)
-    rec = {**info, "case": "train-pad512" if pad512 else "train", "load_avg": load_avg(),
-           "examples": len(examples), "batch": args.batch, "steps_per_pass": steps, "repeats": args.repeats,
-           "s_per_step": {k: round(v["median_s"] / steps, 4) for k, v in res.items()},
-           "examples_per_s": {k: round(len(examples) / v["median_s"], 2) for k, v in res.items()},
-           "pass_times_s": {k: v["times_s"] for k, v in res.items()},
-           memory_field(device): {k: v["peak_mib"] for k, v in res.items()},
-           "above_start_mib": {k: v["above_start_mib"] for k, v in res.items()}}
+    rec = {
+        **info,
+        "case": "train-pad512" if pad512 else "train",
+        "load_avg": load_avg(),
+        "examples": len(examples),
+        "batch": args.batch,
+        "steps_per_pass": steps,
+        "repeats": args.repeats,
+        "s_per_step": {k: round(v["median_s"] / steps, 4) for k, v in res.items()},
+        "examples_per_s": {k: round(len(examples) / v["median_s"], 2) for k, v in res.items()},
+        "pass_times_s": {k: v["times_s"] for k, v in res.items()},
+        memory_field(device): {k: v["peak_mib"] for k, v in res.items()},
+        "above_start_mib": {k: v["above_start_mib"] for k, v in res.items()},
+    }
     bases = [b for b in ("reference", "peft-bf16", "reference-pad512") if b in res]
-    rec["speedup"] = {f"{o} vs {b}": ratio(res[b]["median_s"], res[o]["median_s"])
-                      for o in ours_variants for b in bases}
+    rec["speedup"] = {
+        f"{o} vs {b}": ratio(res[b]["median_s"], res[o]["median_s"]) for o in ours_variants for b in bases
+    }
     # the fields benchmarks/paper.py reads: ours at the user's defaults
     rec["ours_examples_per_s"] = rec["examples_per_s"]["ours"]
     rec["baseline_examples_per_s"] = rec["examples_per_s"][bases[0]]
     emit(rec)
     if args.profile:
         for name, fn in runners.items():
-            emit({**info, "case": f"profile-{rec['case']}-{name}", "load_avg": load_avg(),
-                  "top_ops_self_ms": profile_top(fn, device)})
+            emit(
+                {
+                    **info,
+                    "case": f"profile-{rec['case']}-{name}",
+                    "load_avg": load_avg(),
+                    "top_ops_self_ms": profile_top(fn, device),
+                }
+            )
 
 
 def bench_scaling(args, device, tok, tasks, info) -> None:
@@ -497,15 +625,26 @@ def bench_scaling(args, device, tok, tasks, info) -> None:
         runners[f"reference-task{earlier + 1}"] = lambda r=r: r.train(examples, args.batch)
     res = interleaved(runners, device, args.repeats)
     steps = math.ceil(len(examples) / args.batch)
-    emit({**info, "case": "scaling", "load_avg": load_avg(), "batch": args.batch, "steps_per_pass": steps,
-          "repeats": args.repeats, "ours_precision": "bf16" if amp else "fp32",
-          "s_per_step": {k: round(v["median_s"] / steps, 4) for k, v in res.items()},
-          "pass_times_s": {k: v["times_s"] for k, v in res.items()},
-          "ratio_task16_vs_task1": {"ours (folded)": ratio(res["ours-task16"]["median_s"],
-                                                           res["ours-task1"]["median_s"]),
-                                    "reference (stacked, live)": ratio(res["reference-task16"]["median_s"],
-                                                                       res["reference-task1"]["median_s"])},
-          memory_field(device): {k: v["peak_mib"] for k, v in res.items()}})
+    emit(
+        {
+            **info,
+            "case": "scaling",
+            "load_avg": load_avg(),
+            "batch": args.batch,
+            "steps_per_pass": steps,
+            "repeats": args.repeats,
+            "ours_precision": "bf16" if amp else "fp32",
+            "s_per_step": {k: round(v["median_s"] / steps, 4) for k, v in res.items()},
+            "pass_times_s": {k: v["times_s"] for k, v in res.items()},
+            "ratio_task16_vs_task1": {
+                "ours (folded)": ratio(res["ours-task16"]["median_s"], res["ours-task1"]["median_s"]),
+                "reference (stacked, live)": ratio(
+                    res["reference-task16"]["median_s"], res["reference-task1"]["median_s"]
+                ),
+            },
+            memory_field(device): {k: v["peak_mib"] for k, v in res.items()},
+        }
+    )
 
 
 def bench_eval(args, device, tok, tasks, info) -> None:
@@ -528,27 +667,54 @@ def bench_eval(args, device, tok, tasks, info) -> None:
     res = interleaved(runners, device, args.repeats)
     n = sum(len(t.splits["test"]) for t in tasks)
     ours_default = "ours-generate" if "ours-generate" in res else next(iter(res))
-    rec = {**info, "case": "eval", "load_avg": load_avg(), "test_prompts": n, "tasks": [t.name for t in tasks],
-           "labels_per_task": [len(t.labels) for t in tasks], "new_tokens": args.new_tokens,
-           "ours_batch": user_config().eval_batch_size or default_eval_batch(device), "reference_batch": ref_batch,
-           "repeats": args.repeats,
-           "prompts_per_s": {k: round(n / v["median_s"], 2) for k, v in res.items()},
-           "pass_times_s": {k: v["times_s"] for k, v in res.items()},
-           "speedup": {f"{k} vs {b}": ratio(res[b]["median_s"], v["median_s"])
-                       for k, v in res.items() if k.startswith("ours") for b in ("reference", "peft-bf16")},
-           memory_field(device): {k: v["peak_mib"] for k, v in res.items()},
-           "above_start_mib": {k: v["above_start_mib"] for k, v in res.items()}}
+    rec = {
+        **info,
+        "case": "eval",
+        "load_avg": load_avg(),
+        "test_prompts": n,
+        "tasks": [t.name for t in tasks],
+        "labels_per_task": [len(t.labels) for t in tasks],
+        "new_tokens": args.new_tokens,
+        "ours_batch": user_config().eval_batch_size or default_eval_batch(device),
+        "reference_batch": ref_batch,
+        "repeats": args.repeats,
+        "prompts_per_s": {k: round(n / v["median_s"], 2) for k, v in res.items()},
+        "pass_times_s": {k: v["times_s"] for k, v in res.items()},
+        "speedup": {
+            f"{k} vs {b}": ratio(res[b]["median_s"], v["median_s"])
+            for k, v in res.items()
+            if k.startswith("ours")
+            for b in ("reference", "peft-bf16")
+        },
+        memory_field(device): {k: v["peak_mib"] for k, v in res.items()},
+        "above_start_mib": {k: v["above_start_mib"] for k, v in res.items()},
+    }
     rec["ours_prompts_per_s"] = rec["prompts_per_s"][ours_default]  # read by benchmarks/paper.py
     rec["baseline_prompts_per_s"] = rec["prompts_per_s"]["reference"]
     emit(rec)
     if args.profile:
         for name, fn in runners.items():
-            emit({**info, "case": f"profile-eval-{name}", "load_avg": load_avg(),
-                  "top_ops_self_ms": profile_top(fn, device)})
+            emit(
+                {
+                    **info,
+                    "case": f"profile-eval-{name}",
+                    "load_avg": load_avg(),
+                    "top_ops_self_ms": profile_top(fn, device),
+                }
+            )
 
 
-def reference_run(model_name: str, data_dir: Path, names: list[str], n_train: int, n_test: int, device, seed: int = 42,
-                  batch: int = 8, lr: float = 1e-3) -> dict:
+def reference_run(
+    model_name: str,
+    data_dir: Path,
+    names: list[str],
+    n_train: int,
+    n_test: int,
+    device,
+    seed: int = 42,
+    batch: int = 8,
+    lr: float = 1e-3,
+) -> dict:
     """The same continual run in the release's settings: every task trained with the reference loop, then every
     task seen so far evaluated by generation (the release's matrix), fp32, on one PEFT model."""
     from nlora.models import load_model
@@ -567,34 +733,63 @@ def reference_run(model_name: str, data_dir: Path, names: list[str], n_train: in
         torch.manual_seed(seed + t)
         t0 = time.perf_counter()
         ref.train(task.splits["train"], batch, lr, seed + t)
-        seen = ordered[:t + 1]
+        seen = ordered[: t + 1]
         t1 = time.perf_counter()
         preds = ref.predict(seen, MAX_TARGET, ref_batch)
         train_s, eval_s = train_s + t1 - t0, eval_s + time.perf_counter() - t1
-        matrix.append([100 * statistics.mean(exact_match(p, e.label) for p, e in zip(ps, s.splits["test"]))
-                       for ps, s in zip(preds, seen)])
-    return {"wall_s": time.perf_counter() - start, "aa": statistics.mean(matrix[-1]), "matrix": matrix,
-            "train_s": train_s, "eval_s": eval_s}
+        matrix.append(
+            [
+                100 * statistics.mean(exact_match(p, e.label) for p, e in zip(ps, s.splits["test"]))
+                for ps, s in zip(preds, seen)
+            ]
+        )
+    return {
+        "wall_s": time.perf_counter() - start,
+        "aa": statistics.mean(matrix[-1]),
+        "matrix": matrix,
+        "train_s": train_s,
+        "eval_s": eval_s,
+    }
 
 
-def ours_run(model_name: str, data_dir: Path, names: list[str], n_train: int, n_test: int, out: Path,
-             **overrides) -> dict:
+def ours_run(
+    model_name: str, data_dir: Path, names: list[str], n_train: int, n_test: int, out: Path, **overrides
+) -> dict:
     """`nlora run` as a user starts it (nlora.recipe.run: data, model, training, evaluation, files)."""
     start = time.perf_counter()
-    cfg = resolve(overrides={"model": model_name, "data_dir": str(data_dir), "output_dir": str(out),
-                             "task_names": names, "max_train_per_task": n_train, "max_test_per_task": n_test,
-                             "unknown_labels": "drop", **overrides})
+    cfg = resolve(
+        overrides={
+            "model": model_name,
+            "data_dir": str(data_dir),
+            "output_dir": str(out),
+            "task_names": names,
+            "max_train_per_task": n_train,
+            "max_test_per_task": n_test,
+            "unknown_labels": "drop",
+            **overrides,
+        }
+    )
     summary = nlora_recipe.run(cfg, overwrite=True)
-    return {"wall_s": time.perf_counter() - start, "aa": summary["aa"], "matrix": summary["accuracy_matrix"],
-            "train_s": sum(t["train_seconds"] for t in summary["per_task"]),  # as the run measured its parts
-            "eval_s": sum(t["eval_seconds"] or 0.0 for t in summary["per_task"])}
+    return {
+        "wall_s": time.perf_counter() - start,
+        "aa": summary["aa"],
+        "matrix": summary["accuracy_matrix"],
+        "train_s": sum(t["train_seconds"] for t in summary["per_task"]),  # as the run measured its parts
+        "eval_s": sum(t["eval_seconds"] or 0.0 for t in summary["per_task"]),
+    }
 
 
 def bench_e2e(args, device, info) -> None:
     data_dir = Path(args.data_dir) if args.data_dir else SHARED
     names = args.e2e_tasks.split(",")
-    base = {**info, "case": "e2e", "model": args.e2e_model, "tasks": names, "train_per_task": args.e2e_train,
-            "test_per_task": args.e2e_test}
+    base = {
+        **info,
+        "case": "e2e",
+        "model": args.e2e_model,
+        "tasks": names,
+        "train_per_task": args.e2e_train,
+        "test_per_task": args.e2e_test,
+    }
     try:  # absent data or model: say so in the line, measure nothing
         resolve_task_dirs(data_dir, names)
         if args.e2e_model == "smollm2":
@@ -617,40 +812,66 @@ def bench_e2e(args, device, info) -> None:
         reference_run(args.e2e_model, data_dir, names[:1], args.batch, 2, device)
         order = ["ours", "reference"] + [v for v in variants if v != "ours"]
         for r in range(args.e2e_repeats):
-            for name in (order if r % 2 == 0 else order[::-1]):
+            for name in order if r % 2 == 0 else order[::-1]:
                 with PeakMemory(device) as pm:
                     if name == "reference":
                         res = reference_run(args.e2e_model, data_dir, names, args.e2e_train, args.e2e_test, device)
                     else:
-                        res = ours_run(args.e2e_model, data_dir, names, args.e2e_train, args.e2e_test,
-                                       Path(tmp) / f"{name}-{r}", device=args.device, **variants[name])
+                        res = ours_run(
+                            args.e2e_model,
+                            data_dir,
+                            names,
+                            args.e2e_train,
+                            args.e2e_test,
+                            Path(tmp) / f"{name}-{r}",
+                            device=args.device,
+                            **variants[name],
+                        )
                 results.setdefault(name, []).append(res)
                 mem[name] = max(mem.get(name, 0.0), pm.peak_mib)
     wall = {k: statistics.median(x["wall_s"] for x in v) for k, v in results.items()}
     steps = len(names) * math.ceil(args.e2e_train / 8)
     generations = sum(args.e2e_test * (t + 1) for t in range(len(names)))
-    emit({**base, "load_avg": load_avg(), "batch": 8, "train_steps": steps, "test_generations": generations,
-          "repeats": args.e2e_repeats, "settings": {"ours": "nlora run defaults (precision auto, eval generate)",
-                                                    "ours-score": "the same with --eval-mode score",
-                                                    "reference": "fp32, PEFT, padded to longest, random batches, live "
-                                                                 "adapters, HF generate batch 16"},
-          "wall_s": {k: round(v, 2) for k, v in wall.items()},
-          "speedup": {f"{k} vs reference": ratio(wall["reference"], v) for k, v in wall.items() if k != "reference"},
-          "train_s": {k: round(statistics.median(x["train_s"] for x in v), 2) for k, v in results.items()},
-          "eval_s": {k: round(statistics.median(x["eval_s"] for x in v), 2) for k, v in results.items()},
-          "eval_speedup": {f"{k} vs reference": ratio(statistics.median(x["eval_s"] for x in results["reference"]),
-                                                      statistics.median(x["eval_s"] for x in v))
-                           for k, v in results.items() if k != "reference"},
-          "aa": {k: round(v[-1]["aa"], 2) for k, v in results.items()},
-          memory_field(device): mem})
+    emit(
+        {
+            **base,
+            "load_avg": load_avg(),
+            "batch": 8,
+            "train_steps": steps,
+            "test_generations": generations,
+            "repeats": args.e2e_repeats,
+            "settings": {
+                "ours": "nlora run defaults (precision auto, eval generate)",
+                "ours-score": "the same with --eval-mode score",
+                "reference": "fp32, PEFT, padded to longest, random batches, live adapters, HF generate batch 16",
+            },
+            "wall_s": {k: round(v, 2) for k, v in wall.items()},
+            "speedup": {f"{k} vs reference": ratio(wall["reference"], v) for k, v in wall.items() if k != "reference"},
+            "train_s": {k: round(statistics.median(x["train_s"] for x in v), 2) for k, v in results.items()},
+            "eval_s": {k: round(statistics.median(x["eval_s"] for x in v), 2) for k, v in results.items()},
+            "eval_speedup": {
+                f"{k} vs reference": ratio(
+                    statistics.median(x["eval_s"] for x in results["reference"]),
+                    statistics.median(x["eval_s"] for x in v),
+                )
+                for k, v in results.items()
+                if k != "reference"
+            },
+            "aa": {k: round(v[-1]["aa"], 2) for k, v in results.items()},
+            memory_field(device): mem,
+        }
+    )
 
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--shape", choices=sorted(SHAPES), default="tiny")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--cases", default="train,scaling,eval,e2e",
-                   help="comma-separated: train, train-pad512 (labelled extra), scaling, eval, e2e")
+    p.add_argument(
+        "--cases",
+        default="train,scaling,eval,e2e",
+        help="comma-separated: train, train-pad512 (labelled extra), scaling, eval, e2e",
+    )
     p.add_argument("--data-dir", help="CL_Benchmark folder (default ../shared/CL_Benchmark)")
     p.add_argument("--tasks", default=TASKS, help="tasks whose prompts the component cases use")
     p.add_argument("--examples", type=int, help="training examples per timed pass (default by shape)")
@@ -658,8 +879,11 @@ def main(argv=None) -> None:
     p.add_argument("--batch", type=int, default=8, help="training batch (nlora's default 8)")
     p.add_argument("--new-tokens", type=int, default=5, help="generation cap in the eval case (random weights)")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--also-bf16", action="store_true",
-                   help="where ours defaults to fp32 (CPU), also time ours with --precision bf16")
+    p.add_argument(
+        "--also-bf16",
+        action="store_true",
+        help="where ours defaults to fp32 (CPU), also time ours with --precision bf16",
+    )
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's, one per core)")
     p.add_argument("--profile", action="store_true", help="also the top operators of every variant")
     p.add_argument("--e2e-model", default="smollm2")

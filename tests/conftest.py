@@ -22,7 +22,11 @@ CL_BENCHMARK = SHARED / "CL_Benchmark"
 TOY_TASKS = {
     # name: (category, labels, sentence maker)
     "topic": ("TC", ["World", "Sports"], lambda r, lab: f"{'war' if lab == 'World' else 'goal'} {r.randint(0, 99)}"),
-    "mood": ("SC", ["positive", "negative"], lambda r, lab: f"{'nice' if lab == 'positive' else 'awful'} {r.randint(0, 99)}"),
+    "mood": (
+        "SC",
+        ["positive", "negative"],
+        lambda r, lab: f"{'nice' if lab == 'positive' else 'awful'} {r.randint(0, 99)}",
+    ),
     "COPA": ("COPA", ["A", "B"], lambda r, lab: f"pick {lab}? A: x B: y {r.randint(0, 9)}"),
 }
 
@@ -54,8 +58,19 @@ def tiny_t5():
     from transformers import ByT5Tokenizer, T5Config, T5ForConditionalGeneration
 
     torch.manual_seed(0)
-    cfg = T5Config(vocab_size=384, d_model=32, d_ff=64, d_kv=8, num_layers=2, num_decoder_layers=2, num_heads=4,
-                   decoder_start_token_id=0, pad_token_id=0, eos_token_id=1, dropout_rate=0.0)
+    cfg = T5Config(
+        vocab_size=384,
+        d_model=32,
+        d_ff=64,
+        d_kv=8,
+        num_layers=2,
+        num_decoder_layers=2,
+        num_heads=4,
+        decoder_start_token_id=0,
+        pad_token_id=0,
+        eos_token_id=1,
+        dropout_rate=0.0,
+    )
     return T5ForConditionalGeneration(cfg), ByT5Tokenizer()
 
 
@@ -64,9 +79,19 @@ def tiny_llama():
     from transformers import ByT5Tokenizer, LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=384, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
-                      pad_token_id=0, eos_token_id=1, bos_token_id=None, tie_word_embeddings=False)
+    cfg = LlamaConfig(
+        vocab_size=384,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=None,
+        tie_word_embeddings=False,
+    )
     return LlamaForCausalLM(cfg), ByT5Tokenizer()
 
 

@@ -18,27 +18,44 @@ SEQ2SEQ = {"t5": True, "llama": False}
 
 def setup(model_dirs, kind, data_dir, method="n-lora", fold=False):
     loaded = load_model(str(model_dirs[kind]))
-    lora = ContinualLoRA(loaded.model, LoraSettings(dropout=0.0), default_target_modules(loaded.model),
-                         loaded.seq2seq)
+    lora = ContinualLoRA(loaded.model, LoraSettings(dropout=0.0), default_target_modules(loaded.model), loaded.seq2seq)
     tasks = load_tasks(data_dir, ["topic", "mood"], load_instructions(), 16, 4, 0)
     enc = {n: encode(loaded.tokenizer, t.splits["train"], loaded.seq2seq, 256, 8) for n, t in tasks.items()}
-    cfg = resolve(overrides={"model": "m", "data_dir": "d", "output_dir": "o", "task_names": ["topic", "mood"],
-                             "method": method, "fold_adapters": fold})
+    cfg = resolve(
+        overrides={
+            "model": "m",
+            "data_dir": "d",
+            "output_dir": "o",
+            "task_names": ["topic", "mood"],
+            "method": method,
+            "fold_adapters": fold,
+        }
+    )
     return loaded, lora, enc, get_method(method)(cfg)
 
 
 def fit(lora, method, enc, index, name, loaded):
     settings = TaskSettings(name=name, lr=5e-2, epochs=1, batch_size=4, grad_accum=1, lam=1e-3)
     method.begin_task(lora, index, settings)
-    train_task(lora, method, enc, settings, pad_id=loaded.tokenizer.pad_token_id, seq2seq=loaded.seq2seq,
-               device=torch.device("cpu"), amp_dtype=None, seed=index)
+    train_task(
+        lora,
+        method,
+        enc,
+        settings,
+        pad_id=loaded.tokenizer.pad_token_id,
+        seq2seq=loaded.seq2seq,
+        device=torch.device("cpu"),
+        amp_dtype=None,
+        seed=index,
+    )
 
 
 @torch.no_grad()
 def logits(model, batch):
     model.eval()
-    return model(**{k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "labels",
-                                                              "position_ids")}).logits
+    return model(
+        **{k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "labels", "position_ids")}
+    ).logits
 
 
 def test_new_task_leaves_old_function_untouched(model_dirs, model_kind, data_dir, tmp_path):
@@ -90,8 +107,9 @@ def test_seq_lora_keeps_one_adapter(model_dirs, data_dir):
 
 def test_reference_form_refused_for_gqa(model_dirs, data_dir):
     loaded, lora, enc, _ = setup(model_dirs, "llama", data_dir)
-    cfg = resolve(overrides={"model": "m", "data_dir": "d", "output_dir": "o", "task_names": ["a"],
-                             "nlora_form": "reference"})
+    cfg = resolve(
+        overrides={"model": "m", "data_dir": "d", "output_dir": "o", "task_names": ["a"], "nlora_form": "reference"}
+    )
     from nlora.errors import NloraError
 
     with pytest.raises(NloraError, match=r"v_proj is 16 x 32 .*grouped-query"):

@@ -20,8 +20,20 @@ from test_fetch import write_tree
 
 from nlora.cli import main
 
-RUN_FLAGS = ["--tasks", "topic,mood", "--max-train-per-task", "4", "--max-test-per-task", "2", "--batch-size", "4",
-             "--eval-batch-size", "4", "--max-target-length", "3"]
+RUN_FLAGS = [
+    "--tasks",
+    "topic,mood",
+    "--max-train-per-task",
+    "4",
+    "--max-test-per-task",
+    "2",
+    "--batch-size",
+    "4",
+    "--eval-batch-size",
+    "4",
+    "--max-target-length",
+    "3",
+]
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +45,21 @@ def finished_run(model_dirs, tmp_path_factory) -> Path:
     for name in ("topic", "mood", "COPA"):
         write_task(root / "CL", name)
     out = root / "run"
-    assert main(["run", "--model", str(model_dirs["llama"]), "--data-dir", str(root / "CL"), "--output-dir",
-                 str(out), *RUN_FLAGS]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "--model",
+                str(model_dirs["llama"]),
+                "--data-dir",
+                str(root / "CL"),
+                "--output-dir",
+                str(out),
+                *RUN_FLAGS,
+            ]
+        )
+        == 0
+    )
     return out
 
 
@@ -59,8 +84,17 @@ class Ctx:
         return dest
 
     def run_argv(self, model: Path | str | None = None, *extra: str) -> list[str]:
-        return ["run", "--model", str(model or self.model()), "--data-dir", str(self.data), "--output-dir",
-                str(self.out), *RUN_FLAGS, *extra]
+        return [
+            "run",
+            "--model",
+            str(model or self.model()),
+            "--data-dir",
+            str(self.data),
+            "--output-dir",
+            str(self.out),
+            *RUN_FLAGS,
+            *extra,
+        ]
 
 
 def set_json(path: Path, **changes) -> None:
@@ -77,6 +111,7 @@ def truncate(path: Path) -> None:
 
 
 # -- the cases: name -> (ctx) -> (argv, what the one error line must contain) --------------------------------
+
 
 def instructions_not_utf8(c):
     f = c.tmp / "ins.json"
@@ -146,14 +181,19 @@ def data_dir_a_file(c):
 
 def dataset_in_two_categories(c):
     shutil.copytree(c.data / "TC" / "topic", c.data / "SC" / "topic")
-    return c.run_argv(), (f"task 'topic' is in more than one category: {c.data / 'SC' / 'topic'} and "
-                          f"{c.data / 'TC' / 'topic'}; name the one you mean with its category, e.g. SC/topic")
+    return c.run_argv(), (
+        f"task 'topic' is in more than one category: {c.data / 'SC' / 'topic'} and "
+        f"{c.data / 'TC' / 'topic'}; name the one you mean with its category, e.g. SC/topic"
+    )
 
 
 def model_auto_map(c):
     m = c.model()
-    set_json(m / "config.json", model_type="acme-net", auto_map={"AutoConfig": "acme.AcmeConfig",
-                                                                 "AutoModelForCausalLM": "acme.AcmeModel"})
+    set_json(
+        m / "config.json",
+        model_type="acme-net",
+        auto_map={"AutoConfig": "acme.AcmeConfig", "AutoModelForCausalLM": "acme.AcmeModel"},
+    )
     (m / "acme.py").write_text(f"open({str(c.tmp / 'ran')!r}, 'w').close()\n")
     return c.run_argv(m), f"{m}: the model's config.json (auto_map) asks to run Python code from the folder"
 
@@ -226,13 +266,25 @@ def gguf_signature_then_junk(c):
 
 
 def eval_max_test_zero(c):
-    return ["eval", str(c.run_copy()), "--tasks", "topic", "--max-test-per-task", "0"], \
-        "--max-test-per-task must be >= 1, got 0"
+    return [
+        "eval",
+        str(c.run_copy()),
+        "--tasks",
+        "topic",
+        "--max-test-per-task",
+        "0",
+    ], "--max-test-per-task must be >= 1, got 0"
 
 
 def eval_batch_size_negative(c):
-    return ["eval", str(c.run_copy()), "--tasks", "topic", "--eval-batch-size", "-4"], \
-        "--eval-batch-size must be >= 1, got -4"
+    return [
+        "eval",
+        str(c.run_copy()),
+        "--tasks",
+        "topic",
+        "--eval-batch-size",
+        "-4",
+    ], "--eval-batch-size must be >= 1, got -4"
 
 
 def eval_run_config_malformed(c):
@@ -250,8 +302,12 @@ def eval_run_config_not_a_run_config(c):
 def eval_adapter_truncated(c):
     run = c.run_copy()
     truncate(adapter(run, 2) / "adapter_model.safetensors")
-    return ["eval", str(run), "--tasks", "topic"], \
-        f"{adapter(run, 2) / 'adapter_model.safetensors'}: not a readable safetensors file"
+    return [
+        "eval",
+        str(run),
+        "--tasks",
+        "topic",
+    ], f"{adapter(run, 2) / 'adapter_model.safetensors'}: not a readable safetensors file"
 
 
 def eval_adapter_config_malformed(c):
@@ -318,8 +374,14 @@ def analyze_partial_run(c):
 
 def report_threshold_nan(c):
     c.watched.append(c.tmp / "rep")
-    return ["report", str(c.run_copy()), "--out", str(c.tmp / "rep"), "--threshold", "nan"], \
-        "--threshold must be a finite number > 0, got nan"
+    return [
+        "report",
+        str(c.run_copy()),
+        "--out",
+        str(c.tmp / "rep"),
+        "--threshold",
+        "nan",
+    ], "--threshold must be a finite number > 0, got nan"
 
 
 def report_summary_deeply_nested(c):
@@ -333,23 +395,37 @@ def report_partial_run(c):
     good, partial = c.run_copy("good"), c.run_copy("partial")
     c.watched.append(c.tmp / "rep")
     (partial / "summary.json").unlink()
-    return ["report", str(good), str(partial), "--out", str(c.tmp / "rep")], \
-        f"{partial}: no summary.json (the run is not complete)"
+    return [
+        "report",
+        str(good),
+        str(partial),
+        "--out",
+        str(c.tmp / "rep"),
+    ], f"{partial}: no summary.json (the run is not complete)"
 
 
 def report_adapter_truncated(c):
     good, bad = c.run_copy("good"), c.run_copy("bad")
     c.watched.append(c.tmp / "rep")
     truncate(adapter(bad, 2) / "adapter_model.safetensors")
-    return ["report", str(good), str(bad), "--out", str(c.tmp / "rep")], \
-        f"{adapter(bad, 2) / 'adapter_model.safetensors'}: not a readable safetensors file"
+    return [
+        "report",
+        str(good),
+        str(bad),
+        "--out",
+        str(c.tmp / "rep"),
+    ], f"{adapter(bad, 2) / 'adapter_model.safetensors'}: not a readable safetensors file"
 
 
 def report_out_under_a_file(c):
     (c.tmp / "notes.txt").write_text("mine")
     c.watched.append(c.tmp / "notes.txt")
-    return ["report", str(c.run_copy()), "--out", str(c.tmp / "notes.txt" / "rep")], \
-        f"--out {c.tmp / 'notes.txt' / 'rep'} is under {c.tmp / 'notes.txt'}, which is a file"
+    return [
+        "report",
+        str(c.run_copy()),
+        "--out",
+        str(c.tmp / "notes.txt" / "rep"),
+    ], f"--out {c.tmp / 'notes.txt' / 'rep'} is under {c.tmp / 'notes.txt'}, which is a file"
 
 
 def fetch_argv(c, *extra):
@@ -358,7 +434,9 @@ def fetch_argv(c, *extra):
 
 
 def fetch_timeout_nan(c):
-    return fetch_argv(c, "--url", "http://127.0.0.1:9/x", "--timeout", "nan"), "--timeout must be a number of seconds > 0"
+    return fetch_argv(
+        c, "--url", "http://127.0.0.1:9/x", "--timeout", "nan"
+    ), "--timeout must be a number of seconds > 0"
 
 
 def fetch_timeout_negative(c):
@@ -374,7 +452,9 @@ def fetch_timeout_huge(c):
 
 
 def fetch_url_unsupported_scheme(c):
-    return fetch_argv(c, "--url", "ftp://mirror.example/CL"), "--url 'ftp://mirror.example/CL': unsupported scheme 'ftp'"
+    return fetch_argv(
+        c, "--url", "ftp://mirror.example/CL"
+    ), "--url 'ftp://mirror.example/CL': unsupported scheme 'ftp'"
 
 
 def fetch_url_without_scheme(c):
@@ -400,8 +480,14 @@ def fetch_url_with_spaces(c):
 def fetch_dest_under_a_file(c):
     (c.tmp / "notes.txt").write_text("mine")
     c.watched.append(c.tmp / "notes.txt")
-    return ["data", "fetch", "--dest", str(c.tmp / "notes.txt" / "cl"), "--url", "http://127.0.0.1:9/x"], \
-        f"is under {c.tmp / 'notes.txt'}, which is a file"
+    return [
+        "data",
+        "fetch",
+        "--dest",
+        str(c.tmp / "notes.txt" / "cl"),
+        "--url",
+        "http://127.0.0.1:9/x",
+    ], f"is under {c.tmp / 'notes.txt'}, which is a file"
 
 
 def check_dir_a_file(c):
@@ -417,25 +503,68 @@ def pickle_only(model: Path) -> None:
     (model / "model.safetensors").unlink()
 
 
-CASES = {f.__name__: f for f in [
-    instructions_not_utf8, instructions_a_list, instructions_entry_a_number,
-    instructions_reference_form_without_objects, instructions_a_directory,
-    data_not_utf8, data_nested_deeply, data_5000_digit_number, labels_not_a_list, split_an_object,
-    data_dir_a_file, dataset_in_two_categories,
-    model_auto_map, model_unknown_type, model_config_malformed, model_config_not_utf8, model_folder_without_config,
-    model_without_tokenizer, model_weights_truncated, model_weights_pickle_only, model_without_weights,
-    model_a_plain_file, gguf_random_bytes, gguf_signature_then_junk,
-    eval_max_test_zero, eval_batch_size_negative, eval_run_config_malformed, eval_run_config_not_a_run_config,
-    eval_adapter_truncated, eval_adapter_config_malformed, eval_run_dir_a_file,
-    analyze_threshold_nan, analyze_threshold_negative, analyze_threshold_infinite, analyze_summary_malformed,
-    analyze_summary_wrong_shape, analyze_adapter_truncated, analyze_adapter_config_without_rank,
-    analyze_second_run_damaged, analyze_partial_run,
-    report_threshold_nan, report_summary_deeply_nested, report_partial_run, report_adapter_truncated,
-    report_out_under_a_file,
-    fetch_timeout_nan, fetch_timeout_negative, fetch_timeout_zero, fetch_timeout_huge, fetch_url_unsupported_scheme,
-    fetch_url_without_scheme, fetch_url_malformed_host, fetch_url_bad_port, fetch_url_without_host,
-    fetch_url_with_spaces, fetch_dest_under_a_file, check_dir_a_file,
-]}
+CASES = {
+    f.__name__: f
+    for f in [
+        instructions_not_utf8,
+        instructions_a_list,
+        instructions_entry_a_number,
+        instructions_reference_form_without_objects,
+        instructions_a_directory,
+        data_not_utf8,
+        data_nested_deeply,
+        data_5000_digit_number,
+        labels_not_a_list,
+        split_an_object,
+        data_dir_a_file,
+        dataset_in_two_categories,
+        model_auto_map,
+        model_unknown_type,
+        model_config_malformed,
+        model_config_not_utf8,
+        model_folder_without_config,
+        model_without_tokenizer,
+        model_weights_truncated,
+        model_weights_pickle_only,
+        model_without_weights,
+        model_a_plain_file,
+        gguf_random_bytes,
+        gguf_signature_then_junk,
+        eval_max_test_zero,
+        eval_batch_size_negative,
+        eval_run_config_malformed,
+        eval_run_config_not_a_run_config,
+        eval_adapter_truncated,
+        eval_adapter_config_malformed,
+        eval_run_dir_a_file,
+        analyze_threshold_nan,
+        analyze_threshold_negative,
+        analyze_threshold_infinite,
+        analyze_summary_malformed,
+        analyze_summary_wrong_shape,
+        analyze_adapter_truncated,
+        analyze_adapter_config_without_rank,
+        analyze_second_run_damaged,
+        analyze_partial_run,
+        report_threshold_nan,
+        report_summary_deeply_nested,
+        report_partial_run,
+        report_adapter_truncated,
+        report_out_under_a_file,
+        fetch_timeout_nan,
+        fetch_timeout_negative,
+        fetch_timeout_zero,
+        fetch_timeout_huge,
+        fetch_url_unsupported_scheme,
+        fetch_url_without_scheme,
+        fetch_url_malformed_host,
+        fetch_url_bad_port,
+        fetch_url_without_host,
+        fetch_url_with_spaces,
+        fetch_dest_under_a_file,
+        check_dir_a_file,
+    ]
+}
 NEEDS_RUN = ("eval_", "analyze_", "report_")
 
 
@@ -474,6 +603,7 @@ def test_bad_input_is_one_line_and_writes_nothing(case, request, data_dir, model
 
 # -- downloads cut short (item 8) ---------------------------------------------------------------------------
 
+
 class ShortBodyServer:
     """Serves valid JSON for every file but announces more bytes than it sends for ``short``."""
 
@@ -505,14 +635,19 @@ def test_fetch_short_body_is_never_saved_under_its_name(tmp_path, capsys):
     write_tree(dest, skip={"TC/agnews/train.json"})
     server = ShortBodyServer("TC/agnews/train.json")
     try:
-        assert_one_line_error(capsys, ["data", "fetch", "--dest", str(dest), "--url", server.url],
-                              f"{server.url}/TC/agnews/train.json: download cut short", [dest])
+        assert_one_line_error(
+            capsys,
+            ["data", "fetch", "--dest", str(dest), "--url", server.url],
+            f"{server.url}/TC/agnews/train.json: download cut short",
+            [dest],
+        )
     finally:
         server.close()
     assert not (dest / "TC/agnews/train.json").exists() and not list(dest.rglob("*.part"))
 
 
 # -- what the checks let through, and the flags that allow more ----------------------------------------------
+
 
 def test_data_check_names_a_deeply_nested_file_as_invalid(tmp_path, capsys):
     write_tree(tmp_path / "cl")
@@ -540,12 +675,17 @@ def test_run_and_eval_on_a_task_named_with_its_category(model_dirs, data_dir, tm
     shutil.copytree(data_dir / "TC" / "topic", data_dir / "SC" / "topic")
     out = tmp_path / "run"
     flags = [a if a != "topic,mood" else "SC/topic,mood" for a in RUN_FLAGS]
-    assert main(["run", "--model", str(model_dirs["llama"]), "--data-dir", str(data_dir), "--output-dir", str(out),
-                 *flags]) == 0
+    assert (
+        main(
+            ["run", "--model", str(model_dirs["llama"]), "--data-dir", str(data_dir), "--output-dir", str(out), *flags]
+        )
+        == 0
+    )
     summary = json.loads((out / "summary.json").read_text())
     assert summary["tasks"] == ["SC/topic", "mood"]
     assert "predict_exact_match_for_SC/topic" in json.loads(
-        (out / "tasks" / "01-SC_topic" / "predict_results.json").read_text())
+        (out / "tasks" / "01-SC_topic" / "predict_results.json").read_text()
+    )
     assert main(["eval", str(out), "--tasks", "TC/topic", "--max-test-per-task", "2"]) == 0
     assert (out / "eval" / "after-02" / "TC_topic" / "predict_results.json").is_file()
     capsys.readouterr()
@@ -602,4 +742,3 @@ def test_pickle_weights_load_only_when_allowed_and_then_weights_only(model_dirs,
     reference = load_model(str(model_dirs["llama"])).model.state_dict()
     assert calls and all(w is True for w in calls)
     assert all(torch.equal(t, reference[k]) for k, t in loaded.model.state_dict().items())
-

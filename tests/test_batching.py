@@ -1,8 +1,8 @@
 import torch
 
 from nlora.batching import Encoded, batch_order, collate_train, fit_length
-from nlora.models import load_model
 from nlora.logits import task_loss
+from nlora.models import load_model
 
 
 def test_fit_length_keeps_head_and_tail():
@@ -39,7 +39,7 @@ def test_left_padded_causal_loss_equals_per_example_loss(model_dirs):
             ids = torch.tensor([r.source + r.target])
             lg = model(input_ids=ids).logits[0]
             n = len(r.target)
-            lp = torch.log_softmax(lg[-n - 1:-1], -1)
+            lp = torch.log_softmax(lg[-n - 1 : -1], -1)
             total += -lp[torch.arange(n), torch.tensor(r.target)].sum().item()
             count += n
     assert abs(padded.item() - total / count) < 1e-5

@@ -31,8 +31,21 @@ def test_paper_workload_counts_examples_epochs_and_generations(tmp_path):
 def test_paper_estimate_from_given_rates(tmp_path, capsys):
     paper = load("paper")
     write_tree(tmp_path / "cl")
-    paper.main(["--family", "t5", "--model", "m", "--data-dir", str(tmp_path / "cl"), "--out", str(tmp_path / "o"),
-                "--estimate-only", "--rates", "0.12,0.03"])
+    paper.main(
+        [
+            "--family",
+            "t5",
+            "--model",
+            "m",
+            "--data-dir",
+            str(tmp_path / "cl"),
+            "--out",
+            str(tmp_path / "o"),
+            "--estimate-only",
+            "--rates",
+            "0.12,0.03",
+        ]
+    )
     out = capsys.readouterr().out
     # order 1: 120 training examples x epochs at 0.12/s and 30 generations at 0.03/s = 2000 s
     assert "t5-order1: 120 training examples x epochs, 30 generations: about 0.56 h" in out
@@ -54,17 +67,22 @@ def test_accuracy_validation_split_never_uses_test_rows(tmp_path):
 
 def test_accuracy_paired_comparisons_pair_runs_by_seed():
     acc = load("accuracy")
-    runs = {"n-lora": [(1, 50.0, -2.0), (2, 48.0, -4.0), (3, 52.0, None)],
-            "o-lora": [(2, 45.0, -1.0), (1, 46.0, -3.0), (3, 47.0, -2.0)]}  # seeds out of order on purpose
-    rows = [{"sequence": "4task", "method": m, "runs": [{"seed": s, "aa": aa, "bwt": bwt} for s, aa, bwt in r]}
-            for m, r in runs.items()]
+    runs = {
+        "n-lora": [(1, 50.0, -2.0), (2, 48.0, -4.0), (3, 52.0, None)],
+        "o-lora": [(2, 45.0, -1.0), (1, 46.0, -3.0), (3, 47.0, -2.0)],
+    }  # seeds out of order on purpose
+    rows = [
+        {"sequence": "4task", "method": m, "runs": [{"seed": s, "aa": aa, "bwt": bwt} for s, aa, bwt in r]}
+        for m, r in runs.items()
+    ]
     aa, bwt = acc.paired_comparisons(rows)
     assert aa["metric"] == "AA" and aa["diffs"] == [4.0, 3.0, 5.0] and aa["mean"] == 4.0 and aa["sd"] == 1.0
-    assert aa["t"] == pytest.approx(4.0 / (1.0 / 3 ** 0.5))
+    assert aa["t"] == pytest.approx(4.0 / (1.0 / 3**0.5))
     assert bwt["diffs"] == [1.0, -3.0]  # seed 3 has no BWT for n-lora: left out, not counted as 0
 
 
 # ---------------------------------------------------------------------------------------- throughput.py
+
 
 def _lines(capsys) -> list[dict]:
     import json
@@ -79,6 +97,7 @@ def _counting(monkeypatch, module, name: str) -> list:
     def wrapper(*args, **kwargs):
         calls.append((args, kwargs))
         return original(*args, **kwargs)
+
     monkeypatch.setattr(module, name, wrapper)
     return calls
 
@@ -99,9 +118,29 @@ def test_throughput_times_the_real_train_task_and_predict_tasks(toy_cl, monkeypa
     tp = load("throughput")
     trained = _counting(monkeypatch, nlora.train, "train_task")
     predicted = _counting(monkeypatch, nlora.evaluate, "predict_tasks")
-    tp.main(["--shape", "tiny", "--cases", "train,scaling,eval", "--data-dir", str(toy_cl), "--tasks", "topic,mood",
-             "--examples", "8", "--batch", "4", "--eval-per-task", "2", "--repeats", "2", "--threads", "1",
-             "--also-bf16"])
+    tp.main(
+        [
+            "--shape",
+            "tiny",
+            "--cases",
+            "train,scaling,eval",
+            "--data-dir",
+            str(toy_cl),
+            "--tasks",
+            "topic,mood",
+            "--examples",
+            "8",
+            "--batch",
+            "4",
+            "--eval-per-task",
+            "2",
+            "--repeats",
+            "2",
+            "--threads",
+            "1",
+            "--also-bf16",
+        ]
+    )
     train, scaling, evals = _lines(capsys)
     assert [train["case"], scaling["case"], evals["case"]] == ["train", "scaling", "eval"]
     for rec in (train, scaling, evals):
@@ -123,7 +162,8 @@ def test_throughput_times_the_real_train_task_and_predict_tasks(toy_cl, monkeypa
     assert len(trained) == 2 * 3 + 2 * 3
     assert {kw["amp_dtype"] for _, kw in trained} == {None, torch.bfloat16}
     assert sorted((kw["mode"], str(kw["amp_dtype"])) for _, kw in predicted) == sorted(
-        [(m, str(a)) for m in ("generate", "score") for a in (None, torch.bfloat16)] * 3)
+        [(m, str(a)) for m in ("generate", "score") for a in (None, torch.bfloat16)] * 3
+    )
 
 
 def test_throughput_e2e_runs_nlora_recipe_against_the_reference_loop(toy_cl, model_dirs, monkeypatch, capsys):
@@ -131,13 +171,32 @@ def test_throughput_e2e_runs_nlora_recipe_against_the_reference_loop(toy_cl, mod
 
     tp = load("throughput")
     runs = _counting(monkeypatch, nlora.recipe, "run")
-    tp.main(["--shape", "tiny", "--cases", "e2e", "--data-dir", str(toy_cl), "--e2e-model", str(model_dirs["llama"]),
-             "--e2e-tasks", "topic,mood", "--e2e-train", "8", "--e2e-test", "4", "--threads", "1"])
+    tp.main(
+        [
+            "--shape",
+            "tiny",
+            "--cases",
+            "e2e",
+            "--data-dir",
+            str(toy_cl),
+            "--e2e-model",
+            str(model_dirs["llama"]),
+            "--e2e-tasks",
+            "topic,mood",
+            "--e2e-train",
+            "8",
+            "--e2e-test",
+            "4",
+            "--threads",
+            "1",
+        ]
+    )
     (rec,) = _lines(capsys)
     assert rec["case"] == "e2e" and rec["tasks"] == ["topic", "mood"] and "skipped" not in rec
     assert set(rec["wall_s"]) == {"ours", "reference", "ours-score"} and all(v > 0 for v in rec["wall_s"].values())
-    assert rec["speedup"]["ours vs reference"] == pytest.approx(rec["wall_s"]["reference"] / rec["wall_s"]["ours"],
-                                                                rel=0.05, abs=0.03)
+    assert rec["speedup"]["ours vs reference"] == pytest.approx(
+        rec["wall_s"]["reference"] / rec["wall_s"]["ours"], rel=0.05, abs=0.03
+    )
     assert rec["train_steps"] == 2 and rec["test_generations"] == 4 + 8
     assert set(rec["aa"]) == set(rec["peak_rss_mib"]) == set(rec["wall_s"]) and len(rec["load_avg"]) == 3
     for k, wall in rec["wall_s"].items():  # training and evaluation are parts of the run's wall time
@@ -146,7 +205,9 @@ def test_throughput_e2e_runs_nlora_recipe_against_the_reference_loop(toy_cl, mod
     # nlora.recipe.run
     assert runs[0][0][0].task_names == ["topic"]
     assert sorted((args[0].eval_mode, tuple(args[0].task_names)) for args, _ in runs[1:]) == [
-        ("generate", ("topic", "mood")), ("score", ("topic", "mood"))]
+        ("generate", ("topic", "mood")),
+        ("score", ("topic", "mood")),
+    ]
 
 
 def test_throughput_e2e_skips_cleanly_without_the_data(tmp_path, capsys):
@@ -174,8 +235,9 @@ def test_reference_keeps_finished_adapters_live_as_one_stacked_lora(monkeypatch)
         assert m.lora_A["previous"].weight.shape[0] == 8 * 3
         assert torch.allclose(m.get_delta_weight("previous"), sum(d[n] for d in deltas), atol=1e-5)
     assert sorted(ref.model.base_model.active_adapters) == ["previous", "task3"]
-    assert ref.trainable and all(p.requires_grad == (".task3." in n) for n, p in ref.model.named_parameters()
-                                 if "lora_" in n)
+    assert ref.trainable and all(
+        p.requires_grad == (".task3." in n) for n, p in ref.model.named_parameters() if "lora_" in n
+    )
 
 
 def test_peak_memory_sees_an_allocation_inside_the_block():

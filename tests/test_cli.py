@@ -5,17 +5,37 @@ import subprocess
 import sys
 
 import pytest
+from conftest import CL_BENCHMARK
 from safetensors.torch import load_file
 
 from nlora.cli import main
 
-from conftest import CL_BENCHMARK
-
 
 def run_args(model_dir, data_dir, out, *extra):
-    return ["run", "--model", str(model_dir), "--data-dir", str(data_dir), "--output-dir", str(out),
-            "--tasks", "topic,mood", "--max-train-per-task", "8", "--max-test-per-task", "4", "--batch-size", "4",
-            "--eval-batch-size", "4", "--max-target-length", "6", "--lr", "0.01", *extra]
+    return [
+        "run",
+        "--model",
+        str(model_dir),
+        "--data-dir",
+        str(data_dir),
+        "--output-dir",
+        str(out),
+        "--tasks",
+        "topic,mood",
+        "--max-train-per-task",
+        "8",
+        "--max-test-per-task",
+        "4",
+        "--batch-size",
+        "4",
+        "--eval-batch-size",
+        "4",
+        "--max-target-length",
+        "6",
+        "--lr",
+        "0.01",
+        *extra,
+    ]
 
 
 @pytest.mark.parametrize("method", ["n-lora", "o-lora", "seq-lora", "inc-lora"])
@@ -33,8 +53,13 @@ def test_run_end_to_end(model_dirs, model_kind, data_dir, tmp_path, method):
     for i, name in enumerate(["topic", "mood"], 1):
         tdir = out / "tasks" / f"0{i}-{name}"
         results = json.loads((tdir / "predict_results.json").read_text())
-        assert {"predict_exact_match", "predict_rougeL", f"predict_exact_match_for_{name}",
-                f"predict_rougeL_for_{name}", "predict_exact_match_for_TC"} <= set(results)
+        assert {
+            "predict_exact_match",
+            "predict_rougeL",
+            f"predict_exact_match_for_{name}",
+            f"predict_rougeL_for_{name}",
+            "predict_exact_match_for_TC",
+        } <= set(results)
         assert results[f"predict_exact_match_for_{name}"] == m[i - 1][i - 1]
         rows = [json.loads(x) for x in (tdir / "predictions.jsonl").read_text().splitlines()]
         assert len(rows) == 4 * i and {"task", "prompt", "reference", "prediction"} <= set(rows[0])
@@ -85,10 +110,24 @@ def bad_inputs(data_dir, model_dirs, tmp_path):
     return topic, cases
 
 
-@pytest.mark.parametrize("case", ["missing data dir", "unknown task", "unknown method", "unknown preset",
-                                  "missing model", "missing gguf", "hub name offline", "bad config file",
-                                  "truncated json", "unknown label", "empty split", "missing labels",
-                                  "reference form on GQA"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "missing data dir",
+        "unknown task",
+        "unknown method",
+        "unknown preset",
+        "missing model",
+        "missing gguf",
+        "hub name offline",
+        "bad config file",
+        "truncated json",
+        "unknown label",
+        "empty split",
+        "missing labels",
+        "reference form on GQA",
+    ],
+)
 def test_bad_input_one_line_exit_2(model_dirs, data_dir, tmp_path, capsys, case):
     out = tmp_path / "run"
     topic, cases = bad_inputs(data_dir, model_dirs, tmp_path)
@@ -140,9 +179,25 @@ def test_existing_output_dir_refused_unless_overwrite(model_dirs, data_dir, tmp_
 
 @pytest.mark.skipif(not CL_BENCHMARK.is_dir(), reason="../shared/CL_Benchmark not present")
 def test_preset_against_real_data_names_missing_yahoo_files(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "nlora.cli", "run", "--preset", "t5-order1", "--model", "t5-large",
-                           "--data-dir", str(CL_BENCHMARK), "--output-dir", str(tmp_path / "o")],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "nlora.cli",
+            "run",
+            "--preset",
+            "t5-order1",
+            "--model",
+            "t5-large",
+            "--data-dir",
+            str(CL_BENCHMARK),
+            "--output-dir",
+            str(tmp_path / "o"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "yahoo/train.json" in lines[0] and "yahoo/test.json" in lines[0]

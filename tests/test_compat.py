@@ -35,10 +35,12 @@ def llama_style_tokenizer():
     tk = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
     tk.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=False)
     tk.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first", split=False)
-    tk.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B",
-                                                      special_tokens=[("<s>", 1)])
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
-                                  pad_token="<s>")  # the release pads LLaMA with id 1 (BOS)
+    tk.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 1)]
+    )
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=tk, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<s>"
+    )  # the release pads LLaMA with id 1 (BOS)
     tok.add_special_tokens({"additional_special_tokens": []})
     return tok
 
@@ -54,6 +56,7 @@ def ids_of(tok, text: str) -> list[int]:
 
 # ---- item 5: the release's LLaMA token-level handling ----
 
+
 def test_reference_causal_tokens_follow_the_release(ltok):
     prompt, label = "Task:SC\nDataset:mood\nnice\nAnswer:", "positive"
     assert ids_of(ltok, "positive")[0] == ltok.convert_tokens_to_ids("▁")  # alone, the label gets a "▁" piece
@@ -62,7 +65,7 @@ def test_reference_causal_tokens_follow_the_release(ltok):
     assert ref.source[:2] == [1, 1]
     # "Answer:" and the label tokenised together: no "▁" piece before the label, then EOS from "</s>"
     tail = [ltok.convert_tokens_to_ids(c) for c in ":positive"] + [ltok.eos_token_id]
-    assert ref.source[-len(tail):] == tail and not ref.target
+    assert ref.source[-len(tail) :] == tail and not ref.target
     # the release counts the label tokenised alone with its specials: BOS, "▁", 8 letters, EOS
     assert ref.release.label_len == 11
     mask = release_loss_mask([ref])[0]
@@ -83,24 +86,30 @@ def test_reference_causal_tokens_follow_the_release(ltok):
 
 def test_reference_batch_mask_under_left_padding(ltok):
     """Rows of different lengths: each row's mask covers its own last prompt token, label and EOS."""
-    rows = encode(ltok, [Example("Task:SC\nAnswer:", "no"), Example("Task:SC\nDataset:mood\nlong one\nAnswer:",
-                                                                      "positive")], False, 512, 50, "reference")
+    rows = encode(
+        ltok,
+        [Example("Task:SC\nAnswer:", "no"), Example("Task:SC\nDataset:mood\nlong one\nAnswer:", "positive")],
+        False,
+        512,
+        50,
+        "reference",
+    )
     batch = collate_train(rows, ltok.pad_token_id, False)
     for r, labels in zip(rows, batch["labels"]):
-        label = r.source[r.source.index(ltok.convert_tokens_to_ids(":"), -12) + 1:]  # after the last ":"
+        label = r.source[r.source.index(ltok.convert_tokens_to_ids(":"), -12) + 1 :]  # after the last ":"
         assert labels[labels != -100].tolist() == label
     assert release_denominator(rows) == sum(int((lab != -100).sum()) + 1 for lab in batch["labels"])
 
 
 # ---- item 1: over-long inputs ----
 
+
 def long_task(root, n=6, words=400):
     """A data file whose prompts are far over the limit (the label at the very end)."""
     d = root / "SC" / "longmood"
     d.mkdir(parents=True)
     (d / "labels.json").write_text(json.dumps(["positive", "negative"]))
-    rows = [{"label": ["positive", "negative"][i % 2], "sentence": " ".join(["word"] * (words + i))}
-            for i in range(n)]
+    rows = [{"label": ["positive", "negative"][i % 2], "sentence": " ".join(["word"] * (words + i))} for i in range(n)]
     for split in ("train", "test"):
         (d / f"{split}.json").write_text(json.dumps(rows))
     return load_tasks(root, ["longmood"], load_instructions(), None, None, 0)["longmood"]
@@ -114,7 +123,7 @@ def test_over_long_causal_reference_keeps_the_first_tokens_and_loses_the_label(l
     for e, r in zip(examples, ref):
         # the first tokens of BOS + "<s>" + prompt; the release's decode and re-tokenisation of a cut input
         # adds one more BOS in front
-        assert r.source == [1] + ltok("<s>" + e.prompt)["input_ids"][:n - 1] and r.truncated
+        assert r.source == [1] + ltok("<s>" + e.prompt)["input_ids"][: n - 1] and r.truncated
         assert ltok.decode(r.source).count("Answer:") == 0
     batch = collate_train(ref[:3], ltok.pad_token_id, False)
     assert int((batch["labels"] != -100).sum()) == 0  # no label token left to score
@@ -138,12 +147,14 @@ def test_over_long_seq2seq_reference_keeps_the_first_tokens(tmp_path, model_dirs
     tok = load_model(str(model_dirs["t5"])).tokenizer  # ByT5: one token per byte, EOS appended
     task = long_task(tmp_path)
     n = 100
-    for e, r, c in zip(task.splits["test"], encode_prompts(tok, [e.prompt for e in task.splits["test"]], True, n,
-                                                           "reference"),
-                       encode_prompts(tok, [e.prompt for e in task.splits["test"]], True, n)):
+    for e, r, c in zip(
+        task.splits["test"],
+        encode_prompts(tok, [e.prompt for e in task.splits["test"]], True, n, "reference"),
+        encode_prompts(tok, [e.prompt for e in task.splits["test"]], True, n),
+    ):
         full = tok(e.prompt)["input_ids"]
         # the first n tokens, decoded and tokenised again with truncation: n - 1 of them and EOS
-        assert r.source == full[:n - 1] + [tok.eos_token_id] and r.truncated
+        assert r.source == full[: n - 1] + [tok.eos_token_id] and r.truncated
         assert "Answer:" not in tok.decode(r.source)
         assert tok.decode(c.source, skip_special_tokens=True).endswith("Answer:") and c.truncated
     (lab,) = encode(tok, [task.splits["train"][0]], True, n, 16, "reference")
@@ -154,8 +165,14 @@ def test_reference_prediction_is_empty_when_the_prompt_lost_its_answer_marker(tm
     loaded = load_model(str(model_dirs["llama"]))
     task = long_task(tmp_path, n=2)
     prompts = [e.prompt for e in task.splits["test"]] + ["Task:SC\nDataset:longmood\nshort\nAnswer:"]
-    kw = {"seq2seq": False, "device": torch.device("cpu"), "amp_dtype": None, "batch_size": 4, "max_source": 64,
-          "max_new_tokens": 4}
+    kw = {
+        "seq2seq": False,
+        "device": torch.device("cpu"),
+        "amp_dtype": None,
+        "batch_size": 4,
+        "max_source": 64,
+        "max_new_tokens": 4,
+    }
     preds, lens, truncated = generate_with_lengths(loaded.model, loaded.tokenizer, prompts, compat="reference", **kw)
     assert truncated == 2 and preds[:2] == ["", ""]
     assert all(n > 0 for n in lens)
@@ -164,6 +181,7 @@ def test_reference_prediction_is_empty_when_the_prompt_lost_its_answer_marker(tm
 
 
 # ---- item 2: gradient clipping ----
+
 
 def one_step_gradients(model_dirs, data_dir, max_grad_norm, monkeypatch):
     """The gradients AdamW steps with, and the parameters it leaves, after one step of train_task."""
@@ -193,8 +211,18 @@ def one_step_gradients(model_dirs, data_dir, max_grad_norm, monkeypatch):
     data = encode(loaded.tokenizer, tasks["topic"].splits["train"], False, 256, 8)
     settings = TaskSettings(name="topic", lr=1e-2, epochs=1, batch_size=4, grad_accum=1)
     method.begin_task(lora, 0, settings)
-    train_task(lora, method, data, settings, pad_id=0, seq2seq=False, device=torch.device("cpu"), amp_dtype=None,
-               seed=0, max_grad_norm=max_grad_norm)
+    train_task(
+        lora,
+        method,
+        data,
+        settings,
+        pad_id=0,
+        seq2seq=False,
+        device=torch.device("cpu"),
+        amp_dtype=None,
+        seed=0,
+        max_grad_norm=max_grad_norm,
+    )
     return seen
 
 
@@ -232,6 +260,7 @@ def test_max_grad_norm_setting():
 
 # ---- item 3: a preset's global batch on any number of processes ----
 
+
 def test_fit_global_batch_derives_accumulation():
     def first(tasks, global_batch, world):
         t = fit_global_batch(tasks, global_batch, world)[0]
@@ -259,10 +288,33 @@ def test_batch_flags_replace_a_presets_global_batch():
 def preset_args(model_dir, data_dir, out):
     # tasks outside the preset get batch_size 8 (the per-process cap): 8 x 4 on one process, 16 x 2 on two;
     # dropout 0 so that ranks draw no different masks; the paper form: the tiny model's v_proj is not square
-    return ["run", "--preset", "llama-order3", "--model", str(model_dir), "--data-dir", str(data_dir),
-            "--output-dir", str(out), "--tasks", "topic,mood", "--max-train-per-task", "16", "--max-test-per-task",
-            "4", "--max-target-length", "6", "--lora-dropout", "0", "--nlora-form", "paper", "--lr", "0.01",
-            "--device", "cpu"]
+    return [
+        "run",
+        "--preset",
+        "llama-order3",
+        "--model",
+        str(model_dir),
+        "--data-dir",
+        str(data_dir),
+        "--output-dir",
+        str(out),
+        "--tasks",
+        "topic,mood",
+        "--max-train-per-task",
+        "16",
+        "--max-test-per-task",
+        "4",
+        "--max-target-length",
+        "6",
+        "--lora-dropout",
+        "0",
+        "--nlora-form",
+        "paper",
+        "--lr",
+        "0.01",
+        "--device",
+        "cpu",
+    ]
 
 
 def test_preset_global_batch_is_the_same_on_one_and_two_processes(model_dirs, data_dir, tmp_path, capsys):
@@ -288,41 +340,85 @@ def test_preset_global_batch_is_the_same_on_one_and_two_processes(model_dirs, da
 
 # ---- item 6: the release's predictions file and keys ----
 
+
 def test_release_prediction_rows_read_back_the_prompt():
     instructions = load_instructions()
     sc = build_prompt("SC", "mood", "a fine day\nreally", ["positive", "negative"], instructions["SC"])
     copa = build_prompt("COPA", "COPA", "pick one", ["A", "B"], instructions.get("COPA"))
-    preds = [TaskPredictions("mood", "SC", [sc], ["positive"], ["positive"]),
-             TaskPredictions("COPA", "COPA", [copa], ["A"], ["B"])]
+    preds = [
+        TaskPredictions("mood", "SC", [sc], ["positive"], ["positive"]),
+        TaskPredictions("COPA", "COPA", [copa], ["A"], ["B"]),
+    ]
     rows = release_prediction_rows(preds, [["positive", "negative"], ["A", "B"]])
-    assert rows[0] == {"Task": "SC", "Dataset": "mood", "Prediction": "positive",
-                       "Instance": {"id": "0", "sentence": "a fine day\nreally", "label": "positive",
-                                    "ground_truth": "positive",
-                                    "instruction": instructions["SC"] + "Option: positive, negative \n{0}\nAnswer:"}}
+    assert rows[0] == {
+        "Task": "SC",
+        "Dataset": "mood",
+        "Prediction": "positive",
+        "Instance": {
+            "id": "0",
+            "sentence": "a fine day\nreally",
+            "label": "positive",
+            "ground_truth": "positive",
+            "instruction": instructions["SC"] + "Option: positive, negative \n{0}\nAnswer:",
+        },
+    }
     assert rows[1]["Instance"]["instruction"] == "{0}\nAnswer:" and rows[1]["Instance"]["sentence"] == "pick one"
     # the release fills the sentence into the template after its Task/Dataset prefix: the prompt again
     for row, prompt in zip(rows, (sc, copa)):
-        assert f"Task:{row['Task']}\nDataset:{row['Dataset']}\n" + \
-            row["Instance"]["instruction"].format(row["Instance"]["sentence"]) == prompt
+        assert (
+            f"Task:{row['Task']}\nDataset:{row['Dataset']}\n"
+            + row["Instance"]["instruction"].format(row["Instance"]["sentence"])
+            == prompt
+        )
 
 
 def test_results_carry_the_release_keys():
-    preds = [TaskPredictions("mood", "SC", ["p"] * 2, ["positive", "negative"], ["positive", "bad"], [5, 7], 1),
-             TaskPredictions("topic", "TC", ["p"], ["World"], ["World"], [3], 0)]
+    preds = [
+        TaskPredictions("mood", "SC", ["p"] * 2, ["positive", "negative"], ["positive", "bad"], [5, 7], 1),
+        TaskPredictions("topic", "TC", ["p"], ["World"], ["World"], [3], 0),
+    ]
     r = results_dict(preds, 2.0)
     assert r["predict_rouge1"] == pytest.approx(100 * 2 / 3, abs=1e-3)
     assert r["predict_rouge1_for_mood"] == 50.0 and r["predict_rouge1_for_TC"] == 100.0
     assert r["predict_gen_len"] == 5.0 and r["predict_samples_per_second"] == 1.5
     assert r["predict_truncated"] == 1 and r["predict_truncated_for_topic"] == 0
-    assert {"predict_exact_match", "predict_rougeL", "predict_exact_match_for_mood", "predict_samples",
-            "predict_runtime"} <= set(r)
+    assert {
+        "predict_exact_match",
+        "predict_rougeL",
+        "predict_exact_match_for_mood",
+        "predict_samples",
+        "predict_runtime",
+    } <= set(r)
 
 
 def test_run_writes_the_release_predictions_file(model_dirs, data_dir, tmp_path):
     out = tmp_path / "run"
-    assert main(["run", "--model", str(model_dirs["t5"]), "--data-dir", str(data_dir), "--output-dir", str(out),
-                 "--tasks", "topic,COPA", "--max-train-per-task", "4", "--max-test-per-task", "3",
-                 "--max-target-length", "4", "--compat", "reference", "--method", "seq-lora"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "--model",
+                str(model_dirs["t5"]),
+                "--data-dir",
+                str(data_dir),
+                "--output-dir",
+                str(out),
+                "--tasks",
+                "topic,COPA",
+                "--max-train-per-task",
+                "4",
+                "--max-test-per-task",
+                "3",
+                "--max-target-length",
+                "4",
+                "--compat",
+                "reference",
+                "--method",
+                "seq-lora",
+            ]
+        )
+        == 0
+    )
     d = out / "tasks" / "02-COPA"
     rows = [json.loads(x) for x in (d / "predict_eval_predictions.jsonl").read_text().splitlines()]
     ours = [json.loads(x) for x in (d / "predictions.jsonl").read_text().splitlines()]
@@ -331,8 +427,16 @@ def test_run_writes_the_release_predictions_file(model_dirs, data_dir, tmp_path)
     assert [r["Prediction"] for r in rows] == [o["prediction"] for o in ours]
     assert {r["Task"] for r in rows} == {"TC", "COPA"} and {r["Dataset"] for r in rows} == {"topic", "COPA"}
     results = json.loads((d / "predict_results.json").read_text())
-    for key in ("predict_rouge1", "predict_rouge1_for_topic", "predict_rouge1_for_COPA", "predict_rouge1_for_TC",
-                "predict_gen_len", "predict_samples_per_second", "predict_exact_match", "predict_rougeL_for_topic"):
+    for key in (
+        "predict_rouge1",
+        "predict_rouge1_for_topic",
+        "predict_rouge1_for_COPA",
+        "predict_rouge1_for_TC",
+        "predict_gen_len",
+        "predict_samples_per_second",
+        "predict_exact_match",
+        "predict_rougeL_for_topic",
+    ):
         assert key in results, key
     stats = json.loads((out / "tasks" / "01-topic" / "train_stats.json").read_text())
     assert stats["train_truncated"] == 0

@@ -1,17 +1,28 @@
 import json
 
 import pytest
+from conftest import SHARED
 
 from nlora.config import load_preset, preset_names, resolve
 from nlora.errors import NloraError
 
-from conftest import SHARED
-
 BASE = {"model": "m", "data_dir": "d", "output_dir": "o"}
 # GPUs of the scripts that use more than one: N-LoRA scripts_llama/order_3.sh, every O-LoRA script
-RELEASE_GPUS = {"n-lora/llama-order_3": 4, **{f"o-lora/{n}": 8 for n in ("t5-order_1", "t5-order_2", "t5-order_3",
-                                                                           "t5-long", "llama-order_1", "llama-order_2",
-                                                                           "llama-order_3")}}
+RELEASE_GPUS = {
+    "n-lora/llama-order_3": 4,
+    **{
+        f"o-lora/{n}": 8
+        for n in (
+            "t5-order_1",
+            "t5-order_2",
+            "t5-order_3",
+            "t5-long",
+            "llama-order_1",
+            "llama-order_2",
+            "llama-order_3",
+        )
+    },
+}
 
 
 def test_all_reference_presets_exist():
@@ -56,13 +67,16 @@ def test_defaults_and_yaml(tmp_path):
     assert [(t.name, t.lr, t.epochs) for t in cfg.tasks] == [("topic", 0.002, 1.0), ("mood", 0.002, 3.0)]
 
 
-@pytest.mark.parametrize("body,match", [
-    ("tasks: [a]\nbogus: 1\n", "unknown setting"),
-    ("tasks: [a]\nlr: fast\n", "'lr' must be a number"),
-    ("tasks: [a, a]\n", "duplicates"),
-    ("tasks: [a\n", "malformed YAML at line"),
-    ("tasks: [a]\nprecision: fp8\n", "precision"),
-])
+@pytest.mark.parametrize(
+    "body,match",
+    [
+        ("tasks: [a]\nbogus: 1\n", "unknown setting"),
+        ("tasks: [a]\nlr: fast\n", "'lr' must be a number"),
+        ("tasks: [a, a]\n", "duplicates"),
+        ("tasks: [a\n", "malformed YAML at line"),
+        ("tasks: [a]\nprecision: fp8\n", "precision"),
+    ],
+)
 def test_bad_config(tmp_path, body, match):
     f = tmp_path / "c.yaml"
     f.write_text(body)

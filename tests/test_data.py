@@ -1,17 +1,23 @@
 import json
 
 import pytest
+from conftest import CL_BENCHMARK
 
 from nlora.data import cap_indices, load_tasks, resolve_task_dirs
 from nlora.errors import NloraError
 from nlora.prompts import load_instructions
 
-from conftest import CL_BENCHMARK
-
 
 def load(data_dir, tasks, **kw):
-    return load_tasks(data_dir, tasks, load_instructions(), kw.pop("max_train", None), kw.pop("max_test", None),
-                      kw.pop("seed", 0), **kw)
+    return load_tasks(
+        data_dir,
+        tasks,
+        load_instructions(),
+        kw.pop("max_train", None),
+        kw.pop("max_test", None),
+        kw.pop("seed", 0),
+        **kw,
+    )
 
 
 def test_reads_layout_and_builds_prompts(data_dir):
@@ -89,8 +95,10 @@ def test_unknown_label_policies(data_dir):
 def test_real_benchmark_layout():
     tasks = load(CL_BENCHMARK, ["agnews", "COPA", "BoolQA"], max_train=3, max_test=2)
     p = tasks["agnews"].splits["test"][0].prompt
-    assert p.startswith("Task:TC\nDataset:agnews\nWhat is the topic of the following paragraph? Choose one from "
-                        "the option.\nOption: World, Sports, Business, Science or Technology \n")
+    assert p.startswith(
+        "Task:TC\nDataset:agnews\nWhat is the topic of the following paragraph? Choose one from "
+        "the option.\nOption: World, Sports, Business, Science or Technology \n"
+    )
     assert tasks["COPA"].splits["test"][0].prompt.startswith("Task:COPA\nDataset:COPA\n")
     assert tasks["BoolQA"].category == "BoolQA"
     with pytest.raises(NloraError, match=r"missing data files: .*yahoo/train.json, .*yahoo/test.json"):

@@ -21,8 +21,10 @@ def test_demo_tasks_are_deterministic_and_valid(tmp_path):
         assert len(task.splits["train"]) == 30 and len(task.splits["test"]) == 10
         assert {e.label for e in task.splits["train"]} == set(task.labels)  # every label occurs
         assert DEMO_TASKS[name][2].strip() in task.splits["train"][0].prompt
-    assert write_demo_tasks(tmp_path / "c", 30, 10, seed=1).joinpath("Topic/headlines/train.json").read_bytes() != \
-        (a / "Topic/headlines/train.json").read_bytes()
+    assert (
+        write_demo_tasks(tmp_path / "c", 30, 10, seed=1).joinpath("Topic/headlines/train.json").read_bytes()
+        != (a / "Topic/headlines/train.json").read_bytes()
+    )
 
 
 def test_demo_runs_both_methods_and_reports(model_dirs, tmp_path, capsys):
@@ -56,7 +58,8 @@ def test_demo_cuda_without_gpu_is_clear(model_dirs, tmp_path, capsys, monkeypatc
     import torch
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert main(["demo", "--output-dir", str(tmp_path / "d"), "--model", str(model_dirs["t5"]),
-                 "--device", "cuda"]) == 2
+    assert (
+        main(["demo", "--output-dir", str(tmp_path / "d"), "--model", str(model_dirs["t5"]), "--device", "cuda"]) == 2
+    )
     assert "no CUDA GPU" in capsys.readouterr().err
     assert not (tmp_path / "d" / "seq-lora" / "summary.json").exists()

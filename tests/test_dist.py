@@ -28,18 +28,60 @@ ZERO3_CONFIG = CONFIG.with_name("deepspeed-zero3.yaml")
 def run_args(model_dir, data_dir, out, n_train=12, n_test=7, method="n-lora", lam="0.001"):
     # dropout 0: ranks draw different dropout masks than one process would
     coefficient = ["--lambda", lam] if lam else []
-    return ["run", "--model", str(model_dir), "--data-dir", str(data_dir), "--output-dir", str(out),
-            "--tasks", "topic,mood", "--max-train-per-task", str(n_train), "--max-test-per-task", str(n_test),
-            "--batch-size", "4",
-            "--grad-accum", "2", "--eval-batch-size", "2", "--max-target-length", "6", "--lr", "0.01",
-            "--lora-dropout", "0", "--method", method, *coefficient, "--device", "cpu"]
+    return [
+        "run",
+        "--model",
+        str(model_dir),
+        "--data-dir",
+        str(data_dir),
+        "--output-dir",
+        str(out),
+        "--tasks",
+        "topic,mood",
+        "--max-train-per-task",
+        str(n_train),
+        "--max-test-per-task",
+        str(n_test),
+        "--batch-size",
+        "4",
+        "--grad-accum",
+        "2",
+        "--eval-batch-size",
+        "2",
+        "--max-target-length",
+        "6",
+        "--lr",
+        "0.01",
+        "--lora-dropout",
+        "0",
+        "--method",
+        method,
+        *coefficient,
+        "--device",
+        "cpu",
+    ]
 
 
 def launch(config: Path, args: list[str]) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config),
-                           "--num_processes", "2", "-m", "nlora.cli", *args],
-                          capture_output=True, text=True, env=env, timeout=600)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--config_file",
+            str(config),
+            "--num_processes",
+            "2",
+            "-m",
+            "nlora.cli",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
 
 
 @pytest.mark.parametrize("kind", ["t5", "llama"])
@@ -51,12 +93,20 @@ def test_two_processes_match_one(model_dirs, data_dir, tmp_path, kind):
     assert_same_run(one, two)
 
 
-@pytest.mark.parametrize("kind,method,lam", [
-    ("t5", "n-lora", "0.001"), ("llama", "n-lora", "0.001"),
-    # what each of these does beyond a new adapter: stacked old A (o-lora), a teacher adapter added after
-    # sharding (lwf), Fisher passes (ewc), routing by task (per-task), one evaluation of the union (mtl)
-    ("llama", "o-lora", "0.5"), ("llama", "lwf", "1.0"), ("llama", "ewc", "100"), ("llama", "per-task", None),
-    ("llama", "mtl", None)])
+@pytest.mark.parametrize(
+    "kind,method,lam",
+    [
+        ("t5", "n-lora", "0.001"),
+        ("llama", "n-lora", "0.001"),
+        # what each of these does beyond a new adapter: stacked old A (o-lora), a teacher adapter added after
+        # sharding (lwf), Fisher passes (ewc), routing by task (per-task), one evaluation of the union (mtl)
+        ("llama", "o-lora", "0.5"),
+        ("llama", "lwf", "1.0"),
+        ("llama", "ewc", "100"),
+        ("llama", "per-task", None),
+        ("llama", "mtl", None),
+    ],
+)
 def test_fsdp_two_processes_match_one(model_dirs, data_dir, tmp_path, kind, method, lam):
     """FSDP2 shards the base weights over 2 gloo ranks. 13 training examples in batches of 4 leave a last
     micro-batch of 1, and 5 test examples in batches of 2 make 3 batches: rank 1 runs filler passes in both."""
@@ -64,14 +114,16 @@ def test_fsdp_two_processes_match_one(model_dirs, data_dir, tmp_path, kind, meth
     assert summary["fsdp"] is True
 
 
-@pytest.mark.parametrize("kind,method,lam", [("t5", "n-lora", "0.001"), ("llama", "n-lora", "0.001"),
-                                             ("llama", "o-lora", "0.5")])
+@pytest.mark.parametrize(
+    "kind,method,lam", [("t5", "n-lora", "0.001"), ("llama", "n-lora", "0.001"), ("llama", "o-lora", "0.5")]
+)
 def test_deepspeed_zero3_two_processes_match_one(model_dirs, data_dir, tmp_path, kind, method, lam):
     """DeepSpeed ZeRO-3 partitions the base weights over 2 gloo ranks (DeepSpeed's CPU accelerator); the same
     uneven batches as the FSDP test, so rank 1 runs filler passes."""
     pytest.importorskip("deepspeed")
-    summary = assert_sharded_run_matches_one(ZERO3_CONFIG, "DeepSpeed ZeRO-3", model_dirs[kind], data_dir, tmp_path,
-                                             method, lam)
+    summary = assert_sharded_run_matches_one(
+        ZERO3_CONFIG, "DeepSpeed ZeRO-3", model_dirs[kind], data_dir, tmp_path, method, lam
+    )
     assert summary["sharding"] == "DeepSpeed ZeRO-3" and summary["fsdp"] is False
 
 
@@ -121,8 +173,9 @@ def assert_same_run(one: Path, two: Path) -> None:
         assert [r["loss"] for r in l2] == pytest.approx([r["loss"] for r in l1], rel=1e-4, abs=1e-6)
         assert [r["grad_norm"] for r in l2] == pytest.approx([r["grad_norm"] for r in l1], rel=1e-3, abs=1e-6)
     # rank 1 wrote nothing of its own: the two trees hold the same file names
-    assert sorted(p.relative_to(one).as_posix() for p in one.rglob("*")) == \
-        sorted(p.relative_to(two).as_posix() for p in two.rglob("*"))
+    assert sorted(p.relative_to(one).as_posix() for p in one.rglob("*")) == sorted(
+        p.relative_to(two).as_posix() for p in two.rglob("*")
+    )
 
 
 def test_fsdp_refuses_methods_that_train_more_than_lora(model_dirs, data_dir, tmp_path):
@@ -140,11 +193,14 @@ def test_lockstep_pads_sharded_ranks_with_fillers():
     assert Dist(rank=3, world=4, sharder="FSDP").lockstep(batches) == [([0, 1], False)]
 
 
-@pytest.mark.parametrize("env, message", [
-    ({"FSDP_VERSION": "1"}, "set fsdp_version: 2"),
-    ({"FSDP_VERSION": "2", "FSDP_OFFLOAD_PARAMS": "true"}, "fsdp_offload_params: true is not supported"),
-    ({"FSDP_VERSION": "2", "FSDP_ACTIVATION_CHECKPOINTING": "true"}, "fsdp_activation_checkpointing"),
-])
+@pytest.mark.parametrize(
+    "env, message",
+    [
+        ({"FSDP_VERSION": "1"}, "set fsdp_version: 2"),
+        ({"FSDP_VERSION": "2", "FSDP_OFFLOAD_PARAMS": "true"}, "fsdp_offload_params: true is not supported"),
+        ({"FSDP_VERSION": "2", "FSDP_ACTIVATION_CHECKPOINTING": "true"}, "fsdp_activation_checkpointing"),
+    ],
+)
 def test_unsupported_fsdp_options_refused(monkeypatch, env, message):
     for k, v in env.items():
         monkeypatch.setenv(k, v)
@@ -152,14 +208,19 @@ def test_unsupported_fsdp_options_refused(monkeypatch, env, message):
         _check_fsdp_settings()
 
 
-@pytest.mark.parametrize("env, message", [
-    ({"ACCELERATE_DEEPSPEED_ZERO_STAGE": "2"}, "zero_stage 2; nlora supports zero_stage: 3"),
-    ({"ACCELERATE_DEEPSPEED_ZERO_STAGE": "3", "ACCELERATE_DEEPSPEED_OFFLOAD_PARAM_DEVICE": "cpu"},
-     "offload_param_device: cpu is not supported"),
-    ({"ACCELERATE_DEEPSPEED_ZERO_STAGE": "3", "ACCELERATE_DEEPSPEED_ZERO3_INIT": "true"}, "zero3_init_flag"),
-    ({"ACCELERATE_DEEPSPEED_CONFIG_FILE": "{file}"}, "zero_stage 1;"),  # the file's stage wins
-    ({"ACCELERATE_DEEPSPEED_CONFIG_FILE": "{missing}"}, "cannot read deepspeed_config_file"),
-])
+@pytest.mark.parametrize(
+    "env, message",
+    [
+        ({"ACCELERATE_DEEPSPEED_ZERO_STAGE": "2"}, "zero_stage 2; nlora supports zero_stage: 3"),
+        (
+            {"ACCELERATE_DEEPSPEED_ZERO_STAGE": "3", "ACCELERATE_DEEPSPEED_OFFLOAD_PARAM_DEVICE": "cpu"},
+            "offload_param_device: cpu is not supported",
+        ),
+        ({"ACCELERATE_DEEPSPEED_ZERO_STAGE": "3", "ACCELERATE_DEEPSPEED_ZERO3_INIT": "true"}, "zero3_init_flag"),
+        ({"ACCELERATE_DEEPSPEED_CONFIG_FILE": "{file}"}, "zero_stage 1;"),  # the file's stage wins
+        ({"ACCELERATE_DEEPSPEED_CONFIG_FILE": "{missing}"}, "cannot read deepspeed_config_file"),
+    ],
+)
 def test_unsupported_deepspeed_options_refused(monkeypatch, tmp_path, env, message):
     pytest.importorskip("deepspeed")
     (tmp_path / "ds.json").write_text(json.dumps({"zero_optimization": {"stage": 1}}))

@@ -36,16 +36,47 @@ def test_score_mode_matches_brute_force(model_dirs, model_kind):
     loaded = load_model(str(model_dirs[model_kind]))
     loaded.model.eval()
     prompts = [f"Task:TC\nDataset:topic\nheadline number {i} {'x' * (3 * i)}\nAnswer:" for i in range(7)]
-    got = score_labels(loaded.model, loaded.tokenizer, prompts, LABELS, seq2seq=loaded.seq2seq,
-                       device=torch.device("cpu"), amp_dtype=None, batch_size=6, max_source=512, max_new_tokens=50)
+    got = score_labels(
+        loaded.model,
+        loaded.tokenizer,
+        prompts,
+        LABELS,
+        seq2seq=loaded.seq2seq,
+        device=torch.device("cpu"),
+        amp_dtype=None,
+        batch_size=6,
+        max_source=512,
+        max_new_tokens=50,
+    )
     assert got == [brute_force_choice(loaded.model, loaded.tokenizer, p, loaded.seq2seq) for p in prompts]
 
 
 def test_run_in_score_mode(model_dirs, data_dir, tmp_path):
     out = tmp_path / "run"
-    assert main(["run", "--model", str(model_dirs["llama"]), "--data-dir", str(data_dir), "--output-dir", str(out),
-                 "--tasks", "topic,mood", "--max-train-per-task", "8", "--max-test-per-task", "4",
-                 "--eval-mode", "score", "--eval-batch-size", "8"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "--model",
+                str(model_dirs["llama"]),
+                "--data-dir",
+                str(data_dir),
+                "--output-dir",
+                str(out),
+                "--tasks",
+                "topic,mood",
+                "--max-train-per-task",
+                "8",
+                "--max-test-per-task",
+                "4",
+                "--eval-mode",
+                "score",
+                "--eval-batch-size",
+                "8",
+            ]
+        )
+        == 0
+    )
     rows = [json.loads(x) for x in (out / "tasks" / "02-mood" / "predictions.jsonl").read_text().splitlines()]
     labels = {"topic": {"World", "Sports"}, "mood": {"positive", "negative"}}
     assert rows and all(r["prediction"] in labels[r["task"]] for r in rows)

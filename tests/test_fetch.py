@@ -7,11 +7,10 @@ import threading
 from pathlib import Path
 
 import pytest
+from conftest import CL_BENCHMARK
 
 from nlora.cli import main
 from nlora.fetch import LAYOUT, check_dir, expected_files, servable_presets
-
-from conftest import CL_BENCHMARK
 
 
 def write_tree(root: Path, skip=()) -> None:
@@ -21,8 +20,11 @@ def write_tree(root: Path, skip=()) -> None:
             continue
         path = root / rel
         path.parent.mkdir(parents=True, exist_ok=True)
-        data = ["yes", "no"] if path.name == "labels.json" else [{"label": "yes", "sentence": f"{rel} {i}"}
-                                                                 for i in range(3)]
+        data = (
+            ["yes", "no"]
+            if path.name == "labels.json"
+            else [{"label": "yes", "sentence": f"{rel} {i}"} for i in range(3)]
+        )
         path.write_text(json.dumps(data))
 
 
@@ -79,8 +81,9 @@ def test_fetch_downloads_every_file_and_reports_what_is_missing(served, tmp_path
     write_tree(tree)
     server.requests.clear()
     assert main(["data", "fetch", "--dest", str(dest), "--url", server.url]) == 0
-    assert sorted(server.requests) == sorted(f"/CL_Benchmark/{r}" for r in
-                                             ["TC/yahoo/train.json", "SC/yelp/test.json", "NLI/CB/dev.json"])
+    assert sorted(server.requests) == sorted(
+        f"/CL_Benchmark/{r}" for r in ["TC/yahoo/train.json", "SC/yelp/test.json", "NLI/CB/dev.json"]
+    )
     assert "60 of 60 expected files present and valid" in capsys.readouterr().out
 
 
@@ -91,8 +94,10 @@ def test_fetch_unreachable_server_is_one_line_error(tmp_path, capsys):
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
     s.close()  # nothing listens on this port now
-    assert main(["data", "fetch", "--dest", str(tmp_path / "d"), "--url", f"http://127.0.0.1:{port}/x",
-                 "--timeout", "5"]) == 2
+    assert (
+        main(["data", "fetch", "--dest", str(tmp_path / "d"), "--url", f"http://127.0.0.1:{port}/x", "--timeout", "5"])
+        == 2
+    )
     err = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress bar
     assert err.startswith("nlora: error: cannot download http://127.0.0.1:") and "Connection refused" in err
     assert not ((tmp_path / "d").exists() and list((tmp_path / "d").rglob("*.json*")))
@@ -132,6 +137,5 @@ def test_check_shared_copy(capsys):
     out = capsys.readouterr().out
     assert "missing: TC/dbpedia/train.json" in out and "missing: TC/yahoo/labels.json" not in out
     usable = check_dir(CL_BENCHMARK).usable_tasks()
-    assert sorted(usable) == sorted(["agnews", "amazon", "MNLI", "CB", "RTE", "QQP", "BoolQA", "COPA", "WiC",
-                                     "SST-2"])
+    assert sorted(usable) == sorted(["agnews", "amazon", "MNLI", "CB", "RTE", "QQP", "BoolQA", "COPA", "WiC", "SST-2"])
     assert sum(len(v) for v in LAYOUT.values()) == 15

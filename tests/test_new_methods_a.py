@@ -23,10 +23,17 @@ NAMES = ["topic", "mood"]
 
 def setup(method_name, kind, model_dirs, data_dir, n_train=8):
     loaded = load_model(str(model_dirs[kind]))
-    lora = ContinualLoRA(loaded.model, LoraSettings(dropout=0.0), default_target_modules(loaded.model),
-                         loaded.seq2seq)
-    cfg = resolve(overrides={"model": "m", "data_dir": "d", "output_dir": "o", "task_names": NAMES,
-                             "method": method_name, "fold_adapters": False})
+    lora = ContinualLoRA(loaded.model, LoraSettings(dropout=0.0), default_target_modules(loaded.model), loaded.seq2seq)
+    cfg = resolve(
+        overrides={
+            "model": "m",
+            "data_dir": "d",
+            "output_dir": "o",
+            "task_names": NAMES,
+            "method": method_name,
+            "fold_adapters": False,
+        }
+    )
     method = get_method(method_name)(cfg)
     tasks = load_tasks(data_dir, NAMES, load_instructions(), n_train, 4, 0)
     return loaded, lora, method, tasks
@@ -42,8 +49,17 @@ def train_one(loaded, lora, method, tasks, t, between=None):
     method.before_training(lora, t, settings, ctx)
     if between is not None:
         between(ctx)
-    train_task(lora, method, data, settings, pad_id=loaded.tokenizer.pad_token_id, seq2seq=loaded.seq2seq,
-               device=torch.device("cpu"), amp_dtype=None, seed=t)
+    train_task(
+        lora,
+        method,
+        data,
+        settings,
+        pad_id=loaded.tokenizer.pad_token_id,
+        seq2seq=loaded.seq2seq,
+        device=torch.device("cpu"),
+        amp_dtype=None,
+        seed=t,
+    )
     method.end_task(lora, t, settings, ctx)
     return ctx
 
@@ -53,13 +69,38 @@ def snapshot(lora):
 
 
 def run_cli(model_dir, data_dir, out, method, *extra):
-    return main(["run", "--model", str(model_dir), "--data-dir", str(data_dir), "--output-dir", str(out),
-                 "--tasks", ",".join(NAMES), "--max-train-per-task", "8", "--max-test-per-task", "4",
-                 "--batch-size", "4", "--eval-batch-size", "4", "--max-target-length", "6", "--lr", "0.01",
-                 "--method", method, *extra])
+    return main(
+        [
+            "run",
+            "--model",
+            str(model_dir),
+            "--data-dir",
+            str(data_dir),
+            "--output-dir",
+            str(out),
+            "--tasks",
+            ",".join(NAMES),
+            "--max-train-per-task",
+            "8",
+            "--max-test-per-task",
+            "4",
+            "--batch-size",
+            "4",
+            "--eval-batch-size",
+            "4",
+            "--max-target-length",
+            "6",
+            "--lr",
+            "0.01",
+            "--method",
+            method,
+            *extra,
+        ]
+    )
 
 
 # ---------------------------------------------------------------- inflora
+
 
 def brute_covariance(lora, layer_name, examples, seq2seq):
     """C of one layer's input, one example at a time (no padding at all), summed token by token."""
@@ -98,6 +139,7 @@ def test_inflora_designs_A_outside_old_subspace_and_trains_only_B(model_dirs, da
             designed[n] = layer.lora_A["task1"].weight.detach().clone()
         probe = sorted(bases)[:2]
         covs.update({n: brute_covariance(lora, n, ctx.examples, loaded.seq2seq) for n in probe})
+
     train_one(loaded, lora, method, tasks, 1, between=record)
     after2 = snapshot(lora)
     layers = dict(lora.lora_layers())
@@ -105,14 +147,17 @@ def test_inflora_designs_A_outside_old_subspace_and_trains_only_B(model_dirs, da
         a = layers[n].lora_A["task1"].weight.detach().double()
         assert torch.equal(a.float(), designed[n])  # A frozen through training
         assert (a @ m).abs().max() < 1e-6 * a.abs().max()  # rows in the complement of the stored basis
-        assert a.norm(dim=1).max() == pytest.approx(1 / 3 ** 0.5, rel=1e-5)
+        assert a.norm(dim=1).max() == pytest.approx(1 / 3**0.5, rel=1e-5)
     for n, cov in covs.items():  # the design: top left singular vectors of (I - M M^T) C, / sqrt(3)
         m = bases[n]
         u, s, _ = torch.linalg.svd(cov - m @ (m.T @ cov))
-        a = designed[n].double() * 3 ** 0.5
+        a = designed[n].double() * 3**0.5
         k = int((s[: a.shape[0] + 1] > 1e-6 * s[0]).sum())
-        distinct = [i for i in range(min(k, a.shape[0]))
-                    if (i == 0 or s[i - 1] - s[i] > 1e-4 * s[0]) and s[i] - s[i + 1] > 1e-4 * s[0]]
+        distinct = [
+            i
+            for i in range(min(k, a.shape[0]))
+            if (i == 0 or s[i - 1] - s[i] > 1e-4 * s[0]) and s[i] - s[i + 1] > 1e-4 * s[0]
+        ]
         assert distinct, "no well-separated singular value to compare"
         for i in distinct:  # up to sign; float32 forward passes, hence the tolerance
             assert abs(float(a[i] @ u[:, i])) == pytest.approx(1.0, abs=1e-3)
@@ -170,6 +215,7 @@ def test_inflora_state_saved_and_reloaded(model_dirs, data_dir, tmp_path, capsys
 
 # ---------------------------------------------------------------- route
 
+
 @pytest.mark.parametrize("kind", ["llama", "t5"])
 def test_route_sends_each_task_to_its_adapter(model_dirs, data_dir, tmp_path, kind):
     out = tmp_path / "route"
@@ -178,9 +224,14 @@ def test_route_sends_each_task_to_its_adapter(model_dirs, data_dir, tmp_path, ki
     assert routing["accuracy"] == 100.0
     assert routing["tasks"]["topic"]["routed"] == {"task0": 4} and routing["tasks"]["mood"]["routed"] == {"task1": 4}
     summary = json.loads((out / "summary.json").read_text())
-    first = [json.loads(x)["prediction"] for x in (out / "tasks" / "01-topic" / "predictions.jsonl").read_text().splitlines()]
-    later = [r["prediction"] for r in map(json.loads, (out / "tasks" / "02-mood" / "predictions.jsonl").read_text().splitlines())
-             if r["task"] == "topic"]
+    first = [
+        json.loads(x)["prediction"] for x in (out / "tasks" / "01-topic" / "predictions.jsonl").read_text().splitlines()
+    ]
+    later = [
+        r["prediction"]
+        for r in map(json.loads, (out / "tasks" / "02-mood" / "predictions.jsonl").read_text().splitlines())
+        if r["task"] == "topic"
+    ]
     assert first == later and summary["bwt"] == 0.0  # routed right, so task 1 is answered by its frozen adapter
     assert [e["routing_accuracy"] for e in summary["per_task"]] == [100.0, 100.0]
     assert main(["eval", str(out), "--tasks", ",".join(NAMES)]) == 0
@@ -195,10 +246,11 @@ def test_route_choice_is_the_nearest_prototype(model_dirs, data_dir):
     ctxs = [train_one(loaded, lora, method, tasks, t) for t in range(2)]
     for t, ctx in enumerate(ctxs):  # brute force: each prototype is the mean of per-prompt token means
         with torch.no_grad(), lora.model.disable_adapter():
-            states = [lora.model.get_base_model().base_model(input_ids=torch.tensor([e.source])).last_hidden_state[0]
-                      .mean(0) for e in ctx.examples]
-        torch.testing.assert_close(lora.extras[f"task{t}"].prototype, torch.stack(states).mean(0), atol=1e-5,
-                                   rtol=1e-4)
+            states = [
+                lora.model.get_base_model().base_model(input_ids=torch.tensor([e.source])).last_hidden_state[0].mean(0)
+                for e in ctx.examples
+            ]
+        torch.testing.assert_close(lora.extras[f"task{t}"].prototype, torch.stack(states).mean(0), atol=1e-5, rtol=1e-4)
     test = [e.source for n in NAMES for e in encode(loaded.tokenizer, tasks[n].splits["test"], False, 256, 8)]
     chosen = method.route_examples(lora, 1, test)
     protos = torch.stack([lora.extras[f"task{t}"].prototype for t in range(2)])
@@ -214,6 +266,7 @@ def test_route_choice_is_the_nearest_prototype(model_dirs, data_dir):
 
 
 # ---------------------------------------------------------------- gated branches (gainlora, sapt-sals)
+
 
 def gates_of(method, lora):
     return method._gates[id(lora)]
@@ -231,15 +284,19 @@ def assert_branches_scaled_per_example(loaded, lora, method, tasks):
     example's a_i; and a batch gives each row its own gates (same logits as the row alone)."""
     gates = gates_of(method, lora)
     batch = prompt_batch(loaded, tasks)
-    extra = {"decoder_input_ids": torch.zeros(batch["input_ids"].shape[0], 1, dtype=torch.long)} \
-        if loaded.seq2seq else {}
+    extra = (
+        {"decoder_input_ids": torch.zeros(batch["input_ids"].shape[0], 1, dtype=torch.long)} if loaded.seq2seq else {}
+    )
     lora.model.eval()
     with torch.no_grad():
         together = lora.model(**batch, **extra).logits
         for row in (0, batch["input_ids"].shape[0] - 1):
             real = batch["attention_mask"][row].bool()
-            one = {"input_ids": batch["input_ids"][row][real][None], "attention_mask": batch["attention_mask"][row][real][None]}
-            one_extra = {k: v[row:row + 1] for k, v in extra.items()}
+            one = {
+                "input_ids": batch["input_ids"][row][real][None],
+                "attention_mask": batch["attention_mask"][row][real][None],
+            }
+            one_extra = {k: v[row : row + 1] for k, v in extra.items()}
             alone = lora.model(**one, **one_extra).logits
             scales = {n: float(v[0]) for n, v in gates.values.items()}
             last = -1 if loaded.seq2seq else slice(None)
@@ -335,6 +392,7 @@ def test_sapt_mixture_weights_sum_to_one(model_dirs, data_dir, kind):
     def starts_from_previous(ctx):
         for k, v in lora.extras["task1"].query.state_dict().items():
             assert torch.equal(v, query0[f"query.{k}"])
+
     train_one(loaded, lora, method, tasks, 1, between=starts_from_previous)
     assert all(torch.equal(v, query0[k]) for k, v in lora.extras["task0"].state_dict().items())  # frozen
     assert not torch.equal(lora.extras["task1"].query[0].weight, query0["query.0.weight"])  # the shared net trained
@@ -352,7 +410,7 @@ def test_sapt_mixture_weights_sum_to_one(model_dirs, data_dir, kind):
             ids = batch["input_ids"][row][batch["attention_mask"][row].bool()]
             pooled = embed(ids).float().max(0).values
             q = state1.query(pooled[None])[0]
-            scores = torch.tensor([float(state0.key @ q), float(state1.key @ q)]) / d ** 0.5
+            scores = torch.tensor([float(state0.key @ q), float(state1.key @ q)]) / d**0.5
             want = scores.exp() / scores.exp().sum()
             torch.testing.assert_close(weights[row], want, atol=1e-5, rtol=1e-5)
         assert masked_max(torch.tensor([[[1.0], [5.0]]]), torch.tensor([[1.0, 0.0]])).item() == 1.0  # pads ignored
@@ -397,8 +455,16 @@ def test_sapt_replay_kl_equals_the_formula(model_dirs, data_dir):
     assert any(torch.equal(kept.memory[0], p) for p in pooled)  # real examples' pooled embeddings
     assert kept.label.shape == (1,) and float(kept.label[0]) == pytest.approx(1.0)
     seen = []
-    train_one(loaded, lora, method, tasks, 1, between=lambda ctx: seen.append(
-        float(method.penalty(lora, TaskSettings(name="mood", lr=1, epochs=1, batch_size=4, grad_accum=1, lam=0.5)))))
+    train_one(
+        loaded,
+        lora,
+        method,
+        tasks,
+        1,
+        between=lambda ctx: seen.append(
+            float(method.penalty(lora, TaskSettings(name="mood", lr=1, epochs=1, batch_size=4, grad_accum=1, lam=0.5)))
+        ),
+    )
     assert seen[0] > 0  # the new key takes weight from task 1's kept inputs: a KL against [1, 0]
     settings = TaskSettings(name="mood", lr=1, epochs=1, batch_size=4, grad_accum=1, lam=0.5)
     method._old = [lora.extras["task0"]]
@@ -430,7 +496,7 @@ def test_replay_kl_brute_force_several_tasks():
         for mem, lab in zip(memories, labels):
             part = 0.0
             for x in mem:
-                s = [float(k @ query(x[None])[0]) / d ** 0.5 for k in keys]
+                s = [float(k @ query(x[None])[0]) / d**0.5 for k in keys]
                 z = sum(torch.tensor(s).exp().tolist())
                 w = [torch.tensor(v).exp().item() / z for v in s]
                 part += sum(lab_i * torch.tensor(lab_i / w[i]).log().item() for i, lab_i in enumerate(lab.tolist()))
@@ -448,5 +514,7 @@ def test_label_scoring_with_input_chosen_branches(model_dirs, data_dir, tmp_path
     assert main(["eval", str(out), "--tasks", ",".join(NAMES)]) == 0
     again = out / "eval" / "after-02" / "topic+mood" / "predictions.jsonl"
     assert again.read_text() == (last / "predictions.jsonl").read_text()
-    assert all(json.loads(x)["prediction"] in ("World", "Sports", "positive", "negative")
-               for x in again.read_text().splitlines())
+    assert all(
+        json.loads(x)["prediction"] in ("World", "Sports", "positive", "negative")
+        for x in again.read_text().splitlines()
+    )

@@ -27,10 +27,15 @@ DOCS = Path(__file__).resolve().parents[1] / "docs" / "methods.md"
 
 def setup(kind, model_dirs, method_name, seed=0, lam=None):
     loaded = load_model(str(model_dirs[kind]))
-    lora = ContinualLoRA(loaded.model, LoraSettings(dropout=0.0), default_target_modules(loaded.model),
-                         loaded.seq2seq)
-    overrides = {"model": "m", "data_dir": "d", "output_dir": "o", "task_names": ["topic", "mood", "COPA"],
-                 "method": method_name, "seed": seed}
+    lora = ContinualLoRA(loaded.model, LoraSettings(dropout=0.0), default_target_modules(loaded.model), loaded.seq2seq)
+    overrides = {
+        "model": "m",
+        "data_dir": "d",
+        "output_dir": "o",
+        "task_names": ["topic", "mood", "COPA"],
+        "method": method_name,
+        "seed": seed,
+    }
     if lam is not None:
         overrides["lambda"] = lam
     cfg = resolve(overrides=overrides)
@@ -44,8 +49,10 @@ def settings(lam=None, name="mood"):
 def train_batches(loaded, data_dir, n=8, per_batch=4, task="topic"):
     tasks = load_tasks(data_dir, [task], load_instructions(), n, 4, 0)
     enc = encode(loaded.tokenizer, tasks[task].splits["train"], loaded.seq2seq, 256, 8)
-    return [collate_train(enc[s:s + per_batch], loaded.tokenizer.pad_token_id, loaded.seq2seq)
-            for s in range(0, len(enc), per_batch)]
+    return [
+        collate_train(enc[s : s + per_batch], loaded.tokenizer.pad_token_id, loaded.seq2seq)
+        for s in range(0, len(enc), per_batch)
+    ]
 
 
 def linear_quantile(values: list[float], q: float) -> float:
@@ -58,6 +65,7 @@ def linear_quantile(values: list[float], q: float) -> float:
 
 
 # ---------------------------------------------------------------- migu
+
 
 @pytest.mark.parametrize("variant", ["migu", "migu-lora"])
 def test_migu_rows_below_the_quantile_get_zero_gradient(model_dirs, model_kind, data_dir, variant):
@@ -74,8 +82,10 @@ def test_migu_rows_below_the_quantile_get_zero_gradient(model_dirs, model_kind, 
     else:
         assert len(modules) == sum(isinstance(m, torch.nn.Linear) for m in lora.model.modules())
     outputs = {i: [] for i in range(len(modules))}
-    spies = [m.register_forward_hook(lambda mod, a, out, i=i: outputs[i].append(out.detach().double()))
-             for i, m in enumerate(modules)]
+    spies = [
+        m.register_forward_hook(lambda mod, a, out, i=i: outputs[i].append(out.detach().double()))
+        for i, m in enumerate(modules)
+    ]
     for batch in train_batches(loaded, data_dir):  # two micro-batches of one optimizer step
         task_loss(lora.model, batch, loaded.seq2seq, False).backward()
     for s in spies:
@@ -110,8 +120,17 @@ def test_migu_one_step_leaves_masked_rows_unchanged(model_dirs, data_dir):
     data = encode(loaded.tokenizer, tasks["mood"].splits["train"], False, 256, 8)
     linears = [m for m in lora.model.modules() if isinstance(m, torch.nn.Linear)]
     start = [m.weight.detach().clone() for m in linears]
-    train_task(lora, method, data, settings(), pad_id=loaded.tokenizer.pad_token_id, seq2seq=False,
-               device=torch.device("cpu"), amp_dtype=None, seed=0)
+    train_task(
+        lora,
+        method,
+        data,
+        settings(),
+        pad_id=loaded.tokenizer.pad_token_id,
+        seq2seq=False,
+        device=torch.device("cpu"),
+        amp_dtype=None,
+        seed=0,
+    )
     for m, w0 in zip(linears, start):
         changed = int((m.weight.detach() != w0).any(dim=1).sum())
         assert 0 < changed <= math.ceil(0.3 * w0.shape[0]) + 1, (changed, w0.shape)
@@ -153,6 +172,7 @@ def test_migu_refuses_a_quantile_outside_0_1(model_dirs):
 
 
 # ---------------------------------------------------------------- clora
+
 
 def test_clora_loss_equals_the_formula_and_its_gradient(model_dirs):
     _, lora, method, _ = setup("llama", model_dirs, "clora")
@@ -201,6 +221,7 @@ def test_clora_subspaces_are_fixed_across_tasks_and_runs(model_dirs):
 
 # ---------------------------------------------------------------- slao
 
+
 def gram_schmidt_rows(a: torch.Tensor) -> torch.Tensor:
     rows = []
     for v in a.double():
@@ -241,8 +262,10 @@ def test_slao_initialisation_and_merge_equal_the_formulas(model_dirs):
     method.end_task(lora, 1, settings())
     for f, (a2, b2), b_m1 in zip(lora.factors("seq"), ft2, merged1):
         assert torch.equal(f.A, a2)  # A replaced
-        expected = [[b_m1[i, j].item() + (b2[i, j].item() - b_m1[i, j].item()) / math.sqrt(2)
-                     for j in range(b2.shape[1])] for i in range(b2.shape[0])]
+        expected = [
+            [b_m1[i, j].item() + (b2[i, j].item() - b_m1[i, j].item()) / math.sqrt(2) for j in range(b2.shape[1])]
+            for i in range(b2.shape[0])
+        ]
         torch.testing.assert_close(f.B.double(), torch.tensor(expected, dtype=torch.float64), atol=1e-6, rtol=1e-6)
     merged2 = [f.B.detach().clone() for f in lora.factors("seq")]
     method.begin_task(lora, 2, settings())
@@ -266,6 +289,7 @@ def test_slao_initialisation_and_merge_equal_the_formulas(model_dirs):
 
 # ---------------------------------------------------------------- l2p
 
+
 def brute_selection(emb, pool, ids, mask, m_prompts, length, k):
     """Per example: the k pool prompts whose mean vector has the largest cosine with the masked mean input
     embedding, most similar first; and those cosines."""
@@ -275,7 +299,7 @@ def brute_selection(emb, pool, ids, mask, m_prompts, length, k):
         q = sum(rows) / len(rows)
         cos = []
         for m in range(m_prompts):
-            key = pool[m * length:(m + 1) * length].double().mean(0)
+            key = pool[m * length : (m + 1) * length].double().mean(0)
             cos.append(float(q @ key / (q.norm() * key.norm())))
         order = sorted(range(m_prompts), key=lambda m: -cos[m])[:k]
         out.append((order, [cos[m] for m in order]))
@@ -287,21 +311,23 @@ def test_l2p_selects_the_top_k_keys_and_reads_them_first(model_dirs, model_kind,
     method.begin_task(lora, 0, settings())
     M, L, k = method.pool_size, method.prompt_length, method.top_k
     pool = method.pool.weight
-    assert pool.shape[0] == M * L and [n for n, p in lora.model.named_parameters() if p.requires_grad] == \
-        ["prompt_encoder.pool.embedding.weight"]
+    assert pool.shape[0] == M * L and [n for n, p in lora.model.named_parameters() if p.requires_grad] == [
+        "prompt_encoder.pool.embedding.weight"
+    ]
     emb = lora.model.word_embeddings.weight.detach()
     seen = {}
     spy = lora.model.get_base_model().register_forward_pre_hook(
-        lambda mod, args, kwargs: seen.update(kwargs), with_kwargs=True)
+        lambda mod, args, kwargs: seen.update(kwargs), with_kwargs=True
+    )
     batch = train_batches(loaded, data_dir, n=4)[0]
     logits, targets = answer_logits(lora.model, batch, loaded.seq2seq, False)
     expected = brute_selection(emb, pool.detach(), batch["input_ids"], batch["attention_mask"], M, L, k)
     assert method.pool.selected.tolist() == [order for order, _ in expected]
     for b, (order, _) in enumerate(expected):  # the model reads [P_idx1; P_idx2; P_idx3; x]
-        prompts = torch.cat([pool[m * L:(m + 1) * L] for m in order])
-        torch.testing.assert_close(seen["inputs_embeds"][b, :k * L], prompts)
-        assert seen["attention_mask"][b, :k * L].all()
-        assert torch.equal(seen["attention_mask"][b, k * L:], batch["attention_mask"][b])
+        prompts = torch.cat([pool[m * L : (m + 1) * L] for m in order])
+        torch.testing.assert_close(seen["inputs_embeds"][b, : k * L], prompts)
+        assert seen["attention_mask"][b, : k * L].all()
+        assert torch.equal(seen["attention_mask"][b, k * L :], batch["attention_mask"][b])
     lam = 0.5
     pull = method.batch_penalty(lora, settings(lam), batch, loaded.seq2seq, logits, targets)
     assert pull.item() == pytest.approx(-lam * sum(sum(c) for _, c in expected) / len(expected), rel=1e-5)
@@ -309,22 +335,23 @@ def test_l2p_selects_the_top_k_keys_and_reads_them_first(model_dirs, model_kind,
     (task_loss(lora.model, batch, loaded.seq2seq, False) + pull).backward()
     chosen = {m for order, _ in expected for m in order}
     for m in range(M):
-        assert bool(pool.grad[m * L:(m + 1) * L].any()) == (m in chosen)
+        assert bool(pool.grad[m * L : (m + 1) * L].any()) == (m in chosen)
     # generation selects from the prompt alone, the same way
     tasks = load_tasks(data_dir, ["mood"], load_instructions(), 4, 4, 0)
-    enc = encode(loaded.tokenizer, [Example(e.prompt, "") for e in tasks["mood"].splits["test"]], loaded.seq2seq,
-                 256, 2)
+    enc = encode(
+        loaded.tokenizer, [Example(e.prompt, "") for e in tasks["mood"].splits["test"]], loaded.seq2seq, 256, 2
+    )
     gen_batch = collate_prompts(enc, loaded.tokenizer.pad_token_id, loaded.seq2seq)
     spy.remove()
     lora.model.eval()
     with torch.no_grad():
-        lora.model.generate(**gen_batch, max_new_tokens=2, do_sample=False,
-                            pad_token_id=loaded.tokenizer.pad_token_id)
+        lora.model.generate(**gen_batch, max_new_tokens=2, do_sample=False, pad_token_id=loaded.tokenizer.pad_token_id)
     expected = brute_selection(emb, pool.detach(), gen_batch["input_ids"], gen_batch["attention_mask"], M, L, k)
     assert method.pool.selected.tolist() == [order for order, _ in expected]
 
 
 # ---------------------------------------------------------------- the methods table
+
 
 def test_every_method_fills_the_table_attributes():
     for name, cls in REGISTRY.items():
@@ -358,11 +385,35 @@ def test_docs_table_has_a_row_per_method(capsys):
 
 # ---------------------------------------------------------------- resume
 
+
 def _args(model_dir, data_dir, out, method):
-    return ["run", "--model", str(model_dir), "--data-dir", str(data_dir), "--output-dir", str(out),
-            "--tasks", "topic,mood", "--max-train-per-task", "8", "--max-test-per-task", "4", "--batch-size", "4",
-            "--eval-batch-size", "4", "--max-target-length", "6", "--lr", "0.01", "--method", method,
-            "--save-every", "1"]
+    return [
+        "run",
+        "--model",
+        str(model_dir),
+        "--data-dir",
+        str(data_dir),
+        "--output-dir",
+        str(out),
+        "--tasks",
+        "topic,mood",
+        "--max-train-per-task",
+        "8",
+        "--max-test-per-task",
+        "4",
+        "--batch-size",
+        "4",
+        "--eval-batch-size",
+        "4",
+        "--max-target-length",
+        "6",
+        "--lr",
+        "0.01",
+        "--method",
+        method,
+        "--save-every",
+        "1",
+    ]
 
 
 @pytest.mark.parametrize("method,crash_at", [("slao", 3), ("l2p", 3), ("migu-lora", 4)])
@@ -389,5 +440,6 @@ def test_resumed_run_equals_the_uninterrupted_one(model_dirs, data_dir, tmp_path
         a = load_file(whole / "tasks" / t / "adapter" / "adapter_model.safetensors")
         b = load_file(broken / "tasks" / t / "adapter" / "adapter_model.safetensors")
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), t
-        assert (whole / "tasks" / t / "predictions.jsonl").read_text() == \
-            (broken / "tasks" / t / "predictions.jsonl").read_text()
+        assert (whole / "tasks" / t / "predictions.jsonl").read_text() == (
+            broken / "tasks" / t / "predictions.jsonl"
+        ).read_text()

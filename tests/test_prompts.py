@@ -8,8 +8,9 @@ from nlora.prompts import answer_from_generation, build_prompt, load_instruction
 
 def test_prompt_with_instruction_and_options():
     p = build_prompt("TC", "agnews", "Title: x\nText: y\n", ["World", "Sports"], "What is the topic? Choose.\n")
-    assert p == ("Task:TC\nDataset:agnews\nWhat is the topic? Choose.\nOption: World, Sports \n"
-                 "Title: x\nText: y\n\nAnswer:")
+    assert p == (
+        "Task:TC\nDataset:agnews\nWhat is the topic? Choose.\nOption: World, Sports \nTitle: x\nText: y\n\nAnswer:"
+    )
 
 
 def test_copa_has_no_instruction_and_no_option_line():
@@ -28,7 +29,9 @@ def test_builtin_instructions_cover_categories():
 @pytest.mark.parametrize("form", ["flat", "reference"])
 def test_user_instruction_file_overrides(tmp_path, form):
     f = tmp_path / "ins.json"
-    body = {"TC": "Topic?\n"} if form == "flat" else {"TC": [{"instruction_type": "zero-shot", "instruction": "Topic?\n"}]}
+    body = (
+        {"TC": "Topic?\n"} if form == "flat" else {"TC": [{"instruction_type": "zero-shot", "instruction": "Topic?\n"}]}
+    )
     f.write_text(json.dumps(body))
     assert load_instructions(f) == {"TC": "Topic?\n"}
 

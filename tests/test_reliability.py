@@ -16,9 +16,30 @@ from nlora.cli import main
 
 
 def run_args(model_dir, data_dir, out, *extra):
-    return ["run", "--model", str(model_dir), "--data-dir", str(data_dir), "--output-dir", str(out),
-            "--tasks", "topic,mood", "--max-train-per-task", "8", "--max-test-per-task", "4", "--batch-size", "4",
-            "--eval-batch-size", "4", "--max-target-length", "6", "--lr", "0.01", *extra]
+    return [
+        "run",
+        "--model",
+        str(model_dir),
+        "--data-dir",
+        str(data_dir),
+        "--output-dir",
+        str(out),
+        "--tasks",
+        "topic,mood",
+        "--max-train-per-task",
+        "8",
+        "--max-test-per-task",
+        "4",
+        "--batch-size",
+        "4",
+        "--eval-batch-size",
+        "4",
+        "--max-target-length",
+        "6",
+        "--lr",
+        "0.01",
+        *extra,
+    ]
 
 
 def snapshot(root: Path) -> dict | None:
@@ -50,6 +71,7 @@ def finished_run(model_dirs, data_dir, tmp_path):
 
 # -- --overwrite never deletes what nlora did not write ------------------------------------------------------
 
+
 def test_foreign_folder_survives_overwrite(model_dirs, data_dir, tmp_path, capsys):
     out = tmp_path / "mine"
     for name in ("eval/notes.txt", "tasks/todo.md", "figure1.png", "summary.json", "config.yaml"):
@@ -58,17 +80,21 @@ def test_foreign_folder_survives_overwrite(model_dirs, data_dir, tmp_path, capsy
     assert_refused(run_args(model_dirs["t5"], data_dir, out, "--overwrite"), capsys, "holds no nlora run", out)
 
 
-@pytest.mark.parametrize("bad,expect", [
-    (["--target-modules", "bogus_proj"], "no linear layer named bogus_proj"),
-    (["--target-modules", "q,bogus_proj"], "no linear layer named bogus_proj"),
-    (["--lr", "nan"], "setting 'lr' must be a finite number, got nan"),
-    (["--method", "nope"], "unknown method 'nope'"),
-    (["--model", "/nonexistent/model"], "model path not found"),
-])
+@pytest.mark.parametrize(
+    "bad,expect",
+    [
+        (["--target-modules", "bogus_proj"], "no linear layer named bogus_proj"),
+        (["--target-modules", "q,bogus_proj"], "no linear layer named bogus_proj"),
+        (["--lr", "nan"], "setting 'lr' must be a finite number, got nan"),
+        (["--method", "nope"], "unknown method 'nope'"),
+        (["--model", "/nonexistent/model"], "model path not found"),
+    ],
+)
 def test_finished_run_survives_overwrite_whose_input_fails(finished_run, model_dirs, data_dir, capsys, bad, expect):
     (finished_run / "notes.md").write_text("the user's")
-    assert_refused(run_args(model_dirs["t5"], data_dir, finished_run, "--overwrite", *bad), capsys, expect,
-                   finished_run)  # (a flag given twice: the last one counts)
+    assert_refused(
+        run_args(model_dirs["t5"], data_dir, finished_run, "--overwrite", *bad), capsys, expect, finished_run
+    )  # (a flag given twice: the last one counts)
 
 
 def test_overwrite_removes_only_what_the_manifest_names(finished_run, model_dirs, data_dir):
@@ -87,14 +113,22 @@ def test_demo_overwrite_refuses_foreign_folder_and_bad_model(tmp_path, capsys, m
     for name in ("data/keep.json", "report/report.md", "seq-lora/mine.txt", "n-lora/mine.txt"):
         (foreign / name).parent.mkdir(parents=True, exist_ok=True)
         (foreign / name).write_text("user's")
-    assert_refused(["demo", "--output-dir", str(foreign), "--overwrite", "--model", str(model_dirs["llama"])],
-                   capsys, "holds no nlora demo", foreign)
+    assert_refused(
+        ["demo", "--output-dir", str(foreign), "--overwrite", "--model", str(model_dirs["llama"])],
+        capsys,
+        "holds no nlora demo",
+        foreign,
+    )
     demo = tmp_path / "demo"  # an earlier demo's folder: a bad --model is found before it is cleared
     (demo / "data").mkdir(parents=True)
     (demo / "data" / "instructions.json").write_text("{}")
     rundir.record(demo, "data", "report", "seq-lora", "n-lora", manifest=rundir.DEMO_MANIFEST)
-    assert_refused(["demo", "--output-dir", str(demo), "--overwrite", "--model", str(tmp_path / "no-model")],
-                   capsys, "model path not found", demo)
+    assert_refused(
+        ["demo", "--output-dir", str(demo), "--overwrite", "--model", str(tmp_path / "no-model")],
+        capsys,
+        "model path not found",
+        demo,
+    )
 
 
 # -- one process per run directory ---------------------------------------------------------------------------
@@ -112,8 +146,12 @@ sys.exit(main(sys.argv[1:]))
 def start_slow_run(script_dir: Path, args: list[str], ready) -> subprocess.Popen:
     script = script_dir / "slow_nlora.py"
     script.write_text(SLOW)
-    proc = subprocess.Popen([sys.executable, str(script), *args], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc = subprocess.Popen(
+        [sys.executable, str(script), *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     deadline = time.time() + 180
     while not ready() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.02)
@@ -123,12 +161,24 @@ def start_slow_run(script_dir: Path, args: list[str], ready) -> subprocess.Popen
 
 def test_second_process_refused_while_first_runs_then_allowed_after_sigkill(model_dirs, data_dir, tmp_path, capsys):
     out = tmp_path / "run"
-    args = run_args(model_dirs["t5"], data_dir, out, "--max-train-per-task", "24", "--batch-size", "2",
-                    "--epochs", "2", "--save-every", "1")
+    args = run_args(
+        model_dirs["t5"],
+        data_dir,
+        out,
+        "--max-train-per-task",
+        "24",
+        "--batch-size",
+        "2",
+        "--epochs",
+        "2",
+        "--save-every",
+        "1",
+    )
     first = start_slow_run(tmp_path, args, lambda: (out / "tasks/01-topic/checkpoint/state.pt").is_file())
     try:
-        line = assert_refused(args[:-4] + ["--overwrite", "--lr", "0.005"] + args[-4:], capsys, "is in use by",
-                              tmp_path / "nothing")
+        line = assert_refused(
+            args[:-4] + ["--overwrite", "--lr", "0.005"] + args[-4:], capsys, "is in use by", tmp_path / "nothing"
+        )
         assert f"process {first.pid}" in line
         assert main(args) == 2  # a plain resume is refused too, and changes nothing the first one wrote
         assert main(["eval", str(out), "--tasks", "topic"]) == 2
@@ -143,8 +193,9 @@ def test_second_process_refused_while_first_runs_then_allowed_after_sigkill(mode
 
 def test_sigterm_is_one_line_and_resumable(model_dirs, data_dir, tmp_path):
     out = tmp_path / "run"
-    args = run_args(model_dirs["t5"], data_dir, out, "--max-train-per-task", "24", "--batch-size", "2",
-                    "--save-every", "1")
+    args = run_args(
+        model_dirs["t5"], data_dir, out, "--max-train-per-task", "24", "--batch-size", "2", "--save-every", "1"
+    )
     proc = start_slow_run(tmp_path, args, lambda: (out / "tasks/01-topic/checkpoint/state.pt").is_file())
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
@@ -185,8 +236,11 @@ def test_bad_flag_value(model_dirs, data_dir, tmp_path, capsys, case):
     out = tmp_path / "run"
     before = snapshot(out)
     capsys.readouterr()
-    code = main(run_args(model_dirs["t5"], data_dir, out, *extra)) if "argument" not in expect and \
-        "unrecognized" not in expect else _argparse_exit(run_args(model_dirs["t5"], data_dir, out, *extra))
+    code = (
+        main(run_args(model_dirs["t5"], data_dir, out, *extra))
+        if "argument" not in expect and "unrecognized" not in expect
+        else _argparse_exit(run_args(model_dirs["t5"], data_dir, out, *extra))
+    )
     assert code == 2
     captured = capsys.readouterr()
     err = captured.err.strip().splitlines()
@@ -210,10 +264,12 @@ CONFIG_CASES = {
     "tasks as text": ("tasks: topic\n", "setting 'tasks' must be a list"),
     "task entry as number": ("tasks: [topic, 7]\n", "a task entry must be a name or a mapping"),
     "per-task lr as text": ("tasks: [{name: topic, lr: fast}, mood]\n", "setting 'lr' must be a number"),
-    "alias bomb": ("a: &a [x, x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a]\n"
-                   "c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c, *c]\n"
-                   "e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d, *d]\nf: [*e, *e, *e, *e, *e, *e, *e, *e, *e, *e]\n",
-                   "expands to over 100000 values"),
+    "alias bomb": (
+        "a: &a [x, x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a]\n"
+        "c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c, *c]\n"
+        "e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d, *d]\nf: [*e, *e, *e, *e, *e, *e, *e, *e, *e, *e]\n",
+        "expands to over 100000 values",
+    ),
 }
 
 
@@ -230,8 +286,9 @@ def test_bad_config_file(model_dirs, data_dir, tmp_path, capsys, case):
         body, expect = CONFIG_CASES[case]
         cfg.write_text(body)
     out = tmp_path / "run"
-    line = assert_refused(["run", "--config", str(cfg), *run_args(model_dirs["t5"], data_dir, out)[1:]], capsys,
-                          expect, out)
+    line = assert_refused(
+        ["run", "--config", str(cfg), *run_args(model_dirs["t5"], data_dir, out)[1:]], capsys, expect, out
+    )
     assert not out.exists()
     if case in ("not UTF-8", "full_matrix as text", "lora null", "seed as text"):
         assert str(cfg) in line  # the file is named
@@ -239,10 +296,15 @@ def test_bad_config_file(model_dirs, data_dir, tmp_path, capsys, case):
 
 # -- paths and the environment -------------------------------------------------------------------------------
 
+
 def test_output_dir_under_a_file(model_dirs, data_dir, tmp_path, capsys):
     (tmp_path / "afile").write_text("x")
-    assert_refused(run_args(model_dirs["t5"], data_dir, tmp_path / "afile" / "run"), capsys,
-                   f"is under {tmp_path / 'afile'}, which is a file", tmp_path / "afile")
+    assert_refused(
+        run_args(model_dirs["t5"], data_dir, tmp_path / "afile" / "run"),
+        capsys,
+        f"is under {tmp_path / 'afile'}, which is a file",
+        tmp_path / "afile",
+    )
 
 
 def test_over_long_output_path(model_dirs, data_dir, tmp_path, capsys):
@@ -250,10 +312,13 @@ def test_over_long_output_path(model_dirs, data_dir, tmp_path, capsys):
     assert_refused(run_args(model_dirs["t5"], data_dir, out), capsys, "File name too long", tmp_path / "none")
 
 
-@pytest.mark.parametrize("env,expect", [
-    ({"WORLD_SIZE": "2"}, "WORLD_SIZE=2 is set but"),
-    ({"WORLD_SIZE": "two"}, "WORLD_SIZE='two' is not a number"),
-])
+@pytest.mark.parametrize(
+    "env,expect",
+    [
+        ({"WORLD_SIZE": "2"}, "WORLD_SIZE=2 is set but"),
+        ({"WORLD_SIZE": "two"}, "WORLD_SIZE='two' is not a number"),
+    ],
+)
 def test_stray_world_size(model_dirs, data_dir, tmp_path, capsys, monkeypatch, env, expect):
     for key in ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         monkeypatch.delenv(key, raising=False)
@@ -266,21 +331,35 @@ def test_stray_world_size(model_dirs, data_dir, tmp_path, capsys, monkeypatch, e
 
 # -- a damaged or changed run met on resume ------------------------------------------------------------------
 
+
 def _damage(out: Path, data: Path) -> dict:
     return {
-        "corrupt train_stats.json": (lambda: (out / "tasks/01-topic/train_stats.json").write_text("{\"task\": "),
-                                     "01-topic/train_stats.json: malformed JSON at line 1"),
-        "truncated adapter": (lambda: _truncate(out / "tasks/01-topic/adapter/adapter_model.safetensors"),
-                              "01-topic/adapter/adapter_model.safetensors: not a readable safetensors file"),
-        "corrupt predict_results.json": (lambda: (out / "tasks/02-mood/predict_results.json").write_text("[1, 2]"),
-                                         "02-mood/predict_results.json: damaged"),
-        "corrupt config.yaml": (lambda: (out / "config.yaml").write_text("model: [unclosed\n"),
-                                "config.yaml: not a readable nlora config"),
-        "config.yaml not UTF-8": (lambda: (out / "config.yaml").write_bytes(b"\xff\xfe\x00"),
-                                  "config.yaml: not a readable nlora config"),
-        "data changed": (lambda: (data / "TC/topic/train.json").write_text(
-            (data / "TC/topic/train.json").read_text().replace("war", "peace")),
-            "task topic: train.json changed since this run started"),
+        "corrupt train_stats.json": (
+            lambda: (out / "tasks/01-topic/train_stats.json").write_text('{"task": '),
+            "01-topic/train_stats.json: malformed JSON at line 1",
+        ),
+        "truncated adapter": (
+            lambda: _truncate(out / "tasks/01-topic/adapter/adapter_model.safetensors"),
+            "01-topic/adapter/adapter_model.safetensors: not a readable safetensors file",
+        ),
+        "corrupt predict_results.json": (
+            lambda: (out / "tasks/02-mood/predict_results.json").write_text("[1, 2]"),
+            "02-mood/predict_results.json: damaged",
+        ),
+        "corrupt config.yaml": (
+            lambda: (out / "config.yaml").write_text("model: [unclosed\n"),
+            "config.yaml: not a readable nlora config",
+        ),
+        "config.yaml not UTF-8": (
+            lambda: (out / "config.yaml").write_bytes(b"\xff\xfe\x00"),
+            "config.yaml: not a readable nlora config",
+        ),
+        "data changed": (
+            lambda: (data / "TC/topic/train.json").write_text(
+                (data / "TC/topic/train.json").read_text().replace("war", "peace")
+            ),
+            "task topic: train.json changed since this run started",
+        ),
     }
 
 
@@ -288,8 +367,17 @@ def _truncate(path: Path) -> None:
     path.write_bytes(path.read_bytes()[:-40])
 
 
-@pytest.mark.parametrize("case", ["corrupt train_stats.json", "corrupt predict_results.json", "corrupt config.yaml",
-                                  "config.yaml not UTF-8", "data changed", "truncated adapter"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "corrupt train_stats.json",
+        "corrupt predict_results.json",
+        "corrupt config.yaml",
+        "config.yaml not UTF-8",
+        "data changed",
+        "truncated adapter",
+    ],
+)
 def test_damaged_run_met_on_resume(finished_run, model_dirs, data_dir, capsys, case):
     (finished_run / "summary.json").unlink()  # as if stopped after the last evaluation
     breaker, expect = _damage(finished_run, data_dir)[case]
@@ -301,9 +389,18 @@ def test_lock_holder_is_named(tmp_path):
     held = rundir.DirectoryLock(tmp_path).acquire()
     try:
         assert rundir.lock_holder(tmp_path) == os.getpid()
-        probe = subprocess.run([sys.executable, "-c", "import sys; from nlora.rundir import DirectoryLock\n"
-                                "try:\n DirectoryLock(sys.argv[1]).acquire()\nexcept Exception as e: print(e)",
-                                str(tmp_path)], capture_output=True, text=True, timeout=60)
+        probe = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "import sys; from nlora.rundir import DirectoryLock\n"
+                "try:\n DirectoryLock(sys.argv[1]).acquire()\nexcept Exception as e: print(e)",
+                str(tmp_path),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert f"is in use by process {os.getpid()}" in probe.stdout
     finally:
         held.release()
@@ -311,8 +408,9 @@ def test_lock_holder_is_named(tmp_path):
 
 
 @pytest.mark.parametrize("code,expect", [(28, "No space left on device"), (30, "Read-only file system")])
-def test_disk_full_or_read_only_when_the_run_directory_is_made(model_dirs, data_dir, tmp_path, capsys, monkeypatch,
-                                                               code, expect):
+def test_disk_full_or_read_only_when_the_run_directory_is_made(
+    model_dirs, data_dir, tmp_path, capsys, monkeypatch, code, expect
+):
     import nlora.recipe as recipe_mod
 
     def failing_save(cfg, path):
@@ -324,8 +422,7 @@ def test_disk_full_or_read_only_when_the_run_directory_is_made(model_dirs, data_
     assert not out.exists()  # made by this run, so removed again
 
 
-def test_non_finite_loss_message_is_not_glued_to_the_progress_bar(model_dirs, data_dir, tmp_path, capsys,
-                                                                  monkeypatch):
+def test_non_finite_loss_message_is_not_glued_to_the_progress_bar(model_dirs, data_dir, tmp_path, capsys, monkeypatch):
     import torch
 
     from nlora.methods.nlora import NLoRA

@@ -3,10 +3,9 @@
 import json
 
 import pytest
+from test_cli import run_args
 
 from nlora.cli import main
-
-from test_cli import run_args
 
 
 @pytest.fixture(scope="module")
@@ -63,8 +62,10 @@ def test_eval_after_task_on_unseen_task(runs, capsys):
     # the model after task 1 is what the run evaluated then: same score on topic
     first = json.loads((out["n-lora"] / "tasks" / "01-topic" / "predict_results.json").read_text())
     assert res["predict_exact_match_for_topic"] == first["predict_exact_match_for_topic"]
-    preds = lambda path, task: [r["prediction"] for r in map(json.loads, path.read_text().splitlines())  # noqa: E731
-                                if r["task"] == task]
+
+    def preds(path, task):
+        return [r["prediction"] for r in map(json.loads, path.read_text().splitlines()) if r["task"] == task]
+
     got = preds(out["n-lora"] / "eval" / "after-01" / "COPA+topic" / "predictions.jsonl", "topic")
     assert got == preds(out["n-lora"] / "tasks" / "01-topic" / "predictions.jsonl", "topic") and any(got)
     assert (out["n-lora"] / "summary.json").read_text() == before
@@ -79,10 +80,13 @@ def test_seq_lora_eval_matches_run(runs):
     res = json.loads((out["seq-lora"] / "eval" / "after-02" / "mood" / "predict_results.json").read_text())
     last = json.loads((out["seq-lora"] / "tasks" / "02-mood" / "predict_results.json").read_text())
     assert res["predict_exact_match_for_mood"] == last["predict_exact_match_for_mood"]
-    rows = lambda p: [json.loads(x)["prediction"] for x in p.read_text().splitlines()  # noqa: E731
-                      if json.loads(x)["task"] == "mood"]
-    assert rows(out["seq-lora"] / "eval" / "after-02" / "mood" / "predictions.jsonl") == \
-        rows(out["seq-lora"] / "tasks" / "02-mood" / "predictions.jsonl")
+
+    def rows(path):
+        return [r["prediction"] for r in map(json.loads, path.read_text().splitlines()) if r["task"] == "mood"]
+
+    assert rows(out["seq-lora"] / "eval" / "after-02" / "mood" / "predictions.jsonl") == rows(
+        out["seq-lora"] / "tasks" / "02-mood" / "predictions.jsonl"
+    )
 
 
 def test_run_labels_use_one_depth_that_tells_runs_apart(tmp_path):

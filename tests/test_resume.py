@@ -24,10 +24,34 @@ VOLATILE = {"wall_time_s", "resumed", "train_seconds", "eval_seconds", "predict_
 
 
 def args_for(model_dir, data_dir, out, *extra):
-    return ["run", "--model", str(model_dir), "--data-dir", str(data_dir), "--output-dir", str(out),
-            "--tasks", "topic,mood", "--max-train-per-task", "12", "--max-test-per-task", "6", "--batch-size", "2",
-            "--eval-batch-size", "2", "--max-target-length", "6", "--lr", "0.01", "--method", "o-lora",
-            "--save-every", "1", *extra]
+    return [
+        "run",
+        "--model",
+        str(model_dir),
+        "--data-dir",
+        str(data_dir),
+        "--output-dir",
+        str(out),
+        "--tasks",
+        "topic,mood",
+        "--max-train-per-task",
+        "12",
+        "--max-test-per-task",
+        "6",
+        "--batch-size",
+        "2",
+        "--eval-batch-size",
+        "2",
+        "--max-target-length",
+        "6",
+        "--lr",
+        "0.01",
+        "--method",
+        "o-lora",
+        "--save-every",
+        "1",
+        *extra,
+    ]
 
 
 def stable(obj):
@@ -46,13 +70,18 @@ def assert_same_run(a: Path, b: Path) -> None:
         ta = load_file(a / "tasks" / t / "adapter" / "adapter_model.safetensors")
         tb = load_file(b / "tasks" / t / "adapter" / "adapter_model.safetensors")
         assert ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta), t
-        assert (a / "tasks" / t / "predictions.jsonl").read_text() == (b / "tasks" / t / "predictions.jsonl").read_text()
+        assert (a / "tasks" / t / "predictions.jsonl").read_text() == (
+            b / "tasks" / t / "predictions.jsonl"
+        ).read_text()
         assert not (b / "tasks" / t / "checkpoint").exists()  # removed once the task is trained
 
 
 def tree_digest(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -93,9 +122,12 @@ def crash_after(monkeypatch, module, name, calls: int):
 def test_interrupted_then_resumed_equals_uninterrupted(reference, model_dirs, tmp_path, monkeypatch, where):
     data, runs = reference
     out = tmp_path / "run"
-    target = {"mid task 1": (train_mod, "_micro_step", 4), "mid task 2": (train_mod, "_micro_step", 6 + 3),
-              "between tasks": (recipe_mod, "train_or_reuse", 2),
-              "during evaluation": (evaluate_mod, "_generate_batch", 3 + 2)}[where]
+    target = {
+        "mid task 1": (train_mod, "_micro_step", 4),
+        "mid task 2": (train_mod, "_micro_step", 6 + 3),
+        "between tasks": (recipe_mod, "train_or_reuse", 2),
+        "during evaluation": (evaluate_mod, "_generate_batch", 3 + 2),
+    }[where]
     with monkeypatch.context() as m:
         crash_after(m, *target)
         with pytest.raises(Crash):
@@ -135,8 +167,12 @@ def test_sigkill_at_several_points_then_resume(reference, model_dirs, tmp_path, 
     script.write_text(WRAPPER)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     for point, reached in KILL_POINTS.items():
-        proc = subprocess.Popen([sys.executable, str(script), *args_for(model_dirs[kind], data, out)],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+        proc = subprocess.Popen(
+            [sys.executable, str(script), *args_for(model_dirs[kind], data, out)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env=env,
+        )
         deadline = time.time() + 180
         while not reached(out) and proc.poll() is None and time.time() < deadline:
             time.sleep(0.01)
@@ -161,11 +197,17 @@ def bad_input_cases(data: Path, tmp_path: Path) -> dict:
     """name -> (how to break the input, extra flags, expected text). Applied to a copy of the data."""
     topic = data / "TC" / "topic"
     return {
-        "truncated json": (lambda: (topic / "train.json").write_text('[{"label": "World", "sen'), [],
-                           "malformed JSON at line 1"),
+        "truncated json": (
+            lambda: (topic / "train.json").write_text('[{"label": "World", "sen'),
+            [],
+            "malformed JSON at line 1",
+        ),
         "missing labels.json": (lambda: (topic / "labels.json").unlink(), [], "missing data files"),
-        "unknown label": (lambda: (topic / "test.json").write_text('[{"label": "Space", "sentence": "a"}]'), [],
-                          "has label 'Space'"),
+        "unknown label": (
+            lambda: (topic / "test.json").write_text('[{"label": "Space", "sentence": "a"}]'),
+            [],
+            "has label 'Space'",
+        ),
         "empty split": (lambda: (topic / "train.json").write_text("[]"), [], "split is empty"),
         "wrong preset": (lambda: None, ["--preset", "t5-order9"], "unknown preset 't5-order9'"),
         "mismatched run directory": (lambda: None, ["--lr", "0.02"], "holds a run with different settings"),
@@ -174,8 +216,16 @@ def bad_input_cases(data: Path, tmp_path: Path) -> dict:
     }
 
 
-BAD = ["truncated json", "missing labels.json", "unknown label", "empty split", "wrong preset",
-       "mismatched run directory", "mismatched task order", "negative save-every"]
+BAD = [
+    "truncated json",
+    "missing labels.json",
+    "unknown label",
+    "empty split",
+    "wrong preset",
+    "mismatched run directory",
+    "mismatched task order",
+    "negative save-every",
+]
 
 
 @pytest.mark.parametrize("case", BAD)

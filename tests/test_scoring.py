@@ -38,13 +38,25 @@ def test_one_prompt_pass_equals_per_candidate_likelihood(model_dirs, model_kind,
     expected, pairs = brute_force(model, loaded.tokenizer, loaded.seq2seq)
     candidates = [pairs[j].target for j in range(len(LABELS))]
     assert len({len(c) for c in candidates}) > 1
-    got = candidate_logprobs(model, [pairs[i * len(LABELS)] for i in range(len(PROMPTS))], candidates,
-                             seq2seq=loaded.seq2seq, pad_id=loaded.tokenizer.pad_token_id, device=torch.device("cpu"))
+    got = candidate_logprobs(
+        model,
+        [pairs[i * len(LABELS)] for i in range(len(PROMPTS))],
+        candidates,
+        seq2seq=loaded.seq2seq,
+        pad_id=loaded.tokenizer.pad_token_id,
+        device=torch.device("cpu"),
+    )
     assert torch.allclose(got, expected, atol=1e-4, rtol=1e-5), (got - expected).abs().max()
     assert got.argmax(-1).tolist() == expected.argmax(-1).tolist()
     # deterministic: a second call (a fresh cache) gives the same numbers bit for bit
-    again = candidate_logprobs(model, [pairs[i * len(LABELS)] for i in range(len(PROMPTS))], candidates,
-                               seq2seq=loaded.seq2seq, pad_id=loaded.tokenizer.pad_token_id, device=torch.device("cpu"))
+    again = candidate_logprobs(
+        model,
+        [pairs[i * len(LABELS)] for i in range(len(PROMPTS))],
+        candidates,
+        seq2seq=loaded.seq2seq,
+        pad_id=loaded.tokenizer.pad_token_id,
+        device=torch.device("cpu"),
+    )
     assert torch.equal(got, again)
 
 

@@ -25,16 +25,41 @@ sys.exit(main(sys.argv[1:]))
 
 
 def run_args(model_dir, data_dir, out):
-    return ["run", "--model", str(model_dir), "--data-dir", str(data_dir), "--output-dir", str(out),
-            "--tasks", "topic,mood", "--max-train-per-task", "12", "--max-test-per-task", "4", "--batch-size", "2",
-            "--eval-batch-size", "4", "--max-target-length", "4", "--lr", "0.01", "--method", "seq-lora",
-            "--save-every", "2"]
+    return [
+        "run",
+        "--model",
+        str(model_dir),
+        "--data-dir",
+        str(data_dir),
+        "--output-dir",
+        str(out),
+        "--tasks",
+        "topic,mood",
+        "--max-train-per-task",
+        "12",
+        "--max-test-per-task",
+        "4",
+        "--batch-size",
+        "2",
+        "--eval-batch-size",
+        "4",
+        "--max-target-length",
+        "4",
+        "--lr",
+        "0.01",
+        "--method",
+        "seq-lora",
+        "--save-every",
+        "2",
+    ]
 
 
 def snapshot(root: Path) -> dict:
     """Every file and folder with its size and modification time: status must change none of them."""
-    return {str(p.relative_to(root)): (p.is_dir(), p.stat().st_size if p.is_file() else 0, p.stat().st_mtime_ns)
-            for p in sorted(root.rglob("*"))} | {".": root.stat().st_mtime_ns}
+    return {
+        str(p.relative_to(root)): (p.is_dir(), p.stat().st_size if p.is_file() else 0, p.stat().st_mtime_ns)
+        for p in sorted(root.rglob("*"))
+    } | {".": root.stat().st_mtime_ns}
 
 
 def status_of(run_dir: Path, capsys, still: bool = True) -> str:
@@ -62,8 +87,12 @@ def test_running_then_killed_then_resumed(model_dirs, data_dir, tmp_path, capsys
     script = tmp_path / "slow_nlora.py"
     script.write_text(SLOW)
     log = out / "tasks/01-topic/train_log.jsonl"
-    proc = subprocess.Popen([sys.executable, str(script), *run_args(model_dirs["llama"], data_dir, out)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc = subprocess.Popen(
+        [sys.executable, str(script), *run_args(model_dirs["llama"], data_dir, out)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     try:
         deadline = time.time() + 240
         while len(read_log(log)) < 2 and proc.poll() is None and time.time() < deadline:

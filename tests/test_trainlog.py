@@ -21,10 +21,34 @@ VOLATILE = {"examples_per_s", "elapsed_s", "time"}  # measured, not computed
 
 
 def run_args(model_dir, data_dir, out, *extra, tasks="topic,mood"):
-    return ["run", "--model", str(model_dir), "--data-dir", str(data_dir), "--output-dir", str(out),
-            "--tasks", tasks, "--max-train-per-task", "12", "--max-test-per-task", "4", "--batch-size", "2",
-            "--eval-batch-size", "4", "--max-target-length", "4", "--lr", "0.01", "--method", "n-lora",
-            "--lambda", "1e-3", *extra]
+    return [
+        "run",
+        "--model",
+        str(model_dir),
+        "--data-dir",
+        str(data_dir),
+        "--output-dir",
+        str(out),
+        "--tasks",
+        tasks,
+        "--max-train-per-task",
+        "12",
+        "--max-test-per-task",
+        "4",
+        "--batch-size",
+        "2",
+        "--eval-batch-size",
+        "4",
+        "--max-target-length",
+        "4",
+        "--lr",
+        "0.01",
+        "--method",
+        "n-lora",
+        "--lambda",
+        "1e-3",
+        *extra,
+    ]
 
 
 def logs(out: Path) -> dict[str, list[dict]]:
@@ -138,8 +162,12 @@ sys.exit(main(sys.argv[1:]))
 
 def killed_when(script: Path, args: list[str], reached, what: str) -> None:
     """Run nlora in a subprocess (each micro-step slowed down) and SIGKILL it once ``reached()`` holds."""
-    proc = subprocess.Popen([sys.executable, str(script), *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc = subprocess.Popen(
+        [sys.executable, str(script), *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     deadline = time.time() + 240
     while not reached() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.01)

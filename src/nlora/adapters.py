@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import os
-from contextlib import contextmanager
 import shutil
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,13 +31,16 @@ class LayerFactors:
 class ContinualLoRA:
     """Owns the PEFT model and the order of adapters; only the newest adapter trains."""
 
-    def __init__(self, base_model, lora: LoraSettings, target_modules: list[str], seq2seq: bool,
-                 sharded: bool = False):
+    def __init__(self, base_model, lora: LoraSettings, target_modules: list[str], seq2seq: bool, sharded: bool = False):
         self.base_model = base_model
         self.sharded = sharded  # base weights sharded by FSDP: no rank holds them whole to fold into
         self.lora_config = LoraConfig(
-            r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=list(target_modules),
-            task_type=TaskType.SEQ_2_SEQ_LM if seq2seq else TaskType.CAUSAL_LM, bias="none",
+            r=lora.r,
+            lora_alpha=lora.alpha,
+            lora_dropout=lora.dropout,
+            target_modules=list(target_modules),
+            task_type=TaskType.SEQ_2_SEQ_LM if seq2seq else TaskType.CAUSAL_LM,
+            bias="none",
         )
         self.model: PeftModel | None = None
         self.adapters: list[str] = []  # in creation order, folded ones included
@@ -55,8 +58,9 @@ class ContinualLoRA:
 
         # One set of virtual tokens, also for encoder-decoders: prompt tuning feeds only the encoder, and PEFT's
         # default of one set per transformer stack leaves the decoder's set unused.
-        config = PromptTuningConfig(task_type=self.lora_config.task_type, num_virtual_tokens=virtual_tokens,
-                                    num_transformer_submodules=1)
+        config = PromptTuningConfig(
+            task_type=self.lora_config.task_type, num_virtual_tokens=virtual_tokens, num_transformer_submodules=1
+        )
         if self.model is None:
             self.model = get_peft_model(self.base_model, config, adapter_name=name)
             self.prompt = True
@@ -132,8 +136,9 @@ class ContinualLoRA:
         layers = self._fp32_layers([name])
         if layers is None:
             return
-        copies = [LayerFactors(f.module, f.A.detach().clone(), f.B.detach().clone(), f.scaling)
-                  for f in self.factors(name)]
+        copies = [
+            LayerFactors(f.module, f.A.detach().clone(), f.B.detach().clone(), f.scaling) for f in self.factors(name)
+        ]
         self._add_updates(layers, [name])
         self.model.base_model.set_adapter([a for a in self.live_adapters() if a != name])
         self.model.delete_adapter(name)
@@ -198,8 +203,11 @@ class ContinualLoRA:
         out = []
         for name, layer in self.lora_layers():
             if adapter in layer.lora_A:
-                out.append(LayerFactors(name, layer.lora_A[adapter].weight, layer.lora_B[adapter].weight,
-                                        float(layer.scaling[adapter])))
+                out.append(
+                    LayerFactors(
+                        name, layer.lora_A[adapter].weight, layer.lora_B[adapter].weight, float(layer.scaling[adapter])
+                    )
+                )
         return out
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
@@ -221,8 +229,10 @@ class ContinualLoRA:
         state = load_file(str(Path(src) / "adapter_model.safetensors"))
         result = set_peft_model_state_dict(self.model, state, adapter_name=adapter)
         if self.prompt:  # PEFT loads the prompt itself and reports its key as unexpected: check the values
-            if not torch.equal(self.model.prompt_encoder[adapter].embedding.weight.detach().cpu(),
-                               state["prompt_embeddings"].to(torch.float32)):
+            if not torch.equal(
+                self.model.prompt_encoder[adapter].embedding.weight.detach().cpu(),
+                state["prompt_embeddings"].to(torch.float32),
+            ):
                 raise NloraError(f"{src}: the soft prompt did not load")
             return
         if getattr(result, "unexpected_keys", None):
@@ -242,8 +252,10 @@ class ContinualLoRA:
             if adapter in self.extras:
                 from safetensors.torch import save_file
 
-                save_file({k: v.detach().cpu().contiguous() for k, v in self.extras[adapter].state_dict().items()},
-                          str(saved / EXTRA_FILE))
+                save_file(
+                    {k: v.detach().cpu().contiguous() for k, v in self.extras[adapter].state_dict().items()},
+                    str(saved / EXTRA_FILE),
+                )
             if dest.exists():
                 shutil.rmtree(dest)
             os.replace(saved, dest)

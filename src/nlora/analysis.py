@@ -20,7 +20,7 @@ from .errors import NloraError
 from .io import error_line, read_json, read_safetensors
 
 DEFAULT_THRESHOLD = 1e-4
-CURVE = [10.0 ** e for e in range(-7, 0)]  # 1e-7 ... 1e-1
+CURVE = [10.0**e for e in range(-7, 0)]  # 1e-7 ... 1e-1
 CHUNK_ELEMENTS = 1 << 24  # dense rows handled at once, summed over tasks: 64 MB in fp32
 
 
@@ -33,7 +33,11 @@ class Update:
 
 def check_threshold(threshold) -> float:
     """A collision threshold on |dW|: a finite number > 0 (NaN would count nothing and report no collisions)."""
-    if isinstance(threshold, bool) or not isinstance(threshold, Real) or not (math.isfinite(threshold) and threshold > 0):
+    if (
+        isinstance(threshold, bool)
+        or not isinstance(threshold, Real)
+        or not (math.isfinite(threshold) and threshold > 0)
+    ):
         raise NloraError(f"--threshold must be a finite number > 0, got {threshold}")
     return float(threshold)
 
@@ -81,8 +85,12 @@ def read_run_config(path: Path):
         cfg = RunConfig.from_dict(data)
     except (TypeError, KeyError, AttributeError, ValueError) as e:
         raise NloraError(f"{path}: not an nlora run config ({e.__class__.__name__}: {error_line(e)})") from None
-    if not (isinstance(cfg.model, str) and isinstance(cfg.method, str)
-            and cfg.tasks and all(isinstance(t.name, str) for t in cfg.tasks)):
+    if not (
+        isinstance(cfg.model, str)
+        and isinstance(cfg.method, str)
+        and cfg.tasks
+        and all(isinstance(t.name, str) for t in cfg.tasks)
+    ):
         raise NloraError(f"{path}: not an nlora run config (needs text 'model', 'method' and task names)")
     return cfg
 
@@ -99,9 +107,11 @@ def read_summary(path: Path) -> dict:
         problem = "'method' and 'model' must be text"
     else:
         n, m = len(s["tasks"]), s.get("accuracy_matrix")
-        if not (isinstance(m, list) and len(m) == n and all(isinstance(row, list) and len(row) == n
-                                                             and all(v is None or _number(v) for v in row)
-                                                             for row in m)):
+        if not (
+            isinstance(m, list)
+            and len(m) == n
+            and all(isinstance(row, list) and len(row) == n and all(v is None or _number(v) for v in row) for row in m)
+        ):
             problem = f"'accuracy_matrix' must be {n} rows of {n} numbers (or nulls)"
         elif not all(k in s for k in ("aa", "bwt", "wall_time_s")):
             problem = "no 'aa', 'bwt' or 'wall_time_s'"
@@ -145,10 +155,13 @@ def task_updates(adapter_dirs: list[Path], cumulative: bool) -> tuple[list[str],
     layers = sorted(loaded[0][0], key=natural_key)
     for d, (factors, _) in zip(adapter_dirs[1:], loaded[1:]):  # updates are compared layer by layer
         first = loaded[0][0]
-        if set(factors) != set(first) or any(factors[n][0].shape[1] != first[n][0].shape[1]
-                                             or factors[n][1].shape[0] != first[n][1].shape[0] for n in layers):
-            raise NloraError(f"{d}: adapts other layers (or other shapes) than {adapter_dirs[0]}; not one run's "
-                             "adapters")
+        if set(factors) != set(first) or any(
+            factors[n][0].shape[1] != first[n][0].shape[1] or factors[n][1].shape[0] != first[n][1].shape[0]
+            for n in layers
+        ):
+            raise NloraError(
+                f"{d}: adapts other layers (or other shapes) than {adapter_dirs[0]}; not one run's adapters"
+            )
     updates, prev = [], None
     for factors, s in loaded:
         per_layer = {}
@@ -177,7 +190,9 @@ def nuclear_norm(u: Update) -> float:
     return float(torch.linalg.svdvals(Ru @ Rv.T).sum())
 
 
-def dense_counts(updates: list[Update], thresholds: list[float]) -> tuple[torch.Tensor, torch.Tensor, int, torch.Tensor]:
+def dense_counts(
+    updates: list[Update], thresholds: list[float]
+) -> tuple[torch.Tensor, torch.Tensor, int, torch.Tensor]:
     """Entries above each threshold per task (T x n) and jointly per task pair (T x n x n), and each task's
     ||dW||_1 (n), in one pass over row chunks of the dense updates."""
     n, out_f, in_f = len(updates), updates[0].U.shape[0], updates[0].V.shape[1]
@@ -187,7 +202,7 @@ def dense_counts(updates: list[Update], thresholds: list[float]) -> tuple[torch.
     joint = torch.zeros(len(thresholds), n, n, dtype=torch.float64)
     l1 = torch.zeros(n, dtype=torch.float64)
     for r0 in range(0, out_f, rows):
-        dense = torch.stack([u.U[r0:r0 + rows] @ u.V for u in updates]).abs().flatten(1)  # n x chunk
+        dense = torch.stack([u.U[r0 : r0 + rows] @ u.V for u in updates]).abs().flatten(1)  # n x chunk
         l1 += dense.sum(1)
         for k, t in enumerate(th):
             above = (dense > t).double()
@@ -196,8 +211,9 @@ def dense_counts(updates: list[Update], thresholds: list[float]) -> tuple[torch.
     return single, joint, out_f * in_f, l1
 
 
-def analyze_updates(layers: list[str], updates: list[dict[str, Update]], threshold: float,
-                    thresholds: list[float]) -> dict:
+def analyze_updates(
+    layers: list[str], updates: list[dict[str, Update]], threshold: float, thresholds: list[float]
+) -> dict:
     n = len(updates)
     curve = sorted(set(thresholds) | {threshold})
     k_main = curve.index(threshold)
@@ -225,26 +241,30 @@ def analyze_updates(layers: list[str], updates: list[dict[str, Update]], thresho
         }
     L = len(layers)
     off = [(i, j) for i in range(n) for j in range(i + 1, n)]
-    nuclear = torch.tensor([per_layer[l]["nuclear_norm"] for l in layers])  # L x n
-    density = torch.tensor([per_layer[l]["density"] for l in layers])
+    nuclear = torch.tensor([per_layer[layer]["nuclear_norm"] for layer in layers])  # L x n
+    density = torch.tensor([per_layer[layer]["density"] for layer in layers])
     return {
         "threshold": threshold,
         "num_layers": L,
         "acr": float(sum(collision_sum[i, j] for i, j in off) / (len(off) * L)) if off else None,
-        "acr_curve": [{"threshold": t, "acr": float(acr_curve_sum[k] / L) if off else None}
-                      for k, t in enumerate(curve)],
+        "acr_curve": [
+            {"threshold": t, "acr": float(acr_curve_sum[k] / L) if off else None} for k, t in enumerate(curve)
+        ],
         "collision_matrix": (collision_sum / L).tolist(),
         "orthogonality_lora_A": {"matrix": orth_a.tolist(), "total": float(sum(orth_a[i, j] for i, j in off))},
         "orthogonality_update": {"matrix": orth_u.tolist(), "total": float(sum(orth_u[i, j] for i, j in off))},
         "nuclear_norm": {"mean": float(nuclear.mean()), "per_task_mean": nuclear.mean(0).tolist()},
-        "sparsity": {"per_task": (1 - density.mean(0)).tolist(),
-                     "definition": "share of update entries with |dW| <= threshold"},
+        "sparsity": {
+            "per_task": (1 - density.mean(0)).tolist(),
+            "definition": "share of update entries with |dW| <= threshold",
+        },
         "layers": per_layer,
     }
 
 
-def analyze_run(run_dir: str | Path, threshold: float = DEFAULT_THRESHOLD,
-                thresholds: list[float] | None = None) -> dict:
+def analyze_run(
+    run_dir: str | Path, threshold: float = DEFAULT_THRESHOLD, thresholds: list[float] | None = None
+) -> dict:
     from .methods import get_method
 
     run_dir = Path(run_dir)
@@ -253,8 +273,13 @@ def analyze_run(run_dir: str | Path, threshold: float = DEFAULT_THRESHOLD,
     tasks, method, dirs = run_layout(run_dir)
     cumulative = not get_method(method).fresh_adapter_per_task
     layers, updates = task_updates(dirs, cumulative)
-    result = {"run": str(run_dir), "method": method, "tasks": tasks,
-              "update_definition": "change of the single adapter over each task" if cumulative
-              else "each task's own adapter s*B*A"}
+    result = {
+        "run": str(run_dir),
+        "method": method,
+        "tasks": tasks,
+        "update_definition": "change of the single adapter over each task"
+        if cumulative
+        else "each task's own adapter s*B*A",
+    }
     result.update(analyze_updates(layers, updates, threshold, thresholds or CURVE))
     return result

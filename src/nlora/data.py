@@ -60,8 +60,10 @@ def resolve_task_dirs(data_dir: str | Path, tasks: list[str], splits=SPLITS) -> 
     ambiguous = [t for t in tasks if len(folders.get(t, [])) > 1]
     if ambiguous:
         t = ambiguous[0]
-        raise NloraError(f"task '{t}' is in more than one category: {' and '.join(map(str, folders[t]))}; "
-                         f"name the one you mean with its category, e.g. {folders[t][0].parent.name}/{t}")
+        raise NloraError(
+            f"task '{t}' is in more than one category: {' and '.join(map(str, folders[t]))}; "
+            f"name the one you mean with its category, e.g. {folders[t][0].parent.name}/{t}"
+        )
     index = index_tasks(data_dir)
     unknown = [t for t in tasks if t not in index]
     if unknown:
@@ -69,8 +71,12 @@ def resolve_task_dirs(data_dir: str | Path, tasks: list[str], splits=SPLITS) -> 
             f"unknown task(s) {', '.join(unknown)} in data directory {data_dir} "
             f"(found: {', '.join(sorted(folders)) or 'none'})"
         )
-    missing = [str(index[t] / f) for t in tasks for f in ("labels.json", *(f"{s}.json" for s in splits))
-               if not (index[t] / f).is_file()]
+    missing = [
+        str(index[t] / f)
+        for t in tasks
+        for f in ("labels.json", *(f"{s}.json" for s in splits))
+        if not (index[t] / f).is_file()
+    ]
     if missing:
         raise NloraError(f"missing data files: {', '.join(missing)}")
     return {t: index[t] for t in tasks}
@@ -89,18 +95,24 @@ def read_split(path: Path, labels: list[str], unknown_labels: str = "error") -> 
     punctuation-only prediction, in the release as here)."""
     rows = read_json(path)
     if not isinstance(rows, list):
-        raise NloraError(f"{path}: expected a JSON list of {{\"label\", \"sentence\"}} objects")
+        raise NloraError(f'{path}: expected a JSON list of {{"label", "sentence"}} objects')
     if not rows:
         raise NloraError(f"{path}: split is empty")
     allowed = set(labels)
     kept = []
     for i, row in enumerate(rows):
-        if not isinstance(row, dict) or not isinstance(row.get("sentence"), str) or not isinstance(row.get("label"), str):
+        if (
+            not isinstance(row, dict)
+            or not isinstance(row.get("sentence"), str)
+            or not isinstance(row.get("label"), str)
+        ):
             raise NloraError(f"{path}: example {i} needs string fields 'label' and 'sentence'")
         if row["label"] not in allowed:
             if unknown_labels == "error":
-                raise NloraError(f"{path}: example {i} has label {row['label']!r}, not in labels.json {labels} "
-                                 "(--unknown-labels drop skips such examples, keep scores them as the reference)")
+                raise NloraError(
+                    f"{path}: example {i} has label {row['label']!r}, not in labels.json {labels} "
+                    "(--unknown-labels drop skips such examples, keep scores them as the reference)"
+                )
             if unknown_labels == "drop":
                 continue
         kept.append(row)
@@ -117,8 +129,15 @@ def cap_indices(n: int, cap: int | None, seed: int, task: str, split: str) -> li
     return sorted(rng.sample(range(n), cap))
 
 
-def load_task(task_dir: Path, instructions: dict[str, str], caps: dict[str, int | None], seed: int,
-              splits=SPLITS, unknown_labels: str = "error", name: str | None = None) -> TaskData:
+def load_task(
+    task_dir: Path,
+    instructions: dict[str, str],
+    caps: dict[str, int | None],
+    seed: int,
+    splits=SPLITS,
+    unknown_labels: str = "error",
+    name: str | None = None,
+) -> TaskData:
     """``name``: what the run calls the task (``Category/dataset`` where the dataset name alone is ambiguous);
     the prompt always names the dataset folder, as the reference's does."""
     dataset, category = task_dir.name, task_dir.parent.name
@@ -136,8 +155,16 @@ def load_task(task_dir: Path, instructions: dict[str, str], caps: dict[str, int 
     return task
 
 
-def load_tasks(data_dir, tasks: list[str], instructions: dict[str, str], max_train: int | None,
-               max_test: int | None, seed: int, unknown_labels: str = "error", splits=SPLITS) -> dict[str, TaskData]:
+def load_tasks(
+    data_dir,
+    tasks: list[str],
+    instructions: dict[str, str],
+    max_train: int | None,
+    max_test: int | None,
+    seed: int,
+    unknown_labels: str = "error",
+    splits=SPLITS,
+) -> dict[str, TaskData]:
     """Check all files first, then read and validate every task; raises NloraError on any problem."""
     dirs = resolve_task_dirs(data_dir, tasks, splits)
     caps = {"train": max_train, "test": max_test}

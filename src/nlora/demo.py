@@ -31,11 +31,14 @@ def _prepare(out: Path, overwrite: bool) -> None:
     rundir.check_path_usable(out)
     if not rundir.is_empty(out):
         if rundir.nlora_outputs(out, rundir.DEMO_MANIFEST) is None:
-            raise NloraError(f"output directory {out} is not empty and holds no nlora demo; nlora never writes into "
-                             "or deletes from a folder it did not make: choose another --output-dir")
+            raise NloraError(
+                f"output directory {out} is not empty and holds no nlora demo; nlora never writes into "
+                "or deletes from a folder it did not make: choose another --output-dir"
+            )
         if not overwrite:
-            raise NloraError(f"output directory {out} holds an earlier demo; choose another --output-dir or pass "
-                             "--overwrite")
+            raise NloraError(
+                f"output directory {out} holds an earlier demo; choose another --output-dir or pass --overwrite"
+            )
         rundir.clear(out, rundir.DEMO_MANIFEST)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -44,8 +47,14 @@ def _prepare(out: Path, overwrite: bool) -> None:
     rundir.record(out, "data", "report", *DEMO_METHODS, manifest=rundir.DEMO_MANIFEST)
 
 
-def run_demo(output_dir: str = "runs/demo", model: str = "smollm2", device: str = "cpu", seed: int = 42,
-             overwrite: bool = False, sizes: dict | None = None) -> dict[str, dict]:
+def run_demo(
+    output_dir: str = "runs/demo",
+    model: str = "smollm2",
+    device: str = "cpu",
+    seed: int = 42,
+    overwrite: bool = False,
+    sizes: dict | None = None,
+) -> dict[str, dict]:
     """Both runs, their analysis and a report; returns method -> summary."""
     sizes = sizes or DEMO_SIZES
     if model in EMBEDDED:
@@ -53,9 +62,11 @@ def run_demo(output_dir: str = "runs/demo", model: str = "smollm2", device: str 
     load_model(model)  # a model that does not load is refused before an earlier demo is cleared (then cached)
     out = Path(output_dir)
     names = list(DEMO_TASKS)
-    log(f"demo: {model} learns {len(names)} generated tasks in turn ({' -> '.join(names)}; {sizes['train']} "
+    log(
+        f"demo: {model} learns {len(names)} generated tasks in turn ({' -> '.join(names)}; {sizes['train']} "
         f"training examples each, 2 epochs), once with seq-lora and once with n-lora, evaluating every seen task "
-        f"after each; about 6 minutes on 2 CPU cores. Outputs: {out}/")
+        f"after each; about 6 minutes on 2 CPU cores. Outputs: {out}/"
+    )
     with ExitStack() as held:  # one demo at a time in a folder: the second is refused, not mixed in
         rundir.check_path_usable(out)
         existed = out.is_dir()
@@ -73,9 +84,17 @@ def _both_runs(out: Path, model: str, device: str, seed: int, sizes: dict, names
     data = write_demo_tasks(out / "data", sizes["train"], sizes["test"], seed=0)
     summaries = {}
     for method, lam in DEMO_METHODS.items():
-        overrides = dict(model=model, data_dir=str(data), output_dir=str(out / method), task_names=names,
-                         method=method, seed=seed, device=device, instructions=str(data / "instructions.json"),
-                         **DEMO_SETTINGS)
+        overrides = dict(
+            model=model,
+            data_dir=str(data),
+            output_dir=str(out / method),
+            task_names=names,
+            method=method,
+            seed=seed,
+            device=device,
+            instructions=str(data / "instructions.json"),
+            **DEMO_SETTINGS,
+        )
         if lam is not None:
             overrides["lambda"] = lam
         summaries[method] = run(resolve(preset=None, config_file=None, overrides=overrides), overwrite=True)
@@ -95,11 +114,12 @@ def side_by_side(summaries: dict[str, dict]) -> str:
     tasks = summaries[methods[0]]["tasks"]
     width = max(9, *(len(t) for t in tasks)) + 1
     block = width * len(tasks)
-    lines = [f"{'exact match (%)':22s}" + " | ".join(f"{m:{block}s}" for m in methods),
-             f"{'after task':22s}" + " | ".join("".join(f"{t:>{width}s}" for t in tasks) for _ in methods)]
+    lines = [
+        f"{'exact match (%)':22s}" + " | ".join(f"{m:{block}s}" for m in methods),
+        f"{'after task':22s}" + " | ".join("".join(f"{t:>{width}s}" for t in tasks) for _ in methods),
+    ]
     for i, task in enumerate(tasks):
-        row = (" | ".join("".join(f"{_cell(v):>{width}s}" for v in summaries[m]["accuracy_matrix"][i])
-                          for m in methods))
+        row = " | ".join("".join(f"{_cell(v):>{width}s}" for v in summaries[m]["accuracy_matrix"][i]) for m in methods)
         lines.append(f"{f'{i + 1} {task}':22s}" + row)
     for key in ("aa", "bwt"):
         vals = [summaries[m][key] for m in methods]
@@ -114,9 +134,13 @@ def main(output_dir: str, model: str, device: str, seed: int, overwrite: bool) -
     print(side_by_side(summaries))
     print()
     seq, nl = summaries["seq-lora"]["bwt"], summaries["n-lora"]["bwt"]
-    verdict = ("n-lora forgot less" if nl > seq else "n-lora did not forget less this time") if None not in (seq, nl) else ""
-    print(f"BWT (how much earlier tasks dropped by the end; 0 = no forgetting): seq-lora {seq:.2f}, n-lora {nl:.2f}"
-          f" -> {verdict}")
+    verdict = (
+        ("n-lora forgot less" if nl > seq else "n-lora did not forget less this time") if None not in (seq, nl) else ""
+    )
+    print(
+        f"BWT (how much earlier tasks dropped by the end; 0 = no forgetting): seq-lora {seq:.2f}, n-lora {nl:.2f}"
+        f" -> {verdict}"
+    )
     out = Path(output_dir)
     print(f"report with plots (accuracy heatmaps, collision rate, nuclear norms): {out / 'report' / 'report.md'}")
     print(f"run directories (adapters, predictions, summary.json): {out / 'seq-lora'}, {out / 'n-lora'}")

@@ -13,25 +13,41 @@ from pathlib import Path
 from .io import write_json
 
 TOPIC_WORDS = {
-    "sports": (["The home team", "The striker", "The coach", "The goalkeeper", "The champion", "The sprinter"],
-               ["wins", "loses", "celebrates", "prepares for", "dominates"],
-               ["the final", "the league title", "the derby", "the marathon", "the cup match", "the semifinal"]),
-    "business": (["The bank", "The retailer", "Shareholders", "The startup", "The airline", "The carmaker"],
-                 ["reports", "cuts", "raises", "announces", "questions"],
-                 ["quarterly profits", "the merger", "its prices", "the share buyback", "new funding", "its budget"]),
-    "science": (["Astronomers", "The laboratory", "Biologists", "Physicists", "The research team", "Chemists"],
-                ["discover", "study", "measure", "publish results on", "observe"],
-                ["a distant planet", "a rare enzyme", "a quantum effect", "a fossil species", "a gene variant",
-                 "a new molecule"]),
+    "sports": (
+        ["The home team", "The striker", "The coach", "The goalkeeper", "The champion", "The sprinter"],
+        ["wins", "loses", "celebrates", "prepares for", "dominates"],
+        ["the final", "the league title", "the derby", "the marathon", "the cup match", "the semifinal"],
+    ),
+    "business": (
+        ["The bank", "The retailer", "Shareholders", "The startup", "The airline", "The carmaker"],
+        ["reports", "cuts", "raises", "announces", "questions"],
+        ["quarterly profits", "the merger", "its prices", "the share buyback", "new funding", "its budget"],
+    ),
+    "science": (
+        ["Astronomers", "The laboratory", "Biologists", "Physicists", "The research team", "Chemists"],
+        ["discover", "study", "measure", "publish results on", "observe"],
+        [
+            "a distant planet",
+            "a rare enzyme",
+            "a quantum effect",
+            "a fossil species",
+            "a gene variant",
+            "a new molecule",
+        ],
+    ),
 }
 TOPIC_TAILS = ["", " this week", " on Monday", " after a long delay", " in a surprise move", " again"]
 
 PRODUCTS = ["blender", "phone case", "backpack", "desk lamp", "kettle", "headphone set", "novel", "tent"]
 REVIEW_WORDS = {
-    "positive": (["excellent", "wonderful", "great", "delightful", "superb", "reliable"],
-                 ["I would buy it again.", "Highly recommended.", "Worth every cent.", "It made my day."]),
-    "negative": (["terrible", "awful", "flimsy", "disappointing", "useless", "noisy"],
-                 ["I want a refund.", "Never again.", "A waste of money.", "It broke in a week."]),
+    "positive": (
+        ["excellent", "wonderful", "great", "delightful", "superb", "reliable"],
+        ["I would buy it again.", "Highly recommended.", "Worth every cent.", "It made my day."],
+    ),
+    "negative": (
+        ["terrible", "awful", "flimsy", "disappointing", "useless", "noisy"],
+        ["I want a refund.", "Never again.", "A waste of money.", "It broke in a week."],
+    ),
 }
 
 
@@ -54,8 +70,13 @@ ITEM_WORDS = {
     "food": ["bread", "apple", "cheese", "rice", "soup", "carrot", "pizza", "honey", "plum", "noodles"],
     "vehicle": ["bus", "truck", "bicycle", "train", "boat", "tractor", "scooter", "van", "ferry", "tram"],
 }
-ITEM_TEMPLATES = ["There was a {} by the road.", "She pointed at the {}.", "A {} appeared in the photo.",
-                  "He asked about the {}.", "Everyone looked at the {} in the yard."]
+ITEM_TEMPLATES = [
+    "There was a {} by the road.",
+    "She pointed at the {}.",
+    "A {} appeared in the photo.",
+    "He asked about the {}.",
+    "Everyone looked at the {} in the yard.",
+]
 
 
 def _item(rng: random.Random) -> dict:
@@ -65,12 +86,24 @@ def _item(rng: random.Random) -> dict:
 
 # dataset name -> (category, labels, instruction, generator)
 DEMO_TASKS = {
-    "headlines": ("Topic", ["sports", "business", "science"],
-                  "What is the topic of the headline? Choose one from the option.\n", _headline),
-    "reviews": ("Sentiment", ["positive", "negative"],
-                "What is the sentiment of the review? Choose one from the option.\n", _review),
-    "items": ("Kind", ["animal", "food", "vehicle"],
-              "What kind of thing is mentioned in the sentence? Choose one from the option.\n", _item),
+    "headlines": (
+        "Topic",
+        ["sports", "business", "science"],
+        "What is the topic of the headline? Choose one from the option.\n",
+        _headline,
+    ),
+    "reviews": (
+        "Sentiment",
+        ["positive", "negative"],
+        "What is the sentiment of the review? Choose one from the option.\n",
+        _review,
+    ),
+    "items": (
+        "Kind",
+        ["animal", "food", "vehicle"],
+        "What kind of thing is mentioned in the sentence? Choose one from the option.\n",
+        _item,
+    ),
 }
 
 

@@ -77,12 +77,12 @@ class Dist:
         offset = 0
         for p in params:
             n = p.numel()
-            p.grad = flat[offset:offset + n].view_as(p).clone()
+            p.grad = flat[offset : offset + n].view_as(p).clone()
             offset += n
 
     def shard(self, items: list) -> list:
         """This rank's share of a global batch (round robin)."""
-        return items[self.rank::self.world]
+        return items[self.rank :: self.world]
 
     def shard_model(self, model: torch.nn.Module) -> torch.nn.Module:
         """FSDP2 over every transformer block (the classes the model names in ``_no_split_modules``) and the
@@ -99,8 +99,10 @@ class Dist:
         blocks = set(getattr(model, "_no_split_modules", None) or [])
         wrapped = [m for m in model.modules() if type(m).__name__ in blocks]
         if not wrapped:
-            raise NloraError(f"FSDP: {type(model).__name__} names no transformer block classes "
-                             "(_no_split_modules) to shard by; use a DDP config")
+            raise NloraError(
+                f"FSDP: {type(model).__name__} names no transformer block classes "
+                "(_no_split_modules) to shard by; use a DDP config"
+            )
         device = self.device if self.device is not None else torch.device("cpu")
         mesh = init_device_mesh(device.type, (self.world,))
         # T5's stack computes the position bias from block 0's table before calling the block, outside the
@@ -116,8 +118,11 @@ class Dist:
         its forward (and backward) pass. Adapters added later are ordinary, whole parameters."""
         import deepspeed
 
-        config = {"train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1,
-                  "zero_optimization": {**_deepspeed_zero_section(), "stage": 3}}
+        config = {
+            "train_micro_batch_size_per_gpu": 1,
+            "gradient_accumulation_steps": 1,
+            "zero_optimization": {**_deepspeed_zero_section(), "stage": 3},
+        }
         self.engine, *_ = deepspeed.initialize(model=model, config=config)
         return model
 
@@ -149,7 +154,7 @@ class Dist:
     def lockstep(self, batches: list) -> list[tuple[Any, bool]]:
         """This rank's share of ``batches`` as (batch, keep) pairs. Sharded ranks pad to the same number of
         passes with fillers (keep False) so that their weight gathers match."""
-        mine = [(b, True) for b in batches[self.rank::self.world]]
+        mine = [(b, True) for b in batches[self.rank :: self.world]]
         if self.sharded and batches:
             mine += [(batches[0], False)] * (-(-len(batches) // self.world) - len(mine))
         return mine
@@ -161,14 +166,17 @@ def fit_global_batch(tasks: list, global_batch: int, world: int) -> list:
     batch_size, and the accumulation that makes up the rest (e.g. the release's 4 GPUs x 1 x 8 = 32: one process
     accumulates 32, two accumulate 16). nlora's batch_size is the micro-batch over all processes."""
     if global_batch % world:
-        raise NloraError(f"global batch {global_batch} cannot be split evenly over {world} processes; use a number "
-                         f"of processes that divides it, or --batch-size/--grad-accum")
+        raise NloraError(
+            f"global batch {global_batch} cannot be split evenly over {world} processes; use a number "
+            f"of processes that divides it, or --batch-size/--grad-accum"
+        )
     per_world = global_batch // world
     out = []
     for t in tasks:
         per_process = max(d for d in range(1, min(t.batch_size, per_world) + 1) if per_world % d == 0)
-        out.append(replace(t, batch_size=per_process * world, grad_accum=per_world // per_process,
-                           global_batch=global_batch))
+        out.append(
+            replace(t, batch_size=per_process * world, grad_accum=per_world // per_process, global_batch=global_batch)
+        )
     return out
 
 
@@ -196,14 +204,17 @@ def launched() -> bool:
     try:
         world = int(raw)
     except ValueError:
-        raise NloraError(f"environment variable WORLD_SIZE={raw!r} is not a number; unset it, or start nlora "
-                         "with accelerate launch") from None
+        raise NloraError(
+            f"environment variable WORLD_SIZE={raw!r} is not a number; unset it, or start nlora with accelerate launch"
+        ) from None
     if world <= 1:
         return False
     missing = [v for v in LAUNCHER_VARS if not os.environ.get(v)]
     if missing:
-        raise NloraError(f"WORLD_SIZE={world} is set but {', '.join(missing)} are not: not started by a launcher; "
-                         "unset WORLD_SIZE, or start nlora with accelerate launch")
+        raise NloraError(
+            f"WORLD_SIZE={world} is set but {', '.join(missing)} are not: not started by a launcher; "
+            "unset WORLD_SIZE, or start nlora with accelerate launch"
+        )
     return True
 
 
@@ -223,9 +234,14 @@ def setup(device: str = "auto") -> Dist:
     elif state.distributed_type == DistributedType.FSDP or _env_flag("ACCELERATE_USE_FSDP"):
         _check_fsdp_settings()
         sharder = "FSDP"
-    return Dist(rank=state.process_index, world=state.num_processes, device=state.device, sharder=sharder,
-                reshard_after_forward=os.environ.get("FSDP_RESHARD_AFTER_FORWARD", "true").lower()
-                not in ("false", "shard_grad_op", "no_shard", "2", "3"))
+    return Dist(
+        rank=state.process_index,
+        world=state.num_processes,
+        device=state.device,
+        sharder=sharder,
+        reshard_after_forward=os.environ.get("FSDP_RESHARD_AFTER_FORWARD", "true").lower()
+        not in ("false", "shard_grad_op", "no_shard", "2", "3"),
+    )
 
 
 DEEPSPEED = "DeepSpeed ZeRO-3"
@@ -239,10 +255,14 @@ def _check_fsdp_settings() -> None:
     """The FSDP options nlora honours are fsdp_version 2 and fsdp_reshard_after_forward; refuse the rest
     rather than ignore them."""
     if os.environ.get("FSDP_VERSION", "2") != "2":
-        raise NloraError(f"FSDP: fsdp_version {os.environ['FSDP_VERSION']} in the Accelerate config; nlora "
-                         "shards with FSDP2, set fsdp_version: 2 (configs/accelerate/fsdp-gpus.yaml)")
-    for flag, what in (("FSDP_OFFLOAD_PARAMS", "fsdp_offload_params"),
-                       ("FSDP_ACTIVATION_CHECKPOINTING", "fsdp_activation_checkpointing")):
+        raise NloraError(
+            f"FSDP: fsdp_version {os.environ['FSDP_VERSION']} in the Accelerate config; nlora "
+            "shards with FSDP2, set fsdp_version: 2 (configs/accelerate/fsdp-gpus.yaml)"
+        )
+    for flag, what in (
+        ("FSDP_OFFLOAD_PARAMS", "fsdp_offload_params"),
+        ("FSDP_ACTIVATION_CHECKPOINTING", "fsdp_activation_checkpointing"),
+    ):
         if _env_flag(flag):
             raise NloraError(f"FSDP: {what}: true is not supported; set it to false")
 
@@ -266,15 +286,20 @@ def _check_deepspeed_settings() -> None:
     try:
         import deepspeed  # noqa: F401
     except ImportError:
-        raise NloraError("DeepSpeed config but deepspeed is not installed: pip install --no-build-isolation "
-                         "deepspeed (after torch)") from None
+        raise NloraError(
+            "DeepSpeed config but deepspeed is not installed: pip install --no-build-isolation deepspeed (after torch)"
+        ) from None
     section = _deepspeed_zero_section()
     stage = str(section.get("stage", os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "")))
     if stage != "3":
-        raise NloraError(f"DeepSpeed: zero_stage {stage or 'unset'}; nlora supports zero_stage: 3 (sharded base "
-                         "weights, configs/accelerate/deepspeed-zero3.yaml); for plain data parallel use ddp-gpus.yaml")
-    offload = {"offload_param_device": os.environ.get("ACCELERATE_DEEPSPEED_OFFLOAD_PARAM_DEVICE", "none"),
-               "offload_optimizer_device": os.environ.get("ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE", "none")}
+        raise NloraError(
+            f"DeepSpeed: zero_stage {stage or 'unset'}; nlora supports zero_stage: 3 (sharded base "
+            "weights, configs/accelerate/deepspeed-zero3.yaml); for plain data parallel use ddp-gpus.yaml"
+        )
+    offload = {
+        "offload_param_device": os.environ.get("ACCELERATE_DEEPSPEED_OFFLOAD_PARAM_DEVICE", "none"),
+        "offload_optimizer_device": os.environ.get("ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE", "none"),
+    }
     for key in ("offload_param", "offload_optimizer"):
         if isinstance(section.get(key), dict):
             offload[f"{key}_device"] = str(section[key].get("device", "none"))
@@ -282,5 +307,7 @@ def _check_deepspeed_settings() -> None:
         if value.lower() not in ("none", ""):
             raise NloraError(f"DeepSpeed: {key}: {value} is not supported; set it to none")
     if _env_flag("ACCELERATE_DEEPSPEED_ZERO3_INIT"):
-        raise NloraError("DeepSpeed: zero3_init_flag: true is not supported (nlora loads the model, then "
-                         "partitions it); set it to false")
+        raise NloraError(
+            "DeepSpeed: zero3_init_flag: true is not supported (nlora loads the model, then "
+            "partitions it); set it to false"
+        )

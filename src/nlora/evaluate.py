@@ -42,10 +42,21 @@ def generate(model, tokenizer, prompts: list[str], **kw) -> list[str]:
 
 
 @torch.no_grad()
-def generate_with_lengths(model, tokenizer, prompts: list[str], *, seq2seq: bool, device: torch.device,
-                          amp_dtype: torch.dtype | None, batch_size: int, max_source: int, max_new_tokens: int,
-                          desc: str = "eval", dist: Dist | None = None,
-                          compat: str = "clean") -> tuple[list[str], list[int], int]:
+def generate_with_lengths(
+    model,
+    tokenizer,
+    prompts: list[str],
+    *,
+    seq2seq: bool,
+    device: torch.device,
+    amp_dtype: torch.dtype | None,
+    batch_size: int,
+    max_source: int,
+    max_new_tokens: int,
+    desc: str = "eval",
+    dist: Dist | None = None,
+    compat: str = "clean",
+) -> tuple[list[str], list[int], int]:
     """Greedy decoding, longest prompts first (less padding); stops once every sequence hit EOS. Returns the
     answers, each output's token count as the release's gen_len counts it, and how many prompts were cut.
 
@@ -55,35 +66,66 @@ def generate_with_lengths(model, tokenizer, prompts: list[str], *, seq2seq: bool
     dist = dist or Dist()
     encoded = encode_prompts(tokenizer, prompts, seq2seq, max_source, compat)
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i].source))
-    mine = dist.lockstep([order[s:s + batch_size] for s in range(0, len(order), batch_size)])
+    mine = dist.lockstep([order[s : s + batch_size] for s in range(0, len(order), batch_size)])
     texts: dict[int, tuple[str, int]] = {}
     model.eval()
-    bar = tqdm(total=sum(len(c) for c, keep in mine if keep), desc=desc, unit="ex", leave=False,
-               dynamic_ncols=True, disable=not dist.is_main)
+    bar = tqdm(
+        total=sum(len(c) for c, keep in mine if keep),
+        desc=desc,
+        unit="ex",
+        leave=False,
+        dynamic_ncols=True,
+        disable=not dist.is_main,
+    )
     for chunk, keep in mine:
         with dist.root_gathered():  # per batch: the root's last forward of a generation reshards it
-            out = _generate_halving(model, tokenizer, encoded, prompts, chunk, seq2seq, device, amp_dtype,
-                                    max_new_tokens, dist, compat)
+            out = _generate_halving(
+                model, tokenizer, encoded, prompts, chunk, seq2seq, device, amp_dtype, max_new_tokens, dist, compat
+            )
         if keep:
             texts.update(out)
             bar.update(len(chunk))
     bar.close()
     for part in dist.all_gather(texts):
         texts.update(part)
-    return ([texts[i][0] for i in range(len(prompts))], [texts[i][1] for i in range(len(prompts))],
-            sum(e.truncated for e in encoded))
+    return (
+        [texts[i][0] for i in range(len(prompts))],
+        [texts[i][1] for i in range(len(prompts))],
+        sum(e.truncated for e in encoded),
+    )
 
 
-def _generate_halving(model, tokenizer, encoded, prompts, chunk, seq2seq, device, amp_dtype, max_new_tokens,
-                      dist: Dist, compat: str = "clean") -> dict[int, tuple[str, int]]:
+def _generate_halving(
+    model,
+    tokenizer,
+    encoded,
+    prompts,
+    chunk,
+    seq2seq,
+    device,
+    amp_dtype,
+    max_new_tokens,
+    dist: Dist,
+    compat: str = "clean",
+) -> dict[int, tuple[str, int]]:
     """Texts for the prompts in ``chunk``; out of memory halves the batch and goes on (not under FSDP, where
     every rank must make the same passes)."""
     texts, size = {}, len(chunk)
     while chunk:
         idx = chunk[:size]
         try:
-            out = _generate_batch(model, tokenizer, [encoded[i] for i in idx], [prompts[i] for i in idx],
-                                  seq2seq, device, amp_dtype, max_new_tokens, synced=dist.sharded, compat=compat)
+            out = _generate_batch(
+                model,
+                tokenizer,
+                [encoded[i] for i in idx],
+                [prompts[i] for i in idx],
+                seq2seq,
+                device,
+                amp_dtype,
+                max_new_tokens,
+                synced=dist.sharded,
+                compat=compat,
+            )
         except (torch.OutOfMemoryError, RuntimeError) as e:
             if not _is_oom(e) or size == 1 or dist.sharded:
                 raise
@@ -93,18 +135,34 @@ def _generate_halving(model, tokenizer, encoded, prompts, chunk, seq2seq, device
             tqdm.write(f"[nlora] out of memory in evaluation: batch of {len(idx)} -> {size}")
             continue
         texts.update(zip(idx, out))
-        chunk = chunk[len(idx):]
+        chunk = chunk[len(idx) :]
     return texts
 
 
-def _generate_batch(model, tokenizer, encoded, prompts, seq2seq, device, amp_dtype, max_new_tokens,
-                    synced: bool = False, compat: str = "clean") -> list[tuple[str, int]]:
+def _generate_batch(
+    model,
+    tokenizer,
+    encoded,
+    prompts,
+    seq2seq,
+    device,
+    amp_dtype,
+    max_new_tokens,
+    synced: bool = False,
+    compat: str = "clean",
+) -> list[tuple[str, int]]:
     batch = {k: v.to(device) for k, v in collate_prompts(encoded, tokenizer.pad_token_id, seq2seq).items()}
     with autocast(device, amp_dtype):
         # synced: sharded ranks keep stepping until all have finished (their weight gathers must match)
-        gen = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-                             synced_gpus=synced)
+        gen = model.generate(
+            **batch,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            num_beams=1,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            synced_gpus=synced,
+        )
     # the release's gen_len: non-pad tokens of each generate output (for decoders, the prompt's included)
     lens = (gen != tokenizer.pad_token_id).sum(-1).tolist()
     if seq2seq:
@@ -112,11 +170,13 @@ def _generate_batch(model, tokenizer, encoded, prompts, seq2seq, device, amp_dty
     elif compat == "reference":
         # the release decodes prompt and continuation together; no "Answer:" left in them (a prompt cut
         # before it, and none generated) gives an empty prediction
-        answers = [t.split(ANSWER_MARKER)[-1].strip() if ANSWER_MARKER in t else ""
-                   for t in tokenizer.batch_decode(gen, skip_special_tokens=True, clean_up_tokenization_spaces=True)]
+        answers = [
+            t.split(ANSWER_MARKER)[-1].strip() if ANSWER_MARKER in t else ""
+            for t in tokenizer.batch_decode(gen, skip_special_tokens=True, clean_up_tokenization_spaces=True)
+        ]
     else:
         # keep prompt + continuation: the answer is what follows the last "Answer:"
-        texts = tokenizer.batch_decode(gen[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+        texts = tokenizer.batch_decode(gen[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
         answers = [answer_from_generation(p + t).strip() for p, t in zip(prompts, texts)]
     return list(zip(answers, lens))
 
@@ -131,9 +191,21 @@ def sequence_logprobs(model, batch: dict[str, torch.Tensor], seq2seq: bool, keep
 
 
 @torch.no_grad()
-def score_labels(model, tokenizer, prompts: list[str], labels: list[str], *, seq2seq: bool, device: torch.device,
-                 amp_dtype: torch.dtype | None, batch_size: int, max_source: int, max_new_tokens: int,
-                 desc: str = "score", dist: Dist | None = None) -> list[str]:
+def score_labels(
+    model,
+    tokenizer,
+    prompts: list[str],
+    labels: list[str],
+    *,
+    seq2seq: bool,
+    device: torch.device,
+    amp_dtype: torch.dtype | None,
+    batch_size: int,
+    max_source: int,
+    max_new_tokens: int,
+    desc: str = "score",
+    dist: Dist | None = None,
+) -> list[str]:
     """Label scoring: each prompt's prediction is the label (+ EOS) with the highest log-likelihood.
 
     An alternative to the reference's free generation that cannot produce an answer outside the label set.
@@ -142,27 +214,30 @@ def score_labels(model, tokenizer, prompts: list[str], labels: list[str], *, seq
     and batches hold whole candidate sets.
     """
     dist = dist or Dist()
-    pairs = encode(tokenizer, [Example(p, lab) for p in prompts for lab in labels], seq2seq, max_source,
-                   max_new_tokens)
+    pairs = encode(tokenizer, [Example(p, lab) for p in prompts for lab in labels], seq2seq, max_source, max_new_tokens)
     k = len(labels)
     cached = cached_scoring_applies(model)
     order = sorted(range(len(prompts)), key=lambda i: -len(pairs[i * k].source))
     per_batch = batch_size if cached else max(1, batch_size // k)
-    mine = dist.lockstep([order[s:s + per_batch] for s in range(0, len(order), per_batch)])
+    mine = dist.lockstep([order[s : s + per_batch] for s in range(0, len(order), per_batch)])
     candidates = [pairs[j].target for j in range(k)]  # a label's tokens do not depend on the prompt
     best: dict[int, str] = {}
     keep_logits = not seq2seq and accepts_logits_to_keep(model)
     model.eval()
-    for chunk, keep in tqdm(mine, desc=desc, unit="batch", leave=False, dynamic_ncols=True,
-                            disable=not dist.is_main):
+    for chunk, keep in tqdm(mine, desc=desc, unit="batch", leave=False, dynamic_ncols=True, disable=not dist.is_main):
         with autocast(device, amp_dtype):
             if cached:
-                scores = candidate_logprobs(model, [pairs[i * k] for i in chunk], candidates, seq2seq=seq2seq,
-                                            pad_id=tokenizer.pad_token_id, device=device)
+                scores = candidate_logprobs(
+                    model,
+                    [pairs[i * k] for i in chunk],
+                    candidates,
+                    seq2seq=seq2seq,
+                    pad_id=tokenizer.pad_token_id,
+                    device=device,
+                )
             else:
                 rows = [pairs[i * k + j] for i in chunk for j in range(k)]
-                batch = {key: v.to(device) for key, v in collate_train(rows, tokenizer.pad_token_id,
-                                                                        seq2seq).items()}
+                batch = {key: v.to(device) for key, v in collate_train(rows, tokenizer.pad_token_id, seq2seq).items()}
                 scores = sequence_logprobs(model, batch, seq2seq, keep_logits).view(len(chunk), k)
         if keep:
             best.update((i, labels[j]) for i, j in zip(chunk, scores.argmax(-1).tolist()))
@@ -171,8 +246,9 @@ def score_labels(model, tokenizer, prompts: list[str], labels: list[str], *, seq
     return [best[i] for i in range(len(prompts))]
 
 
-def predict_tasks(model, tokenizer, tasks: list[TaskData], mode: str = "generate", compat: str = "clean",
-                  **kw) -> list[TaskPredictions]:
+def predict_tasks(
+    model, tokenizer, tasks: list[TaskData], mode: str = "generate", compat: str = "clean", **kw
+) -> list[TaskPredictions]:
     """Predictions for every task's test split: free greedy generation, or label scoring (``mode="score"``,
     which has no counterpart in the release and always uses the clean encoding)."""
     results = []
@@ -180,13 +256,24 @@ def predict_tasks(model, tokenizer, tasks: list[TaskData], mode: str = "generate
         examples = task.splits["test"]
         lens = truncated = None
         if mode == "score":
-            preds = score_labels(model, tokenizer, [e.prompt for e in examples], task.labels,
-                                 desc=f"score {task.name}", **kw)
+            preds = score_labels(
+                model, tokenizer, [e.prompt for e in examples], task.labels, desc=f"score {task.name}", **kw
+            )
         else:
-            preds, lens, truncated = generate_with_lengths(model, tokenizer, [e.prompt for e in examples],
-                                                           desc=f"eval {task.name}", compat=compat, **kw)
-        results.append(TaskPredictions(task.name, task.category, [e.prompt for e in examples],
-                                       [e.label for e in examples], preds, lens, truncated))
+            preds, lens, truncated = generate_with_lengths(
+                model, tokenizer, [e.prompt for e in examples], desc=f"eval {task.name}", compat=compat, **kw
+            )
+        results.append(
+            TaskPredictions(
+                task.name,
+                task.category,
+                [e.prompt for e in examples],
+                [e.label for e in examples],
+                preds,
+                lens,
+                truncated,
+            )
+        )
     return results
 
 
@@ -236,9 +323,11 @@ def results_dict(preds: list[TaskPredictions], runtime_s: float) -> dict[str, fl
 
 
 def prediction_rows(preds: list[TaskPredictions]) -> list[dict]:
-    return [{"task": t.task, "prompt": p, "reference": r, "prediction": y,
-             "exact_match": metrics.exact_match(y, r)}
-            for t in preds for p, r, y in zip(t.prompts, t.references, t.predictions)]
+    return [
+        {"task": t.task, "prompt": p, "reference": r, "prediction": y, "exact_match": metrics.exact_match(y, r)}
+        for t in preds
+        for p, r, y in zip(t.prompts, t.references, t.predictions)
+    ]
 
 
 def release_prediction_rows(preds: list[TaskPredictions], labels: list[list[str]]) -> list[dict]:
@@ -256,9 +345,19 @@ def release_prediction_rows(preds: list[TaskPredictions], labels: list[list[str]
             dataset_line, _, rest = rest.partition("\n")
             body = rest.removesuffix("\n" + ANSWER_MARKER)
             at = body.find(option)
-            instruction, sentence = (body[: at + len(option)], body[at + len(option):]) if at >= 0 else ("", body)
-            rows.append({"Task": head.removeprefix("Task:"), "Dataset": dataset_line.removeprefix("Dataset:"),
-                         "Instance": {"id": str(i), "sentence": sentence, "label": ref, "ground_truth": ref,
-                                      "instruction": f"{instruction}{{0}}\n{ANSWER_MARKER}"},
-                         "Prediction": pred})
+            instruction, sentence = (body[: at + len(option)], body[at + len(option) :]) if at >= 0 else ("", body)
+            rows.append(
+                {
+                    "Task": head.removeprefix("Task:"),
+                    "Dataset": dataset_line.removeprefix("Dataset:"),
+                    "Instance": {
+                        "id": str(i),
+                        "sentence": sentence,
+                        "label": ref,
+                        "ground_truth": ref,
+                        "instruction": f"{instruction}{{0}}\n{ANSWER_MARKER}",
+                    },
+                    "Prediction": pred,
+                }
+            )
     return rows

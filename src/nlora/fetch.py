@@ -21,8 +21,14 @@ DEFAULT_URL = "https://raw.githubusercontent.com/cmnfriend/O-LoRA/main/CL_Benchm
 
 # <Category> -> datasets, the 15 tasks of the benchmark (REFERENCE.md section 3).
 LAYOUT = {
-    "SC": ["amazon", "yelp", "IMDB", "SST-2"], "TC": ["agnews", "dbpedia", "yahoo"], "NLI": ["MNLI", "CB", "RTE"],
-    "QQP": ["QQP"], "BoolQA": ["BoolQA"], "COPA": ["COPA"], "MultiRC": ["MultiRC"], "WiC": ["WiC"],
+    "SC": ["amazon", "yelp", "IMDB", "SST-2"],
+    "TC": ["agnews", "dbpedia", "yahoo"],
+    "NLI": ["MNLI", "CB", "RTE"],
+    "QQP": ["QQP"],
+    "BoolQA": ["BoolQA"],
+    "COPA": ["COPA"],
+    "MultiRC": ["MultiRC"],
+    "WiC": ["WiC"],
 }
 FILES = ("labels.json", "train.json", "dev.json", "test.json")
 NEEDED = ("labels.json", "train.json", "test.json")  # what a run reads; dev.json is a copy of test.json
@@ -43,8 +49,7 @@ class CheckResult:
 
     def usable_tasks(self) -> list[str]:
         good = set(self.ok)
-        return [ds for cat, names in LAYOUT.items() for ds in names
-                if all(f"{cat}/{ds}/{f}" in good for f in NEEDED)]
+        return [ds for cat, names in LAYOUT.items() for ds in names if all(f"{cat}/{ds}/{f}" in good for f in NEEDED)]
 
 
 def _problem(path: Path, name: str) -> str | None:
@@ -65,8 +70,16 @@ def _problem(path: Path, name: str) -> str | None:
         return None if ok else "expected a non-empty list of label strings"
     if not isinstance(data, list) or not data:
         return "expected a non-empty list of examples"
-    bad = next((i for i, row in enumerate(data) if not isinstance(row, dict)
-                or not isinstance(row.get("sentence"), str) or not isinstance(row.get("label"), str)), None)
+    bad = next(
+        (
+            i
+            for i, row in enumerate(data)
+            if not isinstance(row, dict)
+            or not isinstance(row.get("sentence"), str)
+            or not isinstance(row.get("label"), str)
+        ),
+        None,
+    )
     return None if bad is None else f"example {bad} needs string fields 'label' and 'sentence'"
 
 
@@ -94,8 +107,7 @@ def servable_presets(result: CheckResult) -> dict[str, list[str]]:
     from .config import load_preset, preset_names
 
     usable = set(result.usable_tasks())
-    return {name: [t["name"] for t in load_preset(name)["tasks"] if t["name"] not in usable]
-            for name in preset_names()}
+    return {name: [t["name"] for t in load_preset(name)["tasks"] if t["name"] not in usable] for name in preset_names()}
 
 
 def check_source(base_url: str, timeout: float) -> None:
@@ -108,8 +120,10 @@ def check_source(base_url: str, timeout: float) -> None:
     except ValueError as e:
         raise NloraError(f"--url {base_url!r} is not a valid URL ({e})") from None
     if parts.scheme not in URL_SCHEMES:
-        raise NloraError(f"--url {base_url!r}: unsupported scheme {parts.scheme or '(none)'!r}; use an http:// "
-                         "or https:// address (for a local copy, point --data-dir at it)")
+        raise NloraError(
+            f"--url {base_url!r}: unsupported scheme {parts.scheme or '(none)'!r}; use an http:// "
+            "or https:// address (for a local copy, point --data-dir at it)"
+        )
     if not parts.hostname:
         raise NloraError(f"--url {base_url!r} is not a valid URL (no host name)")
     if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in base_url):
@@ -132,8 +146,10 @@ def _download(url: str, dest: Path, timeout: float) -> bool:
                 fh.write(chunk)
                 got += len(chunk)
         if expected is not None and expected.strip().isdigit() and got != int(expected):
-            raise NloraError(f"{url}: download cut short ({got} of {int(expected)} bytes); nothing was saved "
-                             "under its name, run the fetch again to retry")
+            raise NloraError(
+                f"{url}: download cut short ({got} of {int(expected)} bytes); nothing was saved "
+                "under its name, run the fetch again to retry"
+            )
         os.replace(tmp, dest)
         return True
     except urllib.error.HTTPError as e:
@@ -141,12 +157,16 @@ def _download(url: str, dest: Path, timeout: float) -> bool:
             return False
         raise NloraError(f"{url}: HTTP {e.code} {e.reason}") from None
     except http.client.IncompleteRead as e:
-        raise NloraError(f"{url}: download cut short ({len(e.partial)} bytes, {e.expected} more expected); "
-                         "nothing was saved under its name, run the fetch again to retry") from None
+        raise NloraError(
+            f"{url}: download cut short ({len(e.partial)} bytes, {e.expected} more expected); "
+            "nothing was saved under its name, run the fetch again to retry"
+        ) from None
     except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as e:
         reason = getattr(e, "reason", None) or e.__class__.__name__ + (f": {e}" if str(e) else "")
-        raise NloraError(f"cannot download {url}: {reason} (no network? use --url for a mirror, or copy the "
-                         "folder by hand and run `nlora data check DIR`)") from None
+        raise NloraError(
+            f"cannot download {url}: {reason} (no network? use --url for a mirror, or copy the "
+            "folder by hand and run `nlora data check DIR`)"
+        ) from None
     finally:
         tmp.unlink(missing_ok=True)  # whatever stopped the download, no partial file stays behind
 

@@ -7,8 +7,9 @@ import json
 import os
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .errors import NloraError
 
@@ -35,7 +36,9 @@ def read_json(path: str | Path, what: str = "file") -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
-        raise NloraError(f"{path}: malformed JSON at line {e.lineno} column {e.colno} (char {e.pos}): {e.msg}") from None
+        raise NloraError(
+            f"{path}: malformed JSON at line {e.lineno} column {e.colno} (char {e.pos}): {e.msg}"
+        ) from None
     except RecursionError:
         raise NloraError(f"{path}: JSON nested too deeply to read") from None
     except ValueError:  # the only other ValueError json raises: an integer over the digit limit

@@ -18,8 +18,9 @@ def accepts_logits_to_keep(model) -> bool:
     return "logits_to_keep" in inspect.signature(base.forward).parameters
 
 
-def answer_logits(model, batch: dict[str, torch.Tensor], seq2seq: bool,
-                  keep_logits: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def answer_logits(
+    model, batch: dict[str, torch.Tensor], seq2seq: bool, keep_logits: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits at the positions that predict answer tokens, and those tokens (-100 elsewhere), aligned."""
     labels = batch["labels"]
     inputs = {k: v for k, v in batch.items() if k != "labels"}
@@ -33,7 +34,7 @@ def answer_logits(model, batch: dict[str, torch.Tensor], seq2seq: bool,
         logits = model(**inputs).logits[:, -answer_span:]
     # (from the width, not -answer_span + 1: a batch with no answer token left, as --compat reference's cut
     # inputs give, has answer_span 1, and labels[:, 0:] would be every column)
-    return logits[:, :-1], labels[:, labels.shape[1] - answer_span + 1:]
+    return logits[:, :-1], labels[:, labels.shape[1] - answer_span + 1 :]
 
 
 def loss_from_logits(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, int]:

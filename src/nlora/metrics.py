@@ -54,6 +54,9 @@ def backward_transfer(matrix: list[list[float | None]]) -> float | None:
 def forward_transfer(matrix: list[list[float | None]], zero_shot: list[float | None]) -> float | None:
     """FWT = mean over j > 0 of a[j-1][j] - b[j] (b: the starting model's score); needs the full matrix."""
     n = len(matrix)
-    terms = [matrix[j - 1][j] - zero_shot[j] for j in range(1, n)
-             if matrix[j - 1][j] is not None and zero_shot[j] is not None]
+    terms = [
+        matrix[j - 1][j] - zero_shot[j]
+        for j in range(1, n)
+        if matrix[j - 1][j] is not None and zero_shot[j] is not None
+    ]
     return sum(terms) / len(terms) if n > 1 and len(terms) == n - 1 else None

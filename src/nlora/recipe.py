@@ -15,9 +15,8 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
-from . import __version__, metrics
+from . import __version__, metrics, rundir
 from . import checkpoint as ckpt
-from . import rundir
 from .adapters import ContinualLoRA
 from .batching import collate_train, encode, encode_prompts
 from .config import RunConfig, save_config
@@ -27,11 +26,11 @@ from .dist import setup as dist_setup
 from .errors import NloraError
 from .evaluate import TaskPredictions, predict_tasks, prediction_rows, release_prediction_rows, results_dict
 from .io import read_json, write_json, write_jsonl
+from .logits import accepts_logits_to_keep, autocast, task_loss
 from .methods import get_method
 from .methods.base import TaskContext
 from .models import autocast_dtype, check_target_modules, default_target_modules, load_model, pick_device
 from .prompts import load_instructions
-from .logits import accepts_logits_to_keep, autocast, task_loss
 from .train import train_task
 from .trainlog import RunLog
 
@@ -47,8 +46,16 @@ def task_dir(out: Path, index: int, name: str) -> Path:
 
 # Settings that may change between a run and its resumption: where it runs, how it batches evaluation (a
 # resumed run may land on another GPU), how it logs, what it may load: none changes what is trained.
-RESUME_FREE = ("output_dir", "device", "save_every", "eval_batch_size", "report_to", "log_every",
-               "trust_remote_code", "allow_pickle_weights")
+RESUME_FREE = (
+    "output_dir",
+    "device",
+    "save_every",
+    "eval_batch_size",
+    "report_to",
+    "log_every",
+    "trust_remote_code",
+    "allow_pickle_weights",
+)
 # What a run writes at the top of its directory (recorded in the manifest before it is written).
 RUN_OUTPUTS = ("config.yaml", rundir.FINGERPRINT, "tasks", "zero_shot", "summary.json", "logs")
 
@@ -58,15 +65,18 @@ def check_resumable(saved: Path, cfg: RunConfig) -> None:
     try:
         before = RunConfig.from_dict(yaml.safe_load(saved.read_text("utf-8"))).to_dict()
     except (yaml.YAMLError, TypeError, KeyError, AttributeError, ValueError) as e:
-        raise NloraError(f"{saved}: not a readable nlora config ({e.__class__.__name__}); pass --overwrite to "
-                         "start over") from None
+        raise NloraError(
+            f"{saved}: not a readable nlora config ({e.__class__.__name__}); pass --overwrite to start over"
+        ) from None
     now = cfg.to_dict()
     diff = [k for k in sorted(set(before) | set(now)) if k not in RESUME_FREE and before.get(k) != now.get(k)]
     if diff:
         shown = "; ".join(f"{k}: {before.get(k)!r} there, {now.get(k)!r} now" for k in diff[:3])
-        raise NloraError(f"{saved.parent} holds a run with different settings ({shown}"
-                         f"{'; ...' if len(diff) > 3 else ''}); resume it with the same settings, choose another "
-                         "--output-dir, or pass --overwrite to start over")
+        raise NloraError(
+            f"{saved.parent} holds a run with different settings ({shown}"
+            f"{'; ...' if len(diff) > 3 else ''}); resume it with the same settings, choose another "
+            "--output-dir, or pass --overwrite to start over"
+        )
 
 
 def data_files(cfg: RunConfig) -> dict[str, list[Path]]:
@@ -94,8 +104,9 @@ def plan_run_dir(cfg: RunConfig, overwrite: bool, dist: Dist, held: ExitStack) -
         rundir.check_fingerprint(out, rundir.data_fingerprint(data_files(cfg)))
         return True
     if not overwrite and not rundir.is_empty(out):
-        raise NloraError(f"output directory {out} holds the start of an nlora run but no config.yaml; pass "
-                         "--overwrite to start over")
+        raise NloraError(
+            f"output directory {out} holds the start of an nlora run but no config.yaml; pass --overwrite to start over"
+        )
     return False
 
 
@@ -112,8 +123,9 @@ def make_run_dir(cfg: RunConfig, overwrite: bool, dist: Dist, held: ExitStack) -
         if not existed:  # made just now: lock it, and make sure no other process got here first
             held.callback(rundir.DirectoryLock(out).acquire().release)
             if not rundir.is_empty(out):
-                raise NloraError(f"output directory {out} was filled by another process meanwhile; choose another "
-                                 "--output-dir")
+                raise NloraError(
+                    f"output directory {out} was filled by another process meanwhile; choose another --output-dir"
+                )
         try:
             if overwrite:
                 rundir.clear(out)
@@ -145,8 +157,18 @@ def _read_json(path: Path):
         raise NloraError(f"{e}; delete it to redo that step, or pass --overwrite to start the run over") from None
 
 
-def evaluate_and_write(model, tok, tasks: list[TaskData], dest: Path, gen_kw: dict, dist: Dist | None = None,
-                       reuse: bool = False, routes=None, lora: ContinualLoRA | None = None, router=None) -> dict:
+def evaluate_and_write(
+    model,
+    tok,
+    tasks: list[TaskData],
+    dest: Path,
+    gen_kw: dict,
+    dist: Dist | None = None,
+    reuse: bool = False,
+    routes=None,
+    lora: ContinualLoRA | None = None,
+    router=None,
+) -> dict:
     """Predictions on every rank's share, gathered; rank 0 writes. ``reuse``: a finished evaluation in
     ``dest`` (a resumed run's, same settings) is read instead of redone. ``routes``: [(adapters, positions in
     ``tasks``)] when different adapters answer different tasks (per-task); None: the model as it is.
@@ -166,13 +188,15 @@ def evaluate_and_write(model, tok, tasks: list[TaskData], dest: Path, gen_kw: di
         for adapters, positions in routes or [(None, list(range(len(tasks))))]:
             if router is not None:
                 for i in positions:
-                    preds[i], routing[tasks[i].name] = _predict_routed(lora, tok, tasks[i], router, adapters,
-                                                                       dist, gen_kw)
+                    preds[i], routing[tasks[i].name] = _predict_routed(
+                        lora, tok, tasks[i], router, adapters, dist, gen_kw
+                    )
                 continue
             lora.activate(adapters if adapters is not None else trained_with)
             with lora.merged(lora.active()):
-                for i, p in zip(positions, predict_tasks(lora.model, tok, [tasks[i] for i in positions],
-                                                         dist=dist, **gen_kw)):
+                for i, p in zip(
+                    positions, predict_tasks(lora.model, tok, [tasks[i] for i in positions], dist=dist, **gen_kw)
+                ):
                     preds[i] = p
         lora.activate(trained_with)
         if router is not None and dist.is_main:
@@ -206,13 +230,23 @@ def _predict_routed(lora, tok, task: TaskData, router, expected, dist, gen_kw):
             lens[n] = answered.gen_lens[j] if answered.gen_lens is not None else 0
         counted = counted and answered.gen_lens is not None
         truncated.append(answered.truncated)
-    preds = TaskPredictions(task.name, task.category, [e.prompt for e in examples], [e.label for e in examples],
-                            predictions, lens if counted else None,
-                            None if None in truncated else sum(truncated))
+    preds = TaskPredictions(
+        task.name,
+        task.category,
+        [e.prompt for e in examples],
+        [e.label for e in examples],
+        predictions,
+        lens if counted else None,
+        None if None in truncated else sum(truncated),
+    )
     counts = {"+".join(c): len(idx) for c, idx in sorted(groups.items())}
     right = len(groups.get(tuple(expected), [])) if expected is not None else None
-    return preds, {"expected": "+".join(expected) if expected is not None else None, "routed": counts,
-                   "examples": len(examples), "correct": right}
+    return preds, {
+        "expected": "+".join(expected) if expected is not None else None,
+        "routed": counts,
+        "examples": len(examples),
+        "correct": right,
+    }
 
 
 def routing_summary(per_task: dict) -> dict:
@@ -220,11 +254,11 @@ def routing_summary(per_task: dict) -> dict:
     the task id would have sent them (routing accuracy, %)."""
     scored = [r for r in per_task.values() if r["correct"] is not None]
     for r in per_task.values():
-        r["accuracy"] = round(100 * r["correct"] / r["examples"], 4) if r["correct"] is not None and r["examples"] \
-            else None
+        r["accuracy"] = (
+            round(100 * r["correct"] / r["examples"], 4) if r["correct"] is not None and r["examples"] else None
+        )
     total = sum(r["examples"] for r in scored)
-    return {"accuracy": round(100 * sum(r["correct"] for r in scored) / total, 4) if total else None,
-            "tasks": per_task}
+    return {"accuracy": round(100 * sum(r["correct"] for r in scored) / total, 4) if total else None, "tasks": per_task}
 
 
 def example_router(method, lora, task_index: int, tok, seq2seq: bool, max_source: int, compat: str = "clean"):
@@ -238,6 +272,7 @@ def example_router(method, lora, task_index: int, tok, seq2seq: bool, max_source
             return []
         sources = [e.source for e in encode_prompts(tok, prompts, seq2seq, max_source, compat)]
         return method.route_examples(lora, task_index, sources)
+
     return router
 
 
@@ -248,11 +283,13 @@ def task_context(lora, examples, settings, tok, seq2seq, device, amp) -> TaskCon
         batch = {k: v.to(device) for k, v in collate_train(batch_examples, tok.pad_token_id, seq2seq).items()}
         with autocast(device, amp):
             return task_loss(lora.model, batch, seq2seq, keep)
+
     return TaskContext(examples, settings.batch_size, loss)
 
 
-def train_or_reuse(lora, method, t, settings, tasks, tdir, tok, loaded, cfg, device, amp, dist,
-                   runlog: RunLog | None = None) -> dict:
+def train_or_reuse(
+    lora, method, t, settings, tasks, tdir, tok, loaded, cfg, device, amp, dist, runlog: RunLog | None = None
+) -> dict:
     """Train task t (resuming its step checkpoint if any), or reload its adapter if it finished earlier."""
     task = tasks[settings.name]
     examples = method.train_examples(t, [tasks[s.name].splits["train"] for s in cfg.tasks])
@@ -271,22 +308,50 @@ def train_or_reuse(lora, method, t, settings, tasks, tdir, tok, loaded, cfg, dev
         log(f"task {t + 1}/{len(cfg.tasks)} {task.name}: trained earlier, adapter reloaded")
         return _read_json(stats_path)
     checkpoint = tdir / "checkpoint" / ckpt.STATE_FILE
-    entry = {"task": task.name, "adapter": adapter, "train_steps": 0, "train_examples": 0, "train_loss": None,
-             "mean_penalty": None, "train_seconds": 0.0,
-             "train_truncated": sum(e.truncated for e in train_data)}  # over the length limit, cut (--compat)
+    entry = {
+        "task": task.name,
+        "adapter": adapter,
+        "train_steps": 0,
+        "train_examples": 0,
+        "train_loss": None,
+        "mean_penalty": None,
+        "train_seconds": 0.0,
+        "train_truncated": sum(e.truncated for e in train_data),
+    }  # over the length limit, cut (--compat)
     if train_data:
-        log(f"task {t + 1}/{len(cfg.tasks)} {task.name}: {len(train_data)} examples, {settings.epochs:g} "
+        log(
+            f"task {t + 1}/{len(cfg.tasks)} {task.name}: {len(train_data)} examples, {settings.epochs:g} "
             f"epoch(s), batch {settings.batch_size}x{settings.grad_accum}, lr {settings.lr:g}, "
             f"{entry['train_truncated']} over {cfg.max_source_length} tokens cut ({cfg.compat})"
-            + (" (resuming from its step checkpoint)" if checkpoint.is_file() else ""))
+            + (" (resuming from its step checkpoint)" if checkpoint.is_file() else "")
+        )
         method.before_training(lora, t, settings, ctx)
-        stats = train_task(lora, method, train_data, settings, pad_id=tok.pad_token_id, seq2seq=loaded.seq2seq,
-                           device=device, amp_dtype=amp, seed=cfg.seed + t, desc=f"train {task.name}", dist=dist,
-                           checkpoint=checkpoint, save_every=cfg.save_every, compile_model=cfg.compile,
-                           log=runlog.task_log(t, task.name, tdir) if runlog is not None else None,
-                           compat=cfg.compat, max_grad_norm=cfg.max_grad_norm)
-        entry.update(train_steps=stats.steps, train_examples=stats.examples, train_loss=round(stats.final_loss, 6),
-                     mean_penalty=round(stats.mean_penalty, 6), train_seconds=round(stats.seconds, 2))
+        stats = train_task(
+            lora,
+            method,
+            train_data,
+            settings,
+            pad_id=tok.pad_token_id,
+            seq2seq=loaded.seq2seq,
+            device=device,
+            amp_dtype=amp,
+            seed=cfg.seed + t,
+            desc=f"train {task.name}",
+            dist=dist,
+            checkpoint=checkpoint,
+            save_every=cfg.save_every,
+            compile_model=cfg.compile,
+            log=runlog.task_log(t, task.name, tdir) if runlog is not None else None,
+            compat=cfg.compat,
+            max_grad_norm=cfg.max_grad_norm,
+        )
+        entry.update(
+            train_steps=stats.steps,
+            train_examples=stats.examples,
+            train_loss=round(stats.final_loss, 6),
+            mean_penalty=round(stats.mean_penalty, 6),
+            train_seconds=round(stats.seconds, 2),
+        )
     else:
         log(f"task {t + 1}/{len(cfg.tasks)} {task.name}: nothing to train at this point for {cfg.method}")
     method.end_task(lora, t, settings, ctx)
@@ -314,14 +379,23 @@ def _run(cfg: RunConfig, overwrite: bool, held: ExitStack) -> dict:
         cfg.tasks = fit_global_batch(cfg.tasks, cfg.global_batch, dist.world)
     method = get_method(cfg.method)(cfg)
     if dist.sharded and (method.full_finetune or method.prompt_tuning):
-        raise NloraError(f"{dist.sharder}: method {cfg.method} trains more than LoRA factors; with sharded base "
-                         "weights nlora runs the LoRA methods (nlora methods), or use a DDP config")
+        raise NloraError(
+            f"{dist.sharder}: method {cfg.method} trains more than LoRA factors; with sharded base "
+            "weights nlora runs the LoRA methods (nlora methods), or use a DDP config"
+        )
     device = dist.device or pick_device(cfg.device)
     amp = autocast_dtype(cfg.precision, device)
     instructions = load_instructions(cfg.instructions)
     # All data is read and checked before the model loads or any directory is written.
-    tasks = load_tasks(cfg.data_dir, cfg.task_names, instructions, cfg.max_train_per_task,
-                       cfg.max_test_per_task, cfg.seed, cfg.unknown_labels)
+    tasks = load_tasks(
+        cfg.data_dir,
+        cfg.task_names,
+        instructions,
+        cfg.max_train_per_task,
+        cfg.max_test_per_task,
+        cfg.seed,
+        cfg.unknown_labels,
+    )
     resuming = plan_run_dir(cfg, overwrite, dist, held)
     dist.barrier()  # every rank looks at the directory before rank 0 changes it, so all agree on resuming
     out = Path(cfg.output_dir)
@@ -329,8 +403,9 @@ def _run(cfg: RunConfig, overwrite: bool, held: ExitStack) -> dict:
         log(f"{out} holds a complete run; nothing to do (--overwrite to run again)")
         return _read_json(out / "summary.json")
     log(f"loading model {cfg.model}")
-    loaded = load_model(cfg.model, trust_remote_code=cfg.trust_remote_code,
-                        allow_pickle_weights=cfg.allow_pickle_weights)
+    loaded = load_model(
+        cfg.model, trust_remote_code=cfg.trust_remote_code, allow_pickle_weights=cfg.allow_pickle_weights
+    )
     targets = cfg.lora.target_modules or default_target_modules(loaded.model)
     check_target_modules(loaded.model, targets)
     method.check(loaded.model, targets)
@@ -341,18 +416,26 @@ def _run(cfg: RunConfig, overwrite: bool, held: ExitStack) -> dict:
     lora = ContinualLoRA(model, cfg.lora, targets, loaded.seq2seq, sharded=dist.sharded)
     if dist.sharded:
         log(f"{dist.sharder}: this rank holds {100 * dist.held_share(model):.0f}% of the base weights")
-    log(f"{'resuming ' if resuming else ''}{cfg.method} on {len(tasks)} tasks ({', '.join(cfg.task_names)}), "
+    log(
+        f"{'resuming ' if resuming else ''}{cfg.method} on {len(tasks)} tasks ({', '.join(cfg.task_names)}), "
         f"model {cfg.model}, device {device}"
         f"{f' x {dist.world} processes' + (f' ({dist.sharder})' if dist.sharded else '') if dist.active else ''}, "
-        f"{'bf16 autocast' if amp else 'fp32'}, LoRA r={cfg.lora.r} on {targets}")
+        f"{'bf16 autocast' if amp else 'fp32'}, LoRA r={cfg.lora.r} on {targets}"
+    )
 
     n = len(cfg.tasks)
     matrix: list[list[float | None]] = [[None] * n for _ in range(n)]
     per_task = []
-    gen_kw = dict(seq2seq=loaded.seq2seq, device=device, amp_dtype=amp,
-                  batch_size=cfg.eval_batch_size or default_eval_batch(device),
-                  max_source=cfg.max_source_length, max_new_tokens=cfg.max_target_length, mode=cfg.eval_mode,
-                  compat=cfg.compat)
+    gen_kw = dict(
+        seq2seq=loaded.seq2seq,
+        device=device,
+        amp_dtype=amp,
+        batch_size=cfg.eval_batch_size or default_eval_batch(device),
+        max_source=cfg.max_source_length,
+        max_new_tokens=cfg.max_target_length,
+        mode=cfg.eval_mode,
+        compat=cfg.compat,
+    )
     all_tasks = [tasks[s.name] for s in cfg.tasks]
     zero_shot = None
     if cfg.full_matrix:  # the starting model on every task: the b[j] of FWT
@@ -370,40 +453,78 @@ def _run(cfg: RunConfig, overwrite: bool, held: ExitStack) -> dict:
             continue
         evaluated = evaluated_tasks(cfg, t, n)
         fresh = not (tdir / "predict_results.json").is_file()  # a resumed run's earlier evaluations are not re-logged
-        results = evaluate_and_write(lora.model, tok, [all_tasks[j] for j in evaluated], tdir, gen_kw, dist,
-                                     reuse=True, routes=route_positions(method, t, evaluated), lora=lora,
-                                     router=example_router(method, lora, t, tok, loaded.seq2seq, cfg.max_source_length,
-                                                           cfg.compat))
+        results = evaluate_and_write(
+            lora.model,
+            tok,
+            [all_tasks[j] for j in evaluated],
+            tdir,
+            gen_kw,
+            dist,
+            reuse=True,
+            routes=route_positions(method, t, evaluated),
+            lora=lora,
+            router=example_router(method, lora, t, tok, loaded.seq2seq, cfg.max_source_length, cfg.compat),
+        )
         for j in evaluated:
             matrix[t][j] = results[f"predict_exact_match_for_{all_tasks[j].name}"]
         if fresh:
             runlog.log_eval({all_tasks[j].name: matrix[t][j] for j in evaluated})
         loss = "-" if entry["train_loss"] is None else f"{entry['train_loss']:.4f}"
         routed = _read_json(tdir / "routing.json") if (tdir / "routing.json").is_file() else None  # route
-        log(f"after {task.name}: loss {loss}, exact match "
+        log(
+            f"after {task.name}: loss {loss}, exact match "
             + ", ".join(f"{all_tasks[j].name} {matrix[t][j]:.1f}" for j in evaluated)
-            + (f"; routed as the task id would: {routed['accuracy']:.1f}%" if routed and routed["accuracy"] is not None
-               else ""))
-        per_task.append({**entry, "eval_seconds": results["predict_runtime"],
-                         **({"routing_accuracy": routed["accuracy"]} if routed else {})})
+            + (
+                f"; routed as the task id would: {routed['accuracy']:.1f}%"
+                if routed and routed["accuracy"] is not None
+                else ""
+            )
+        )
+        per_task.append(
+            {
+                **entry,
+                "eval_seconds": results["predict_runtime"],
+                **({"routing_accuracy": routed["accuracy"]} if routed else {}),
+            }
+        )
 
     summary = {
-        "tasks": cfg.task_names, "method": cfg.method, "model": cfg.model, "preset": cfg.preset,
-        "accuracy_matrix": matrix, "aa": metrics.average_accuracy(matrix), "bwt": metrics.backward_transfer(matrix),
-        "fwt": metrics.forward_transfer(matrix, zero_shot) if zero_shot else None, "zero_shot": zero_shot,
-        "wall_time_s": round(time.perf_counter() - started, 2), "resumed": bool(resuming), "per_task": per_task,
-        "seed": cfg.seed, "device": str(device), "processes": dist.world,
-        "fsdp": dist.sharder == "FSDP", "sharding": dist.sharder or None, "precision": "bf16" if amp else "fp32",
-        "machine": {"name": machine_name(device), "platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
-                    "cpu_threads": torch.get_num_threads(),
-                    "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None},
+        "tasks": cfg.task_names,
+        "method": cfg.method,
+        "model": cfg.model,
+        "preset": cfg.preset,
+        "accuracy_matrix": matrix,
+        "aa": metrics.average_accuracy(matrix),
+        "bwt": metrics.backward_transfer(matrix),
+        "fwt": metrics.forward_transfer(matrix, zero_shot) if zero_shot else None,
+        "zero_shot": zero_shot,
+        "wall_time_s": round(time.perf_counter() - started, 2),
+        "resumed": bool(resuming),
+        "per_task": per_task,
+        "seed": cfg.seed,
+        "device": str(device),
+        "processes": dist.world,
+        "fsdp": dist.sharder == "FSDP",
+        "sharding": dist.sharder or None,
+        "precision": "bf16" if amp else "fp32",
+        "machine": {
+            "name": machine_name(device),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "cpu_threads": torch.get_num_threads(),
+            "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        },
         "nlora_version": __version__,
     }
     runlog.finish(summary)
     if dist.is_main:
         write_json(out / "summary.json", summary)
-        log(f"done in {summary['wall_time_s']:.0f}s: AA {summary['aa']:.2f}"
-            + (f", BWT {summary['bwt']:.2f}" if summary["bwt"] is not None else "") + f" -> {out / 'summary.json'}")
+        log(
+            f"done in {summary['wall_time_s']:.0f}s: AA {summary['aa']:.2f}"
+            + (f", BWT {summary['bwt']:.2f}" if summary["bwt"] is not None else "")
+            + f" -> {out / 'summary.json'}"
+        )
     dist.barrier()
     return summary
 
@@ -426,9 +547,15 @@ def route_positions(method, task_index: int, evaluated: list[int]):
     return [(a, [p for p, j in enumerate(evaluated) if j in js]) for a, js in routes]
 
 
-def evaluate_run(run_dir: str | Path, task_names: list[str], after_task: int | None = None,
-                 data_dir: str | None = None, max_test: int | None = None, eval_batch_size: int | None = None,
-                 device: str | None = None) -> tuple[Path, dict]:
+def evaluate_run(
+    run_dir: str | Path,
+    task_names: list[str],
+    after_task: int | None = None,
+    data_dir: str | None = None,
+    max_test: int | None = None,
+    eval_batch_size: int | None = None,
+    device: str | None = None,
+) -> tuple[Path, dict]:
     """The model as it was after task K (1-based, default the last trained), on any tasks, trained or not.
 
     Rebuilt from the base model and the saved adapters alone. Writes
@@ -444,8 +571,15 @@ def evaluate_run(run_dir: str | Path, task_names: list[str], after_task: int | N
             lock.release()
 
 
-def _evaluate_run(run_dir: Path, task_names: list[str], after_task: int | None, data_dir: str | None,
-                  max_test: int | None, eval_batch_size: int | None, device: str | None) -> tuple[Path, dict]:
+def _evaluate_run(
+    run_dir: Path,
+    task_names: list[str],
+    after_task: int | None,
+    data_dir: str | None,
+    max_test: int | None,
+    eval_batch_size: int | None,
+    device: str | None,
+) -> tuple[Path, dict]:
     from .analysis import check_run_dir, read_run_config
     from .io import check_saved_weights, error_line
 
@@ -463,17 +597,27 @@ def _evaluate_run(run_dir: Path, task_names: list[str], after_task: int | None, 
     k = (trained[-1] + 1 if trained else 0) if after_task is None else after_task
     needed = method.eval_adapters(k - 1) if k >= 1 else []
     if not trained or k < 1 or k > len(cfg.tasks) or any(i not in trained for i in needed):
-        raise NloraError(f"--after-task {k}: {run_dir} has no saved model after that task (adapters saved after "
-                         f"tasks {', '.join(str(i + 1) for i in trained) or 'none'})")
+        raise NloraError(
+            f"--after-task {k}: {run_dir} has no saved model after that task (adapters saved after "
+            f"tasks {', '.join(str(i + 1) for i in trained) or 'none'})"
+        )
     dev = pick_device(device or cfg.device)
     amp = autocast_dtype(cfg.precision, dev)
-    tasks = load_tasks(data_dir or cfg.data_dir, task_names, load_instructions(cfg.instructions), None,
-                       max_test if max_test is not None else cfg.max_test_per_task, cfg.seed, cfg.unknown_labels,
-                       splits=("test",))
+    tasks = load_tasks(
+        data_dir or cfg.data_dir,
+        task_names,
+        load_instructions(cfg.instructions),
+        None,
+        max_test if max_test is not None else cfg.max_test_per_task,
+        cfg.seed,
+        cfg.unknown_labels,
+        splits=("test",),
+    )
     for i in needed:  # damaged adapter files are found before the model loads
         check_saved_weights(task_dir(run_dir, i, cfg.tasks[i].name) / "adapter")
-    loaded = load_model(cfg.model, trust_remote_code=cfg.trust_remote_code,
-                        allow_pickle_weights=cfg.allow_pickle_weights)
+    loaded = load_model(
+        cfg.model, trust_remote_code=cfg.trust_remote_code, allow_pickle_weights=cfg.allow_pickle_weights
+    )
     targets = cfg.lora.target_modules or default_target_modules(loaded.model)
     lora = ContinualLoRA(loaded.model.to(dev), cfg.lora, targets, loaded.seq2seq)
     for i in needed:
@@ -486,14 +630,27 @@ def _evaluate_run(run_dir: Path, task_names: list[str], after_task: int | None, 
     lora.model.to(dev)
     index = {s.name: i for i, s in enumerate(cfg.tasks)}
     evaluated = [min(index.get(name, k - 1), k - 1) for name in task_names]  # unseen tasks: the newest model
-    gen_kw = dict(seq2seq=loaded.seq2seq, device=dev, amp_dtype=amp, batch_size=eval_batch_size or cfg.eval_batch_size or default_eval_batch(dev),
-                  max_source=cfg.max_source_length, max_new_tokens=cfg.max_target_length, mode=cfg.eval_mode,
-                  compat=cfg.compat)
+    gen_kw = dict(
+        seq2seq=loaded.seq2seq,
+        device=dev,
+        amp_dtype=amp,
+        batch_size=eval_batch_size or cfg.eval_batch_size or default_eval_batch(dev),
+        max_source=cfg.max_source_length,
+        max_new_tokens=cfg.max_target_length,
+        mode=cfg.eval_mode,
+        compat=cfg.compat,
+    )
     dest = run_dir / "eval" / f"after-{k:02d}" / re.sub(r"[^A-Za-z0-9_.+-]", "_", "+".join(task_names))
     rundir.record(run_dir, "eval")
     log(f"evaluating {run_dir} after task {k} ({cfg.tasks[k - 1].name}) on {', '.join(task_names)}")
-    results = evaluate_and_write(lora.model, loaded.tokenizer, [tasks[t] for t in task_names], dest, gen_kw,
-                                 routes=route_positions(method, k - 1, evaluated), lora=lora,
-                                 router=example_router(method, lora, k - 1, loaded.tokenizer, loaded.seq2seq,
-                                                       cfg.max_source_length, cfg.compat))
+    results = evaluate_and_write(
+        lora.model,
+        loaded.tokenizer,
+        [tasks[t] for t in task_names],
+        dest,
+        gen_kw,
+        routes=route_positions(method, k - 1, evaluated),
+        lora=lora,
+        router=example_router(method, lora, k - 1, loaded.tokenizer, loaded.seq2seq, cfg.max_source_length, cfg.compat),
+    )
     return dest, results

@@ -48,14 +48,18 @@ def _is_current_analysis(cached, threshold: float) -> bool:
     """Whether analysis.json holds a complete analysis at this threshold: it is only a cache, so anything
     else (damaged, older, hand-edited) is computed again rather than trusted."""
     try:
-        return (cached["threshold"] == threshold and isinstance(cached["tasks"], list)
-                and len(cached["collision_matrix"]) == len(cached["tasks"])
-                and all(isinstance(cached[k]["total"], (int, float))
-                        for k in ("orthogonality_update", "orthogonality_lora_A"))
-                and isinstance(cached["nuclear_norm"]["mean"], (int, float))
-                and (cached["acr"] is None or isinstance(cached["acr"], (int, float)))
-                and all(isinstance(p["threshold"], (int, float)) for p in cached["acr_curve"])
-                and all(isinstance(layer["nuclear_norm"], list) for layer in cached["layers"].values()))
+        return (
+            cached["threshold"] == threshold
+            and isinstance(cached["tasks"], list)
+            and len(cached["collision_matrix"]) == len(cached["tasks"])
+            and all(
+                isinstance(cached[k]["total"], (int, float)) for k in ("orthogonality_update", "orthogonality_lora_A")
+            )
+            and isinstance(cached["nuclear_norm"]["mean"], (int, float))
+            and (cached["acr"] is None or isinstance(cached["acr"], (int, float)))
+            and all(isinstance(p["threshold"], (int, float)) for p in cached["acr_curve"])
+            and all(isinstance(layer["nuclear_norm"], list) for layer in cached["layers"].values())
+        )
     except (KeyError, TypeError, AttributeError):
         return False
 
@@ -107,9 +111,11 @@ def build_report(run_dirs: list[str | Path], out_dir: str | Path, threshold: flo
         if fresh:
             write_analysis(d, a)
     analyses = [a for a, _ in computed]
-    figs = {"bars": plots.aa_bwt_bars(list(zip(labels, summaries)), out / "aa_bwt.png"),
-            "nuclear": plots.nuclear_norm_per_layer(list(zip(labels, analyses)), out / "nuclear_norm.png"),
-            "curve": plots.collision_curves(list(zip(labels, analyses)), out / "collision_curve.png")}
+    figs = {
+        "bars": plots.aa_bwt_bars(list(zip(labels, summaries)), out / "aa_bwt.png"),
+        "nuclear": plots.nuclear_norm_per_layer(list(zip(labels, analyses)), out / "nuclear_norm.png"),
+        "curve": plots.collision_curves(list(zip(labels, analyses)), out / "collision_curve.png"),
+    }
     logs = [(label, run_logs(d, s["tasks"])) for label, d, s in zip(labels, dirs, summaries)]
     logs = [(label, tasks) for label, tasks in logs if any(rows for _, rows in tasks)]  # older runs have none
     if logs:
@@ -117,41 +123,73 @@ def build_report(run_dirs: list[str | Path], out_dir: str | Path, threshold: flo
     per_run = []
     for label, s, a in zip(labels, summaries, analyses):
         safe = label.replace("/", "_")
-        per_run.append((plots.accuracy_heatmap(s, out / f"{safe}-accuracy.png"),
-                        plots.collision_heatmap(a, out / f"{safe}-collision.png")))
+        per_run.append(
+            (
+                plots.accuracy_heatmap(s, out / f"{safe}-accuracy.png"),
+                plots.collision_heatmap(a, out / f"{safe}-collision.png"),
+            )
+        )
 
-    lines = ["# nlora report", "",
-             f"Collision threshold |dW| > {threshold:g}; ACR = mean collision rate over task pairs and layers.", "",
-             "| run | method | model | tasks | AA | BWT | FWT | ACR % | orth. (dW) | orth. (A) | mean nuclear norm | wall time s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "# nlora report",
+        "",
+        f"Collision threshold |dW| > {threshold:g}; ACR = mean collision rate over task pairs and layers.",
+        "",
+        "| run | method | model | tasks | AA | BWT | FWT | ACR % | orth. (dW) | orth. (A) | mean nuclear norm "
+        "| wall time s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for label, s, a in zip(labels, summaries, analyses):
         acr = None if a["acr"] is None else 100 * a["acr"]
-        lines.append(f"| {label} | {s['method']} | {Path(str(s['model'])).name} | {len(s['tasks'])} | {_fmt(s['aa'])} | "
-                     f"{_fmt(s['bwt'])} | {_fmt(s.get('fwt'))} | {_fmt(acr, 3)} | "
-                     f"{a['orthogonality_update']['total']:.3g} | {a['orthogonality_lora_A']['total']:.3g} | "
-                     f"{a['nuclear_norm']['mean']:.3g} | {_fmt(s['wall_time_s'], 0)} |")
+        lines.append(
+            f"| {label} | {s['method']} | {Path(str(s['model'])).name} | {len(s['tasks'])} | {_fmt(s['aa'])} | "
+            f"{_fmt(s['bwt'])} | {_fmt(s.get('fwt'))} | {_fmt(acr, 3)} | "
+            f"{a['orthogonality_update']['total']:.3g} | {a['orthogonality_lora_A']['total']:.3g} | "
+            f"{a['nuclear_norm']['mean']:.3g} | {_fmt(s['wall_time_s'], 0)} |"
+        )
     tasks = list(dict.fromkeys(t for s in summaries for t in s["tasks"]))
-    lines += ["", "## Final accuracy per task (exact match after the last task)", "",
-              "| run | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]
+    lines += [
+        "",
+        "## Final accuracy per task (exact match after the last task)",
+        "",
+        "| run | " + " | ".join(tasks) + " |",
+        "|---|" + "---|" * len(tasks),
+    ]
     for label, s in zip(labels, summaries):
         final = dict(zip(s["tasks"], s["accuracy_matrix"][-1]))
         lines.append(f"| {label} | " + " | ".join(_fmt(final.get(t), 1) for t in tasks) + " |")
     paper = paper_results()
     refs = [(label, s) for label, s in zip(labels, summaries) if s.get("preset") in paper]
     if refs:
-        lines += ["", "## Reported in the papers (AA %, T5-large / LLaMA-7B)", "",
-                  "| run | preset | this run AA | N-LoRA reported | O-LoRA reported |", "|---|---|---|---|---|"]
+        lines += [
+            "",
+            "## Reported in the papers (AA %, T5-large / LLaMA-7B)",
+            "",
+            "| run | preset | this run AA | N-LoRA reported | O-LoRA reported |",
+            "|---|---|---|---|---|",
+        ]
         for label, s in refs:
             ref = paper[s["preset"]]
             lines.append(f"| {label} | {s['preset']} | {_fmt(s['aa'])} | {ref['N-LoRA']} | {ref['O-LoRA']} |")
     ref = paper["_analysis"]
-    lines += ["", "For scale, the N-LoRA paper reports on T5-large (threshold unstated): ACR "
-              f"{ref['acr_percent']['O-LoRA']}% (O-LoRA) vs {ref['acr_percent']['N-LoRA']}% (N-LoRA), orthogonality "
-              f"{ref['orthogonality']['O-LoRA']} vs {ref['orthogonality']['N-LoRA']}, mean nuclear norm "
-              f"{ref['mean_nuclear_norm']['O-LoRA']} vs {ref['mean_nuclear_norm']['N-LoRA']}."]
-    lines += ["", "## Figures", "", f"![AA and BWT]({figs['bars'].name})", "",
-              f"![Nuclear norm per layer]({figs['nuclear'].name})", "",
-              f"![Collision rate against threshold]({figs['curve'].name})", ""]
+    lines += [
+        "",
+        "For scale, the N-LoRA paper reports on T5-large (threshold unstated): ACR "
+        f"{ref['acr_percent']['O-LoRA']}% (O-LoRA) vs {ref['acr_percent']['N-LoRA']}% (N-LoRA), orthogonality "
+        f"{ref['orthogonality']['O-LoRA']} vs {ref['orthogonality']['N-LoRA']}, mean nuclear norm "
+        f"{ref['mean_nuclear_norm']['O-LoRA']} vs {ref['mean_nuclear_norm']['N-LoRA']}.",
+    ]
+    lines += [
+        "",
+        "## Figures",
+        "",
+        f"![AA and BWT]({figs['bars'].name})",
+        "",
+        f"![Nuclear norm per layer]({figs['nuclear'].name})",
+        "",
+        f"![Collision rate against threshold]({figs['curve'].name})",
+        "",
+    ]
     if "loss" in figs:
         lines += [f"![Training loss of every task (train_log.jsonl)]({figs['loss'].name})", ""]
     for label, (acc, col) in zip(labels, per_run):

@@ -27,8 +27,17 @@ from .io import check_saved_weights, read_json, write_json
 MANIFEST = ".nlora-run.json"
 DEMO_MANIFEST = ".nlora-demo.json"
 # What runs made before the manifest existed wrote (adopted when their config.yaml is an nlora config).
-LEGACY_OUTPUTS = ("config.yaml", "summary.json", "tasks", "zero_shot", "eval", "analysis.json", "collision.png",
-                  "nuclear_norm.png", "accuracy_matrix.png")
+LEGACY_OUTPUTS = (
+    "config.yaml",
+    "summary.json",
+    "tasks",
+    "zero_shot",
+    "eval",
+    "analysis.json",
+    "collision.png",
+    "nuclear_norm.png",
+    "accuracy_matrix.png",
+)
 FINGERPRINT = "data_fingerprint.json"
 
 
@@ -98,8 +107,10 @@ def is_empty(out: Path) -> bool:
 def refuse_foreign(out: Path, manifest: str = MANIFEST, kind: str = "nlora run") -> None:
     """A non-empty folder that nlora did not make is never used (and so never cleared)."""
     if not is_empty(out) and nlora_outputs(out, manifest) is None:
-        raise NloraError(f"output directory {out} is not empty and holds no {kind}; nlora never writes into or "
-                         "deletes from a folder it did not make: choose another --output-dir")
+        raise NloraError(
+            f"output directory {out} is not empty and holds no {kind}; nlora never writes into or "
+            "deletes from a folder it did not make: choose another --output-dir"
+        )
 
 
 def clear(out: Path, manifest: str = MANIFEST) -> None:
@@ -116,6 +127,7 @@ def clear(out: Path, manifest: str = MANIFEST) -> None:
 
 
 # -- one process per run directory ---------------------------------------------------------------------------
+
 
 class DirectoryLock:
     """An exclusive ``flock`` on the directory, held until ``release`` or the process ends."""
@@ -137,8 +149,10 @@ class DirectoryLock:
             if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 pid = lock_holder(self.path)
                 who = f"process {pid}" if pid else "another process"
-                raise NloraError(f"{self.path} is in use by {who} (an nlora run or eval holds it); wait for it to "
-                                 "end, or stop it, then run again (the run resumes where it stopped)") from None
+                raise NloraError(
+                    f"{self.path} is in use by {who} (an nlora run or eval holds it); wait for it to "
+                    "end, or stop it, then run again (the run resumes where it stopped)"
+                ) from None
             return self  # a file system without flock (some network mounts): unlocked
         self.fd = fd
         return self
@@ -168,11 +182,16 @@ def lock_holder(path: Path) -> int | None:
 
 # -- files read back on resume -------------------------------------------------------------------------------
 
+
 def check_run_files(out: Path) -> None:
     """Every file a resume reads back must be whole: the JSON records parse to objects and each finished task's
     saved weights are complete. Names the first that is not, before the model loads."""
-    candidates = [out / "summary.json", *sorted(out.glob("tasks/*/train_stats.json")),
-                  *sorted(out.glob("tasks/*/predict_results.json")), out / "zero_shot" / "predict_results.json"]
+    candidates = [
+        out / "summary.json",
+        *sorted(out.glob("tasks/*/train_stats.json")),
+        *sorted(out.glob("tasks/*/predict_results.json")),
+        out / "zero_shot" / "predict_results.json",
+    ]
     advice = "delete it to redo that step, or pass --overwrite to start the run over"
     for path in candidates:
         if not path.is_file():
@@ -218,5 +237,7 @@ def check_fingerprint(out: Path, now: dict[str, dict[str, str]]) -> None:
         for name, digest in files.items():
             old = before.get(task, {}).get(name) if isinstance(before.get(task), dict) else None
             if old is not None and old != digest:
-                raise NloraError(f"task {task}: {name} changed since this run started (its contents differ); "
-                                 "restore it, or pass --overwrite to start over with the new data")
+                raise NloraError(
+                    f"task {task}: {name} changed since this run started (its contents differ); "
+                    "restore it, or pass --overwrite to start over with the new data"
+                )

@@ -49,8 +49,9 @@ def _picked(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def candidate_logprobs(model, prompts: list[Encoded], candidates: list[list[int]], *, seq2seq: bool,
-                       pad_id: int, device: torch.device) -> torch.Tensor:
+def candidate_logprobs(
+    model, prompts: list[Encoded], candidates: list[list[int]], *, seq2seq: bool, pad_id: int, device: torch.device
+) -> torch.Tensor:
     """[len(prompts), len(candidates)]: summed log-probability of each candidate's tokens after each prompt.
 
     ``prompts`` are encoded sources (``Encoded.source``: with BOS for decoder-only models, as training sees
@@ -76,9 +77,13 @@ def _decoder_only(model, prompts, candidates, pad_id, device) -> torch.Tensor:
         if len(cand) > 1:
             rest = torch.tensor(cand, device=device).repeat(len(prompts), 1)
             steps = rest.shape[1] - 1
-            logits = model(input_ids=rest[:, :-1], use_cache=True, **{cache_arg: cache},
-                           attention_mask=torch.cat([mask, mask.new_ones(len(prompts), steps)], -1),
-                           position_ids=lengths + torch.arange(steps, device=device)).logits
+            logits = model(
+                input_ids=rest[:, :-1],
+                use_cache=True,
+                **{cache_arg: cache},
+                attention_mask=torch.cat([mask, mask.new_ones(len(prompts), steps)], -1),
+                position_ids=lengths + torch.arange(steps, device=device),
+            ).logits
             total = total + _picked(logits, rest[:, 1:]).sum(-1)
             cache.crop(-steps)  # back to the prompt alone for the next candidate (negative: tokens to drop)
         scores[:, j] = total

@@ -49,7 +49,9 @@ class RunStatus:
     @property
     def done(self) -> list[TaskState]:
         """Tasks trained and evaluated (or trained, with a later task under way: nothing evaluated them)."""
-        later_started = [any(u.trained or u.step or u.checkpoint for u in self.tasks[t.index + 1:]) for t in self.tasks]
+        later_started = [
+            any(u.trained or u.step or u.checkpoint for u in self.tasks[t.index + 1 :]) for t in self.tasks
+        ]
         return [t for t in self.tasks if t.trained and (t.evaluated or later_started[t.index] or self.summary)]
 
     @property
@@ -95,8 +97,9 @@ def read_status(run_dir: str | Path) -> RunStatus:
         method, model = str(cfg.get("method", "?")), str(cfg.get("model", "?"))
     except (yaml.YAMLError, TypeError, KeyError, UnicodeDecodeError):
         raise NloraError(f"{config}: not a readable nlora config") from None
-    status = RunStatus(run_dir, method, model, [], config.stat().st_mtime, _json(run_dir / "summary.json"),
-                       _lock_holder(run_dir))
+    status = RunStatus(
+        run_dir, method, model, [], config.stat().st_mtime, _json(run_dir / "summary.json"), _lock_holder(run_dir)
+    )
     times = [status.started]
     for i, name in enumerate(names):
         tdir = _task_dir(run_dir, i, name)
@@ -138,8 +141,9 @@ def estimate_left(status: RunStatus) -> float | None:
         return 0.0
     finished = [t for t in status.done if t.train_seconds is not None]
     mean_eval = (sum(t.eval_seconds or 0.0 for t in finished) / len(finished)) if finished else 0.0
-    per_task = (sum((t.train_seconds or 0.0) + (t.eval_seconds or 0.0) for t in finished) / len(finished)
-                if finished else None)
+    per_task = (
+        sum((t.train_seconds or 0.0) + (t.eval_seconds or 0.0) for t in finished) / len(finished) if finished else None
+    )
     if current.trained:  # being evaluated
         left_now = mean_eval
         per_task = per_task if per_task is not None else (current.train_seconds or 0.0) + mean_eval
@@ -158,20 +162,28 @@ def estimate_left(status: RunStatus) -> float | None:
 def describe(status: RunStatus, now: float | None = None) -> list[str]:
     now = time.time() if now is None else now
     n = len(status.tasks)
-    lines = [(f"{status.run_dir}: {status.method} on {n} task(s) ({' -> '.join(t.name for t in status.tasks)}), "
-             f"model {status.model}")]
+    lines = [
+        (
+            f"{status.run_dir}: {status.method} on {n} task(s) ({' -> '.join(t.name for t in status.tasks)}), "
+            f"model {status.model}"
+        )
+    ]
     if status.summary is not None:
         s = status.summary
         bwt = "" if s.get("bwt") is None else f", BWT {s['bwt']:.2f}"
         aa = "-" if s.get("aa") is None else f"{s['aa']:.2f}"
-        lines.append(f"complete: {n} of {n} tasks, AA {aa}{bwt}, wall time {_duration(s.get('wall_time_s'))} "
-                     f"({status.run_dir / 'summary.json'})")
+        lines.append(
+            f"complete: {n} of {n} tasks, AA {aa}{bwt}, wall time {_duration(s.get('wall_time_s'))} "
+            f"({status.run_dir / 'summary.json'})"
+        )
         return lines
     if status.holder is not None:
         lines.append(f"running: process {status.holder} holds the run directory")
     else:
-        lines.append(f"not running (no process holds the directory; last activity {_duration(now - status.last_activity)}"
-                     " ago): `nlora run` with the same settings resumes it")
+        lines.append(
+            f"not running (no process holds the directory; last activity {_duration(now - status.last_activity)}"
+            " ago): `nlora run` with the same settings resumes it"
+        )
     done = status.done
     lines.append(f"tasks done: {len(done)} of {n}" + (f" ({', '.join(t.name for t in done)})" if done else ""))
     current = status.current
@@ -185,17 +197,24 @@ def describe(status: RunStatus, now: float | None = None) -> list[str]:
             penalty = f", penalty {row['penalty']:.4g}" if row.get("penalty") else ""
             speed = f", {row['examples_per_s']:.1f} examples/s" if row.get("examples_per_s") else ""
             ago = f", {_duration(now - row['time'])} ago" if row.get("time") else ""
-            where += (f"step {current.step} of {current.steps or '?'}{pct}, loss {row['loss']:.4f}{penalty}{speed}"
-                      f" (last log line{ago})")
+            where += (
+                f"step {current.step} of {current.steps or '?'}{pct}, loss {row['loss']:.4f}{penalty}{speed}"
+                f" (last log line{ago})"
+            )
         elif current.checkpoint:
             where += "training (a step checkpoint, no log lines)"
         else:
             where += "not started (loading the model or the data)" if not done else "starting"
         lines.append("now: " + where)
     left = estimate_left(status)
-    lines.append(f"elapsed: {_duration(now - status.started)} since the run began (config.yaml written); "
-                 + ("estimated time left: unknown until a task has trained a step" if left is None else
-                    f"estimated time left: about {_duration(left)}" + _basis(status)))
+    lines.append(
+        f"elapsed: {_duration(now - status.started)} since the run began (config.yaml written); "
+        + (
+            "estimated time left: unknown until a task has trained a step"
+            if left is None
+            else f"estimated time left: about {_duration(left)}" + _basis(status)
+        )
+    )
     return lines
 
 

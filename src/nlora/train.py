@@ -31,8 +31,9 @@ class TrainStats:
     seconds: float
 
 
-def build_schedule(lengths: list[int], settings: TaskSettings, seed: int, group_by_length: bool = True,
-                   world: int = 1) -> list[list[int]]:
+def build_schedule(
+    lengths: list[int], settings: TaskSettings, seed: int, group_by_length: bool = True, world: int = 1
+) -> list[list[int]]:
     """The task's micro-batches, a function of the seed only (so a resumed run replays the same order).
     With a global batch, batches are drawn at that size and cut into per-process chunks; a micro-batch holds
     ``world`` chunks interleaved, so that rank r's round-robin share is chunk r: every number of processes
@@ -41,23 +42,39 @@ def build_schedule(lengths: list[int], settings: TaskSettings, seed: int, group_
     schedule = []
     for epoch in range(math.ceil(settings.epochs)):
         if getattr(settings, "global_batch", None):
-            order = [i for b in batch_order(lengths, settings.global_batch, seed * 1000 + epoch, group_by_length)
-                     for i in b]
+            order = [
+                i for b in batch_order(lengths, settings.global_batch, seed * 1000 + epoch, group_by_length) for i in b
+            ]
             per_rank = max(1, settings.batch_size // world)
-            chunks = [order[s:s + per_rank] for s in range(0, len(order), per_rank)]
+            chunks = [order[s : s + per_rank] for s in range(0, len(order), per_rank)]
             for s in range(0, len(chunks), world):
-                group = chunks[s:s + world]
+                group = chunks[s : s + world]
                 schedule.append([c[j] for j in range(per_rank) for c in group if j < len(c)])
         else:
             schedule += batch_order(lengths, settings.batch_size, seed * 1000 + epoch, group_by_length)
-    return schedule[:math.ceil(settings.epochs * per_epoch)]
+    return schedule[: math.ceil(settings.epochs * per_epoch)]
 
 
-def train_task(lora: ContinualLoRA, method: Method, data: list[Encoded], settings: TaskSettings, *,
-               pad_id: int, seq2seq: bool, device: torch.device, amp_dtype: torch.dtype | None, seed: int,
-               desc: str = "train", dist: Dist | None = None, checkpoint: Path | None = None,
-               save_every: int = 0, compile_model: bool = False, log: TaskLog | None = None,
-               compat: str = "clean", max_grad_norm: float | None = None) -> TrainStats:
+def train_task(
+    lora: ContinualLoRA,
+    method: Method,
+    data: list[Encoded],
+    settings: TaskSettings,
+    *,
+    pad_id: int,
+    seq2seq: bool,
+    device: torch.device,
+    amp_dtype: torch.dtype | None,
+    seed: int,
+    desc: str = "train",
+    dist: Dist | None = None,
+    checkpoint: Path | None = None,
+    save_every: int = 0,
+    compile_model: bool = False,
+    log: TaskLog | None = None,
+    compat: str = "clean",
+    max_grad_norm: float | None = None,
+) -> TrainStats:
     """Train the current adapter on one task; resumes from ``checkpoint`` if it exists, saves it every
     ``save_every`` optimizer steps (0: never). ``log``: the task's train_log.jsonl (cut back to the checkpoint's
     step on resume), a line per optimizer step or logging interval."""
@@ -70,8 +87,13 @@ def train_task(lora: ContinualLoRA, method: Method, data: list[Encoded], setting
     optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=0.0)
     keep_logits = not seq2seq and accepts_logits_to_keep(model)
     # reference: random batches, as the release's HF Trainer (no group_by_length)
-    schedule = build_schedule([len(e.source) + len(e.target) for e in data], settings, seed,
-                              group_by_length=compat != "reference", world=dist.world)
+    schedule = build_schedule(
+        [len(e.source) + len(e.target) for e in data],
+        settings,
+        seed,
+        group_by_length=compat != "reference",
+        world=dist.world,
+    )
     total_steps = math.ceil(len(schedule) / settings.grad_accum)
 
     state = ckpt.TrainState()
@@ -79,17 +101,43 @@ def train_task(lora: ContinualLoRA, method: Method, data: list[Encoded], setting
         state = ckpt.load(checkpoint, model, optimizer, dist)
     start = time.perf_counter() - state.seconds
     if log is not None:
-        log.begin(state.micro // settings.grad_accum, total_steps, [len(b) for b in schedule], settings.grad_accum,
-                  settings.epochs)
-    bar = tqdm(total=total_steps, initial=state.micro // settings.grad_accum, desc=desc, unit="step",
-               dynamic_ncols=True, leave=False, disable=not dist.is_main)
+        log.begin(
+            state.micro // settings.grad_accum,
+            total_steps,
+            [len(b) for b in schedule],
+            settings.grad_accum,
+            settings.epochs,
+        )
+    bar = tqdm(
+        total=total_steps,
+        initial=state.micro // settings.grad_accum,
+        desc=desc,
+        unit="step",
+        dynamic_ncols=True,
+        leave=False,
+        disable=not dist.is_main,
+    )
     optimizer.zero_grad(set_to_none=True)
     for micro in range(state.micro, len(schedule)):
         step = micro // settings.grad_accum + 1
         share = dist.shard(schedule[micro])
         filler = dist.sharded and not share  # sharded ranks must all run the pass; this one counts for nothing
-        loss, extra = _micro_step(forward, method, lora, settings, [data[i] for i in share or schedule[micro][:1]],
-                                  pad_id, seq2seq, device, amp_dtype, keep_logits, dist, step, filler, compat)
+        loss, extra = _micro_step(
+            forward,
+            method,
+            lora,
+            settings,
+            [data[i] for i in share or schedule[micro][:1]],
+            pad_id,
+            seq2seq,
+            device,
+            amp_dtype,
+            keep_logits,
+            dist,
+            step,
+            filler,
+            compat,
+        )
         state.losses.append(loss)
         state.penalties.append(extra)
         if (micro + 1) % settings.grad_accum == 0 or micro + 1 == len(schedule):
@@ -104,18 +152,29 @@ def train_task(lora: ContinualLoRA, method: Method, data: list[Encoded], setting
             bar.set_postfix(loss=f"{loss:.3f}", pen=f"{extra:.3g}")
             state.micro = micro + 1
             if log is not None:
-                log.step(step, micro + 1, state.losses, state.penalties, optimizer.param_groups[0]["lr"], grad_norm,
-                         time.perf_counter() - start)
+                log.step(
+                    step,
+                    micro + 1,
+                    state.losses,
+                    state.penalties,
+                    optimizer.param_groups[0]["lr"],
+                    grad_norm,
+                    time.perf_counter() - start,
+                )
             if checkpoint is not None and save_every and step % save_every == 0 and micro + 1 < len(schedule):
                 state.seconds = time.perf_counter() - start
                 ckpt.save(checkpoint, model, optimizer, state, dist)
     bar.close()
     per_epoch = math.ceil(len(data) / settings.batch_size)
-    tail = state.losses[-max(1, per_epoch // 10):]
-    return TrainStats(steps=total_steps, examples=sum(len(b) for b in schedule),
-                      final_loss=sum(tail) / len(tail), mean_loss=sum(state.losses) / len(state.losses),
-                      mean_penalty=sum(state.penalties) / len(state.penalties),
-                      seconds=time.perf_counter() - start)
+    tail = state.losses[-max(1, per_epoch // 10) :]
+    return TrainStats(
+        steps=total_steps,
+        examples=sum(len(b) for b in schedule),
+        final_loss=sum(tail) / len(tail),
+        mean_loss=sum(state.losses) / len(state.losses),
+        mean_penalty=sum(state.penalties) / len(state.penalties),
+        seconds=time.perf_counter() - start,
+    )
 
 
 def _grad_norm(params: list[torch.nn.Parameter]) -> float:
@@ -124,8 +183,22 @@ def _grad_norm(params: list[torch.nn.Parameter]) -> float:
     return float(torch.linalg.vector_norm(torch.stack(norms))) if norms else 0.0
 
 
-def _micro_step(model, method, lora, settings, examples, pad_id, seq2seq, device, amp_dtype, keep_logits,
-                dist: Dist, step: int, filler: bool = False, compat: str = "clean") -> tuple[float, float]:
+def _micro_step(
+    model,
+    method,
+    lora,
+    settings,
+    examples,
+    pad_id,
+    seq2seq,
+    device,
+    amp_dtype,
+    keep_logits,
+    dist: Dist,
+    step: int,
+    filler: bool = False,
+    compat: str = "clean",
+) -> tuple[float, float]:
     """Forward and backward of one micro-batch (this rank's share); returns the global mean loss and penalty.
     ``filler``: the pass only keeps a sharded rank in step; its loss is multiplied by zero. ``compat``
     reference: the release's loss, each rank's micro-batch mean over its own count (for decoders the release's
@@ -158,8 +231,10 @@ def _micro_step(model, method, lora, settings, examples, pad_id, seq2seq, device
     penalty = float(extra.detach()) if extra is not None else 0.0
     total = mean_loss + penalty
     if not math.isfinite(total):
-        raise NloraError(f"non-finite loss ({total}) at step {step} of task {settings.name}; lower --lr or "
-                         "--lambda (the last step checkpoint, if any, is kept)")
+        raise NloraError(
+            f"non-finite loss ({total}) at step {step} of task {settings.name}; lower --lr or "
+            "--lambda (the last step checkpoint, if any, is kept)"
+        )
     if torch.is_tensor(objective) and objective.requires_grad:
         (objective / settings.grad_accum).backward()
     return mean_loss, penalty

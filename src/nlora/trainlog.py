@@ -22,9 +22,17 @@ LOG_FILE = "train_log.jsonl"
 LOGS_DIR = "logs"  # RUN_DIR/logs/<tracker>/: the trackers' own files (TensorBoard events, W&B offline runs)
 
 # --report-to name -> the module it needs (the names are Accelerate's, accelerate.tracking.LOGGER_TYPE_TO_CLASS)
-TRACKER_MODULES = {"tensorboard": "tensorboard", "wandb": "wandb", "comet_ml": "comet_ml", "mlflow": "mlflow",
-                   "aim": "aim", "clearml": "clearml", "dvclive": "dvclive", "swanlab": "swanlab",
-                   "trackio": "trackio"}
+TRACKER_MODULES = {
+    "tensorboard": "tensorboard",
+    "wandb": "wandb",
+    "comet_ml": "comet_ml",
+    "mlflow": "mlflow",
+    "aim": "aim",
+    "clearml": "clearml",
+    "dvclive": "dvclive",
+    "swanlab": "swanlab",
+    "trackio": "trackio",
+}
 INSTALL_HINT = {"tensorboard": "pip install 'nlora[tensorboard]'"}
 
 
@@ -32,11 +40,12 @@ def check_report_to(names: list[str]) -> None:
     """Known tracker names whose package is installed; otherwise a one-line NloraError."""
     for name in names:
         if name not in TRACKER_MODULES:
-            raise NloraError(f"report_to: unknown tracker {name!r} (choose from {', '.join(TRACKER_MODULES)}, "
-                             "or none)")
+            raise NloraError(f"report_to: unknown tracker {name!r} (choose from {', '.join(TRACKER_MODULES)}, or none)")
         if importlib.util.find_spec(TRACKER_MODULES[name]) is None:
-            raise NloraError(f"report_to {name}: the {TRACKER_MODULES[name]} package is not installed: "
-                             f"{INSTALL_HINT.get(name, f'pip install {TRACKER_MODULES[name]}')}")
+            raise NloraError(
+                f"report_to {name}: the {TRACKER_MODULES[name]} package is not installed: "
+                f"{INSTALL_HINT.get(name, f'pip install {TRACKER_MODULES[name]}')}"
+            )
 
 
 def read_log(path: Path) -> list[dict]:
@@ -130,10 +139,11 @@ class RunLog:
                 if name == "tensorboard":
                     tracker.store_init_configuration(_flat_config(self.cfg))
             except Exception as e:  # noqa: BLE001 -- a tracker's own failure (no login, no network) as one line
-                raise NloraError(f"report_to {name}: could not start ({e.__class__.__name__}: "
-                                 f"{str(e).splitlines()[0] if str(e) else ''})"
-                                 + ("; for W&B without network set WANDB_MODE=offline" if name == "wandb" else "")
-                                 ) from None
+                raise NloraError(
+                    f"report_to {name}: could not start ({e.__class__.__name__}: "
+                    f"{str(e).splitlines()[0] if str(e) else ''})"
+                    + ("; for W&B without network set WANDB_MODE=offline" if name == "wandb" else "")
+                ) from None
             self.trackers.append(tracker)
 
     def log(self, values: dict, step: int, purge: bool = False) -> None:
@@ -169,8 +179,7 @@ class TaskLog:
     def __init__(self, path: Path, every: int, run: RunLog | None, index: int, name: str, is_main: bool = True):
         self.path, self.every, self.run, self.index, self.name, self.is_main = path, every, run, index, name, is_main
 
-    def begin(self, steps_done: int, total_steps: int, batch_sizes: list[int], grad_accum: int,
-              epochs: float) -> None:
+    def begin(self, steps_done: int, total_steps: int, batch_sizes: list[int], grad_accum: int, epochs: float) -> None:
         """Keep the lines up to ``steps_done`` (the checkpoint's step; 0 for a fresh start), then append."""
         self.total, self.batch_sizes, self.grad_accum, self.epochs = total_steps, batch_sizes, grad_accum, epochs
         kept = [row for row in read_log(self.path) if row["step"] <= steps_done] if steps_done and self.is_main else []
@@ -188,28 +197,45 @@ class TaskLog:
     def wants(self, step: int) -> bool:
         return step % self.every == 0 or step == self.total
 
-    def step(self, step: int, micro_done: int, losses: list[float], penalties: list[float], lr: float,
-             grad_norm: float | None, elapsed: float) -> None:
+    def step(
+        self,
+        step: int,
+        micro_done: int,
+        losses: list[float],
+        penalties: list[float],
+        lr: float,
+        grad_norm: float | None,
+        elapsed: float,
+    ) -> None:
         """Called after every optimizer step; writes a line when the interval ends."""
         if not self.wants(step):
             return
         lo = self.logged_micro
         now = time.perf_counter()
-        examples = sum(self.batch_sizes[self.mark_micro:micro_done])
-        row = {"step": step, "total_steps": self.total,
-               "epoch": round(self.epochs * micro_done / len(self.batch_sizes), 4),
-               "loss": _mean(losses[lo:micro_done]), "penalty": _mean(penalties[lo:micro_done]), "lr": _sig(lr),
-               "grad_norm": None if grad_norm is None or not math.isfinite(grad_norm) else _sig(grad_norm),
-               "examples_per_s": round(examples / max(now - self.mark_time, 1e-9), 3),
-               "elapsed_s": round(elapsed, 3), "time": round(time.time(), 3)}
+        examples = sum(self.batch_sizes[self.mark_micro : micro_done])
+        row = {
+            "step": step,
+            "total_steps": self.total,
+            "epoch": round(self.epochs * micro_done / len(self.batch_sizes), 4),
+            "loss": _mean(losses[lo:micro_done]),
+            "penalty": _mean(penalties[lo:micro_done]),
+            "lr": _sig(lr),
+            "grad_norm": None if grad_norm is None or not math.isfinite(grad_norm) else _sig(grad_norm),
+            "examples_per_s": round(examples / max(now - self.mark_time, 1e-9), 3),
+            "elapsed_s": round(elapsed, 3),
+            "time": round(time.time(), 3),
+        }
         self.logged_micro, self.mark_micro, self.mark_time = micro_done, micro_done, now
         if not self.is_main:
             return
         with open(self.path, "a", encoding="utf-8") as f:  # a line at a time: readable while the task trains
             f.write(json.dumps(row) + "\n")
         if self.run is not None and self.run.cfg.report_to:
-            values = {f"train/{k}": row[k] for k in ("loss", "penalty", "lr", "grad_norm", "examples_per_s", "epoch")
-                      if row[k] is not None}
+            values = {
+                f"train/{k}": row[k]
+                for k in ("loss", "penalty", "lr", "grad_norm", "examples_per_s", "epoch")
+                if row[k] is not None
+            }
             self.run.log({**values, "train/task": self.index + 1}, step=self.run.offset + step, purge=True)
 
 

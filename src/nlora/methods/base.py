@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -73,14 +73,15 @@ class Method:
     def begin_task(self, lora: ContinualLoRA, task_index: int, settings: TaskSettings) -> str:
         name = self.adapter_name(task_index)
         self.start(lora, name)
-        if self.cfg.fold_adapters and self.foldable:  # earlier adapters are frozen: one folded update per layer costs the same
+        if (
+            self.cfg.fold_adapters and self.foldable
+        ):  # earlier adapters are frozen: one folded update per layer costs the same
             for earlier in lora.live_adapters()[:-1]:
                 lora.fold(earlier)
             lora.start_adapter(name)  # re-assert: only the new adapter active and trainable
         return name
 
-    def before_training(self, lora: ContinualLoRA, task_index: int, settings: TaskSettings,
-                        ctx: TaskContext) -> None:
+    def before_training(self, lora: ContinualLoRA, task_index: int, settings: TaskSettings, ctx: TaskContext) -> None:
         """Once before task t's first training step (also when it resumes from a step checkpoint, so it must
         be deterministic), after ``begin_task``, with its training examples; not called for a task whose
         training finished earlier (its saved weights are reloaded instead). Default: nothing."""
@@ -89,8 +90,15 @@ class Method:
     def penalty(self, lora: ContinualLoRA, settings: TaskSettings) -> torch.Tensor | None:
         return None
 
-    def batch_penalty(self, lora: ContinualLoRA, settings: TaskSettings, batch: dict, seq2seq: bool,
-                      logits: torch.Tensor, targets: torch.Tensor):
+    def batch_penalty(
+        self,
+        lora: ContinualLoRA,
+        settings: TaskSettings,
+        batch: dict,
+        seq2seq: bool,
+        logits: torch.Tensor,
+        targets: torch.Tensor,
+    ):
         """An extra loss that depends on the training batch (e.g. distillation), mean over its examples;
         called inside autocast after the task loss, with that loss's answer logits (grad attached) and the
         answer tokens they predict (-100 elsewhere), so no second forward is needed. Default: none."""
@@ -105,8 +113,9 @@ class Method:
         """Tasks whose saved adapters make up the model as it was after ``task_index`` (all so far)."""
         return list(range(task_index + 1)) if self.fresh_adapter_per_task else [task_index]
 
-    def end_task(self, lora: ContinualLoRA, task_index: int, settings: TaskSettings,
-                 ctx: TaskContext | None = None) -> None:
+    def end_task(
+        self, lora: ContinualLoRA, task_index: int, settings: TaskSettings, ctx: TaskContext | None = None
+    ) -> None:
         return None
 
     def train_examples(self, task_index: int, train_splits: list[list]) -> list:

@@ -60,8 +60,9 @@ def subspace_penalty(factors: list[LayerFactors], projections: list[tuple[torch.
 @register
 class CLoRA(Method):
     name = "clora"
-    summary = ("fresh LoRA per task, old ones folded; new A, B kept off fixed random orthonormal subspaces "
-               "(Lu et al., 2025)")
+    summary = (
+        "fresh LoRA per task, old ones folded; new A, B kept off fixed random orthonormal subspaces (Lu et al., 2025)"
+    )
     default_lambda = 1.0
     venue = "2025 ACL"
     trains = "a fresh LoRA per task"
@@ -78,8 +79,10 @@ class CLoRA(Method):
         if f.module not in self.projections:
             g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + _stable_hash(f.module))
             out_f, in_f = f.B.shape[0], f.A.shape[1]
-            self.projections[f.module] = (orthonormal_columns(in_f, subspace_dim(in_f), g),
-                                          orthonormal_columns(out_f, subspace_dim(out_f), g))
+            self.projections[f.module] = (
+                orthonormal_columns(in_f, subspace_dim(in_f), g),
+                orthonormal_columns(out_f, subspace_dim(out_f), g),
+            )
         return self.projections[f.module]
 
     def begin_task(self, lora: ContinualLoRA, task_index: int, settings: TaskSettings) -> str:

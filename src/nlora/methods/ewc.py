@@ -20,7 +20,7 @@ FISHER_BATCHES = 32
 
 def diagonal_fisher(params: list[torch.nn.Parameter], ctx: TaskContext, batches: int = FISHER_BATCHES) -> list:
     fisher = [torch.zeros_like(p) for p in params]
-    chunks = [ctx.examples[s:s + ctx.batch_size] for s in range(0, len(ctx.examples), ctx.batch_size)][:batches]
+    chunks = [ctx.examples[s : s + ctx.batch_size] for s in range(0, len(ctx.examples), ctx.batch_size)][:batches]
     for chunk in chunks:
         grads = torch.autograd.grad(ctx.loss(chunk), params, allow_unused=True)
         for f, g in zip(fisher, grads):
@@ -56,8 +56,9 @@ class EWC(Method):
         total = sum((f * (p.float() - a) ** 2).sum() for f, p, a in zip(self.fisher, self.params, self.anchor))
         return self.lam(settings) / 2 * total
 
-    def end_task(self, lora: ContinualLoRA, task_index: int, settings: TaskSettings,
-                 ctx: TaskContext | None = None) -> None:
+    def end_task(
+        self, lora: ContinualLoRA, task_index: int, settings: TaskSettings, ctx: TaskContext | None = None
+    ) -> None:
         was_training = lora.model.training
         lora.model.eval()  # Fisher of the model as it will be used, without dropout noise
         new = diagonal_fisher(self.params, ctx)

@@ -99,6 +99,7 @@ class InputGates:
             if gate.shape[0] != out.shape[0]:
                 raise NloraError(f"gate of {adapter} has {gate.shape[0]} rows for a batch of {out.shape[0]}")
             return out * gate.to(out.dtype).view(-1, *([1] * (out.dim() - 1)))
+
         return hook
 
 
@@ -113,7 +114,7 @@ def prompt_embeddings(lora: ContinualLoRA, sources: list[list[int]], pool, batch
     embed = lora.model.get_base_model().get_input_embeddings()
     device, out = model_device(lora), []
     for start in range(0, len(sources), batch_size):
-        rows = sources[start:start + batch_size]
+        rows = sources[start : start + batch_size]
         width = max(len(r) for r in rows)
         ids = torch.tensor([r + [0] * (width - len(r)) for r in rows], device=device)
         mask = torch.tensor([[1.0] * len(r) + [0.0] * (width - len(r)) for r in rows], device=device)
@@ -183,7 +184,9 @@ class GainLoRA(InfLoRA):
     summary = "inflora plus a per-task gate on each branch from the pooled input, updated outside old inputs' span"
     venue = "2025 NeurIPS"
     trains = "B of the new task's LoRA (A designed, frozen) and the new task's gate (2-layer MLP + key)"
-    stored_per_task = "one LoRA + one gate (2*d*100 + d) per task, kept separate, + GPM columns (bounded): grows linearly"
+    stored_per_task = (
+        "one LoRA + one gate (2*d*100 + d) per task, kept separate, + GPM columns (bounded): grows linearly"
+    )
     needs_task_id = False
     uses_replay = False
     source = "arXiv 2505.15424; liangyanshuo/gainlora src/t5_large.py, src/cl_trainer_gainlora_inflora.py"
@@ -219,8 +222,7 @@ class GainLoRA(InfLoRA):
             p.requires_grad = True
         return name
 
-    def before_training(self, lora: ContinualLoRA, task_index: int, settings: TaskSettings,
-                        ctx: TaskContext) -> None:
+    def before_training(self, lora: ContinualLoRA, task_index: int, settings: TaskSettings, ctx: TaskContext) -> None:
         super().before_training(lora, task_index, settings, ctx)
         gate: GainGate = lora.extras[lora.current].gate
         with torch.no_grad():
@@ -238,8 +240,10 @@ class GainLoRA(InfLoRA):
                 gate.key.copy_((q @ u[:, 0]).to(gate.key) * norm)
         if task_index > 0:
             anchors = tuple(w.detach().clone() for w in (gate.w1, gate.w2, gate.key))
-            projections = tuple(self._projection(i, dim, gate.key.device)
-                                for i, dim in enumerate((gate.w1.shape[1], gate.w2.shape[1], gate.key.shape[0])))
+            projections = tuple(
+                self._projection(i, dim, gate.key.device)
+                for i, dim in enumerate((gate.w1.shape[1], gate.w2.shape[1], gate.key.shape[0]))
+            )
             gate.constraint = (anchors, projections)
 
     def _projection(self, i: int, dim: int, device) -> torch.Tensor:
@@ -249,8 +253,9 @@ class GainLoRA(InfLoRA):
         m = m.to(device, torch.float32)
         return torch.eye(dim, device=device) - m @ m.T
 
-    def end_task(self, lora: ContinualLoRA, task_index: int, settings: TaskSettings,
-                 ctx: TaskContext | None = None) -> None:
+    def end_task(
+        self, lora: ContinualLoRA, task_index: int, settings: TaskSettings, ctx: TaskContext | None = None
+    ) -> None:
         fresh = self._trained == task_index
         state: GainState = lora.extras[lora.current]
         state.gate.settle()
@@ -266,5 +271,5 @@ class GainLoRA(InfLoRA):
             if cols.shape[1]:
                 old = self.gate_bases[i]
                 cols = cols.to(old.device) if old is not None else cols
-                self.gate_bases[i] = cols if old is None else torch.cat([old, cols], 1)[:, :cols.shape[0]]
+                self.gate_bases[i] = cols if old is None else torch.cat([old, cols], 1)[:, : cols.shape[0]]
         super().end_task(lora, task_index, settings, ctx)

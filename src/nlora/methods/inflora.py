@@ -62,7 +62,7 @@ def forward_batches(lora: ContinualLoRA, examples: list, batch_size: int):
     decoder mask or None) so hooks can drop padded positions. Model in eval mode (no dropout), no grad."""
     seq2seq, device = is_seq2seq(lora), model_device(lora)
     for start in range(0, min(len(examples), MAX_BATCHES * batch_size), batch_size):
-        batch = {k: v.to(device) for k, v in collate_train(examples[start:start + batch_size], 0, seq2seq).items()}
+        batch = {k: v.to(device) for k, v in collate_train(examples[start : start + batch_size], 0, seq2seq).items()}
         if seq2seq:  # labels drive the decoder; its real positions are those with a label
             yield batch, batch["attention_mask"], batch["labels"] != -100
         else:
@@ -90,6 +90,7 @@ def layer_covariances(lora: ContinualLoRA, adapter: str, examples: list, batch_s
             rows = rows.double()
             sums[name] = sums.get(name, 0) + rows.T @ rows
             counts[name] += rows.shape[0]
+
         return hook
 
     handles = [layer.register_forward_pre_hook(hook_for(n)) for n, layer in layers.items()]
@@ -111,7 +112,7 @@ def complement(basis: torch.Tensor | None, d: int) -> torch.Tensor:
     if basis is None or basis.shape[1] == 0:
         return torch.eye(d, dtype=torch.float64, device=basis.device if basis is not None else None)
     u, _, _ = torch.linalg.svd(basis.double(), full_matrices=True)
-    return u[:, basis.shape[1]:]
+    return u[:, basis.shape[1] :]
 
 
 def design_down(cov: torch.Tensor, basis: torch.Tensor | None, r: int) -> torch.Tensor:
@@ -122,7 +123,7 @@ def design_down(cov: torch.Tensor, basis: torch.Tensor | None, r: int) -> torch.
     u, _, _ = torch.linalg.svd(q.T @ cov.double(), full_matrices=False)
     top = q @ u[:, :r]  # d x min(r, d - k)
     out = torch.zeros(r, d, dtype=torch.float64, device=cov.device)
-    out[:top.shape[1]] = top.T
+    out[: top.shape[1]] = top.T
     return out / math.sqrt(3)
 
 
@@ -137,7 +138,7 @@ def gpm_update(cov: torch.Tensor, basis: torch.Tensor | None, eps: float) -> tor
         return cov.new_zeros(d, 0)
     if basis is None or basis.shape[1] == 0:  # Eq. 5: the directions holding eps of the energy (at least one)
         k = int((torch.cumsum(energy, 0) / total < eps).sum())
-        return u[:, :max(k, 1)]
+        return u[:, : max(k, 1)]
     basis = basis.to(cov)
     u, s, _ = torch.linalg.svd(cov - basis @ (basis.T @ cov), full_matrices=False)  # Eq. 8
     ratio = s.pow(2) / total
@@ -147,7 +148,7 @@ def gpm_update(cov: torch.Tensor, basis: torch.Tensor | None, eps: float) -> tor
     while k < usable and captured < eps:
         captured += float(ratio[k])
         k += 1
-    return u[:, :min(k, d - basis.shape[1])]
+    return u[:, : min(k, d - basis.shape[1])]
 
 
 class BasisStore(torch.nn.Module):
@@ -171,7 +172,9 @@ class InfLoRA(Method):
     summary = "fresh LoRA per task, A designed from input covariance outside earlier tasks' GPM subspace, only B trains"
     venue = "2024 CVPR"
     trains = "B of the new task's LoRA (A designed, frozen)"
-    stored_per_task = "one LoRA per task (foldable) + the GPM columns it adds (<= d_in x d_in per layer in all): grows linearly"
+    stored_per_task = (
+        "one LoRA per task (foldable) + the GPM columns it adds (<= d_in x d_in per layer in all): grows linearly"
+    )
     needs_task_id = False
     uses_replay = False
     source = "arXiv 2404.00228; liangyanshuo/InfLoRA methods/inflora.py (_train, update_DualGPM)"
@@ -210,8 +213,7 @@ class InfLoRA(Method):
         self._freeze_down(lora, name)  # folding re-starts the adapter, which marks A trainable again
         return name
 
-    def before_training(self, lora: ContinualLoRA, task_index: int, settings: TaskSettings,
-                        ctx: TaskContext) -> None:
+    def before_training(self, lora: ContinualLoRA, task_index: int, settings: TaskSettings, ctx: TaskContext) -> None:
         self._trained = task_index
         name = lora.current
         covs = layer_covariances(lora, name, ctx.examples, ctx.batch_size)
@@ -224,8 +226,9 @@ class InfLoRA(Method):
     def threshold(self, task_index: int) -> float:
         return self.eps + (1 - self.eps) * task_index / max(len(self.cfg.tasks), 1)
 
-    def end_task(self, lora: ContinualLoRA, task_index: int, settings: TaskSettings,
-                 ctx: TaskContext | None = None) -> None:
+    def end_task(
+        self, lora: ContinualLoRA, task_index: int, settings: TaskSettings, ctx: TaskContext | None = None
+    ) -> None:
         name = lora.current
         store = self.basis_store(lora, name)
         names = self.layer_names(lora, name)
@@ -240,5 +243,5 @@ class InfLoRA(Method):
             if cols.shape[1]:
                 old = self.bases.get(n)
                 cols = cols.to(old.device if old is not None else cols.device)
-                self.bases[n] = cols if old is None else torch.cat([old, cols], 1)[:, :cols.shape[0]]
+                self.bases[n] = cols if old is None else torch.cat([old, cols], 1)[:, : cols.shape[0]]
         self._trained = None

@@ -96,14 +96,17 @@ class PromptPool:
         # PEFT saves the first num_virtual_tokens rows of the prompt encoder; the whole pool is what is kept
         model.get_prompt_embedding_to_save = types.MethodType(
             lambda peft_model, adapter_name: peft_model.prompt_encoder[adapter_name].embedding.weight.detach().cpu(),
-            model)
+            model,
+        )
 
 
 @register
 class L2P(Method):
     name = "l2p"
-    summary = ("a pool of 10 prompts with keys; each input reads the 3 whose keys are nearest its mean embedding "
-               "(Wang et al., 2022; TRACE/LLMCL)")
+    summary = (
+        "a pool of 10 prompts with keys; each input reads the 3 whose keys are nearest its mean embedding "
+        "(Wang et al., 2022; TRACE/LLMCL)"
+    )
     fresh_adapter_per_task = False
     foldable = False
     prompt_tuning = True
@@ -140,8 +143,15 @@ class L2P(Method):
         self.start(lora, self.adapter_name(task_index))
         return lora.current
 
-    def batch_penalty(self, lora: ContinualLoRA, settings: TaskSettings, batch: dict, seq2seq: bool,
-                      logits: torch.Tensor, targets: torch.Tensor):
+    def batch_penalty(
+        self,
+        lora: ContinualLoRA,
+        settings: TaskSettings,
+        batch: dict,
+        seq2seq: bool,
+        logits: torch.Tensor,
+        targets: torch.Tensor,
+    ):
         """The pull-together term of the step's forward: -lambda * mean over examples of the summed cosines
         between its query and its selected keys."""
         return -self.lam(settings) * self.pool.selected_sim.sum(1).mean()

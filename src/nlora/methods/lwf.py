@@ -46,8 +46,15 @@ class LwF(Method):
             lora.activate([name])
         return name
 
-    def batch_penalty(self, lora: ContinualLoRA, settings: TaskSettings, batch: dict, seq2seq: bool,
-                      logits: torch.Tensor, targets: torch.Tensor):
+    def batch_penalty(
+        self,
+        lora: ContinualLoRA,
+        settings: TaskSettings,
+        batch: dict,
+        seq2seq: bool,
+        logits: torch.Tensor,
+        targets: torch.Tensor,
+    ):
         if not self.distil:
             return None
         model, name = lora.model, lora.current
@@ -59,6 +66,10 @@ class LwF(Method):
         lora.activate([name])
         model.train(was_training)
         mask, t = targets != -100, self.temperature
-        kl = F.kl_div(F.log_softmax(logits[mask].float() / t, -1), F.log_softmax(teacher[mask].float() / t, -1),
-                      log_target=True, reduction="batchmean")
+        kl = F.kl_div(
+            F.log_softmax(logits[mask].float() / t, -1),
+            F.log_softmax(teacher[mask].float() / t, -1),
+            log_target=True,
+            reduction="batchmean",
+        )
         return self.lam(settings) * t * t * kl

@@ -50,6 +50,7 @@ class OutputMagnitudeMask:
             with torch.no_grad():
                 s = output.detach().abs().float().reshape(-1, output.shape[-1]).sum(0)
                 self.sums[i] = s if self.sums[i] is None else self.sums[i] + s
+
         return accumulate
 
     def masks(self, quantile: float, dist=None) -> list[torch.Tensor | None]:
@@ -94,8 +95,10 @@ class _MIGUMixin:
     def attach(self, lora: ContinualLoRA, task_index: int, settings: TaskSettings, name: str) -> None:
         q = self.lam(settings)
         if not 0.0 <= q < 1.0:
-            raise NloraError(f"{self.name}: --lambda is the quantile of output magnitudes below which rows get "
-                             f"no gradient, in [0, 1) (default 0.7), not {q:g}")
+            raise NloraError(
+                f"{self.name}: --lambda is the quantile of output magnitudes below which rows get "
+                f"no gradient, in [0, 1) (default 0.7), not {q:g}"
+            )
         self.detach()
         self.quantile = q
         if task_index > 0:  # the release trains the first task unmasked
@@ -110,16 +113,19 @@ class _MIGUMixin:
         if self.mask is not None:
             self.mask.apply(self.quantile, dist)
 
-    def end_task(self, lora: ContinualLoRA, task_index: int, settings: TaskSettings,
-                 ctx: TaskContext | None = None) -> None:
+    def end_task(
+        self, lora: ContinualLoRA, task_index: int, settings: TaskSettings, ctx: TaskContext | None = None
+    ) -> None:
         self.detach()
 
 
 @register
 class MIGU(_MIGUMixin, SeqFT):
     name = "migu"
-    summary = ("full fine-tuning; per step, rows of every Linear with summed |output| below the 70% quantile "
-               "get no gradient (Du et al., 2024)")
+    summary = (
+        "full fine-tuning; per step, rows of every Linear with summed |output| below the 70% quantile "
+        "get no gradient (Du et al., 2024)"
+    )
     venue = "2024 EMNLP Findings"
     trains = "all weights (full fine-tuning), per step ~30% of each Linear's rows"
     stored_per_task = "nothing: one model, constant memory"
@@ -137,8 +143,10 @@ class MIGU(_MIGUMixin, SeqFT):
 @register
 class MIGULoRA(_MIGUMixin, Method):
     name = "migu-lora"
-    summary = ("one LoRA through all tasks; per step, rows of lora_A / lora_B with summed |output| below the 70% "
-               "quantile get no gradient (MIGU adapted to LoRA)")
+    summary = (
+        "one LoRA through all tasks; per step, rows of lora_A / lora_B with summed |output| below the 70% "
+        "quantile get no gradient (MIGU adapted to LoRA)"
+    )
     fresh_adapter_per_task = False
     venue = "2024 EMNLP Findings (LoRA: ours)"
     trains = "one LoRA, per step ~30% of the rows of each A and B"
@@ -146,13 +154,19 @@ class MIGULoRA(_MIGUMixin, Method):
     source = "arXiv 2406.17245; wenyudu/MIGU (its LoRA path applies no mask)"
 
     def masked_modules(self, lora: ContinualLoRA, name: str) -> list[torch.nn.Linear]:
-        return [m for _, layer in lora.lora_layers() if name in layer.lora_A
-                for m in (layer.lora_A[name], layer.lora_B[name])]
+        return [
+            m
+            for _, layer in lora.lora_layers()
+            if name in layer.lora_A
+            for m in (layer.lora_A[name], layer.lora_B[name])
+        ]
 
     def begin_task(self, lora: ContinualLoRA, task_index: int, settings: TaskSettings) -> str:
         if lora.sharded:  # each rank would hold only some rows of a gradient, the mask needs them all
-            raise NloraError("migu-lora masks rows of whole LoRA gradients; it does not run with sharded weights "
-                             "(FSDP, ZeRO-3): use a DDP config")
+            raise NloraError(
+                "migu-lora masks rows of whole LoRA gradients; it does not run with sharded weights "
+                "(FSDP, ZeRO-3): use a DDP config"
+            )
         name = super().begin_task(lora, task_index, settings)
         self.attach(lora, task_index, settings, name)
         return name

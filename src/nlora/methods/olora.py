@@ -18,8 +18,9 @@ def stack_old(old: list[list[LayerFactors]]) -> list[torch.Tensor]:
     return [torch.cat([adapter[i].A.detach() for adapter in old], dim=0) for i in range(len(old[0]))] if old else []
 
 
-def orthogonality_penalty(current: list[LayerFactors], old: list[list[LayerFactors]],
-                          stacked: list[torch.Tensor] | None = None) -> torch.Tensor:
+def orthogonality_penalty(
+    current: list[LayerFactors], old: list[list[LayerFactors]], stacked: list[torch.Tensor] | None = None
+) -> torch.Tensor:
     """sum over layers of sum |[A_1; ...; A_{t-1}] A_t^T| (element-wise abs of the stacked product).
 
     ``stacked``: ``stack_old(old)`` computed once per task, so a step does one product per layer."""

@@ -45,7 +45,7 @@ def pooled_states(lora: ContinualLoRA, sources: list[list[int]], batch_size: int
     try:
         with lora.model.disable_adapter():
             for start in range(0, len(sources), batch_size):
-                rows = sources[start:start + batch_size]
+                rows = sources[start : start + batch_size]
                 width = max(len(r) for r in rows)
                 ids = torch.tensor([r + [0] * (width - len(r)) for r in rows], device=device)
                 mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], device=device)
@@ -99,12 +99,12 @@ class Route(Method):
         lora.activate([name])  # trained alone, as per-task
         return name
 
-    def before_training(self, lora: ContinualLoRA, task_index: int, settings: TaskSettings,
-                        ctx: TaskContext) -> None:
+    def before_training(self, lora: ContinualLoRA, task_index: int, settings: TaskSettings, ctx: TaskContext) -> None:
         self._trained = task_index
 
-    def end_task(self, lora: ContinualLoRA, task_index: int, settings: TaskSettings,
-                 ctx: TaskContext | None = None) -> None:
+    def end_task(
+        self, lora: ContinualLoRA, task_index: int, settings: TaskSettings, ctx: TaskContext | None = None
+    ) -> None:
         if self._trained == task_index and ctx is not None and ctx.examples:  # else: reloaded with its adapter
             pooled = pooled_states(lora, [e.source for e in ctx.examples])
             lora.extras[lora.current].prototype.copy_(pooled.mean(0))

@@ -55,8 +55,9 @@ class SaptState(torch.nn.Module):
     def __init__(self, d: int, h: int):
         super().__init__()
         self.key = torch.nn.Parameter(torch.empty(d).uniform_(-1, 1))
-        self.query = torch.nn.Sequential(torch.nn.Linear(d, h, bias=False), torch.nn.Linear(h, d, bias=False),
-                                         torch.nn.SiLU(), torch.nn.LayerNorm(d))
+        self.query = torch.nn.Sequential(
+            torch.nn.Linear(d, h, bias=False), torch.nn.Linear(h, d, bias=False), torch.nn.SiLU(), torch.nn.LayerNorm(d)
+        )
 
 
 def mixture_weights(keys: torch.Tensor, query: torch.nn.Module, pooled: torch.Tensor) -> torch.Tensor:
@@ -108,8 +109,7 @@ class SaptSals(Method):
             p.requires_grad = True
         return name
 
-    def before_training(self, lora: ContinualLoRA, task_index: int, settings: TaskSettings,
-                        ctx: TaskContext) -> None:
+    def before_training(self, lora: ContinualLoRA, task_index: int, settings: TaskSettings, ctx: TaskContext) -> None:
         if task_index > 0:  # the shared query network continues from where the previous task left it
             previous = lora.extras[self.adapter_name(task_index - 1)].query
             lora.extras[lora.current].query.load_state_dict(copy.deepcopy(previous.state_dict()))
@@ -125,8 +125,9 @@ class SaptReplayState(SaptState):
         self.register_buffer("label", torch.zeros(0))
 
 
-def replay_kl(keys: torch.Tensor, query: torch.nn.Module, memories: list[torch.Tensor],
-              labels: list[torch.Tensor]) -> torch.Tensor:
+def replay_kl(
+    keys: torch.Tensor, query: torch.nn.Module, memories: list[torch.Tensor], labels: list[torch.Tensor]
+) -> torch.Tensor:
     """sum over old tasks j of KL(label_j padded with zeros || mixture weights of j's kept inputs), each the
     mean over j's kept inputs."""
     total = keys.new_zeros(())
@@ -135,7 +136,7 @@ def replay_kl(keys: torch.Tensor, query: torch.nn.Module, memories: list[torch.T
             continue
         log_w = torch.log_softmax(query(memory) @ keys.T / math.sqrt(keys.shape[1]), dim=-1)
         target = torch.zeros(keys.shape[0], device=keys.device)
-        target[:label.shape[0]] = label.to(keys.device)
+        target[: label.shape[0]] = label.to(keys.device)
         total = total + F.kl_div(log_w, target.expand_as(log_w), reduction="batchmean")
     return total
 
@@ -173,8 +174,7 @@ class SaptReplay(SaptSals):
     def make_state(self, d: int) -> torch.nn.Module:
         return SaptReplayState(d, QUERY_HIDDEN)
 
-    def before_training(self, lora: ContinualLoRA, task_index: int, settings: TaskSettings,
-                        ctx: TaskContext) -> None:
+    def before_training(self, lora: ContinualLoRA, task_index: int, settings: TaskSettings, ctx: TaskContext) -> None:
         super().before_training(lora, task_index, settings, ctx)
         self._trained = task_index
         names = self.tasks_in(lora)
@@ -193,8 +193,9 @@ class SaptReplay(SaptSals):
         return sorted(random.Random(self.cfg.seed * 7919 + task_index).sample(range(n), k))
 
     @torch.no_grad()
-    def end_task(self, lora: ContinualLoRA, task_index: int, settings: TaskSettings,
-                 ctx: TaskContext | None = None) -> None:
+    def end_task(
+        self, lora: ContinualLoRA, task_index: int, settings: TaskSettings, ctx: TaskContext | None = None
+    ) -> None:
         self._old = []
         if self._trained != task_index or ctx is None or not ctx.examples:
             return  # reloaded with its adapter

@@ -31,8 +31,10 @@ class SeqFT(Method):
         if n > WARN_PARAMS:
             from ..recipe import log
 
-            log(f"warning: seq-ft trains all {n / 1e9:.1f} B parameters: about {16 * n / 2**30:.0f} GiB for "
-                "weights, gradients and AdamW state, and a full model copy saved after every task")
+            log(
+                f"warning: seq-ft trains all {n / 1e9:.1f} B parameters: about {16 * n / 2**30:.0f} GiB for "
+                "weights, gradients and AdamW state, and a full model copy saved after every task"
+            )
 
     def adapter_name(self, task_index: int) -> str:
         return "full"

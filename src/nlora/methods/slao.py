@@ -53,8 +53,10 @@ def finetuned_b(b_merged_prev: torch.Tensor, b_merged: torch.Tensor, i: int) -> 
 @register
 class SLAO(Method):
     name = "slao"
-    summary = ("one LoRA; each task starts from QR-orthonormalised A and the last B, after it A replaced and B "
-               "averaged with weight 1/sqrt(i) (ICLR 2026; secondary sources)")
+    summary = (
+        "one LoRA; each task starts from QR-orthonormalised A and the last B, after it A replaced and B "
+        "averaged with weight 1/sqrt(i) (ICLR 2026; secondary sources)"
+    )
     fresh_adapter_per_task = False
     venue = "2026 ICLR"
     trains = "one LoRA, re-initialised per task"
@@ -80,8 +82,9 @@ class SLAO(Method):
     def before_step(self, lora: ContinualLoRA, dist) -> None:
         self.steps += 1  # tells end_task that the adapter holds freshly fine-tuned factors
 
-    def end_task(self, lora: ContinualLoRA, task_index: int, settings: TaskSettings,
-                 ctx: TaskContext | None = None) -> None:
+    def end_task(
+        self, lora: ContinualLoRA, task_index: int, settings: TaskSettings, ctx: TaskContext | None = None
+    ) -> None:
         i = task_index + 1
         factors = lora.factors(lora.current)
         prev = self.merged or [torch.zeros_like(f.B) for f in factors]
@@ -89,7 +92,8 @@ class SLAO(Method):
             if self.steps > 0:  # trained just now: merge B. Otherwise a resumed run reloaded the merged adapter.
                 for f, b_prev in zip(factors, prev):
                     f.B.copy_(merge_b(b_prev, f.B, i))
-            self.next_init = [(orthonormal_rows_like(f.A), finetuned_b(b_prev, f.B.detach(), i))
-                              for f, b_prev in zip(factors, prev)]
+            self.next_init = [
+                (orthonormal_rows_like(f.A), finetuned_b(b_prev, f.B.detach(), i)) for f, b_prev in zip(factors, prev)
+            ]
             self.merged = [f.B.detach().clone() for f in factors]
         self.steps = 0

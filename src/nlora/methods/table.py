@@ -32,11 +32,16 @@ def _cell(cls: type[Method], attribute: str) -> str:
 def text_table(registry: dict[str, type[Method]]) -> str:
     """Fixed-width columns, long cells wrapped onto further lines, a blank line between methods (fits 120
     columns)."""
+
     def row(cells: list[str]) -> list[str]:
         wrapped = [textwrap.wrap(c, w) or [""] for c, (_, _, w) in zip(cells, COLUMNS)]
         height = max(len(w) for w in wrapped)
-        return [(" " * GAP).join(f"{(w[i] if i < len(w) else ''):{width}s}" for w, (_, _, width) in
-                                 zip(wrapped, COLUMNS)).rstrip() for i in range(height)]
+        return [
+            (" " * GAP)
+            .join(f"{(w[i] if i < len(w) else ''):{width}s}" for w, (_, _, width) in zip(wrapped, COLUMNS))
+            .rstrip()
+            for i in range(height)
+        ]
 
     lines = row([h for h, _, _ in COLUMNS])
     lines.append((" " * GAP).join("-" * w for _, _, w in COLUMNS))
