@@ -14,67 +14,21 @@ and standard deviation over seeds, ACR and mean nuclear norm, wall time), and pr
 from __future__ import annotations
 
 import argparse
-import json
-import random
-import statistics
+import sys
 from pathlib import Path
 
 import torch
 
-from nlora.config import resolve
-from nlora.data import index_tasks
 from nlora.dist import machine_name
 from nlora.io import write_json, write_text
-from nlora.recipe import run
 from nlora.report import analyze
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "CL_Benchmark"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import add_run_args, carve_validation, mean_sd, paired, run_one  # noqa: E402
+
 SEQUENCES = {"4task": "agnews,amazon,MNLI,QQP", "8task": "agnews,amazon,MNLI,QQP,BoolQA,RTE,SST-2,WiC"}
 GRIDS = {"n-lora": [1e-5, 5e-5, 2e-4, 1e-3], "o-lora": [0.1, 0.5, 1.0]}
 ANALYSED = {"n-lora", "o-lora", "seq-lora", "inc-lora"}
-
-
-def carve_validation(data_dir: Path, tasks: list[str], dest: Path, n_val: int, seed: int) -> Path:
-    """Copy each task with ``n_val`` training rows moved into its test.json (and none of its real test rows)."""
-    index = index_tasks(data_dir)
-    for task in tasks:
-        src = index[task]
-        rows = json.loads((src / "train.json").read_text())
-        order = list(range(len(rows)))
-        random.Random(seed).shuffle(order)
-        val, train = [rows[i] for i in order[:n_val]], [rows[i] for i in order[n_val:]]
-        out = dest / src.parent.name / task
-        write_json(out / "labels.json", json.loads((src / "labels.json").read_text()))
-        write_json(out / "train.json", train)
-        write_json(out / "test.json", val)
-    return dest
-
-
-def run_one(args, method: str, tasks: str, seed: int, out: Path, data_dir: Path, lam: float | None) -> dict:
-    overrides = dict(
-        model=args.model,
-        data_dir=str(data_dir),
-        output_dir=str(out),
-        task_names=tasks.split(","),
-        method=method,
-        lr=args.lr,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        seed=seed,
-        max_train_per_task=args.max_train,
-        max_test_per_task=args.max_test,
-        precision=args.precision,
-        unknown_labels="drop",
-        device=args.device,
-        nlora_form=args.nlora_form,
-        eval_scope=args.eval_scope,
-        save_every=args.save_every,
-    )
-    if lam is not None:
-        overrides["lambda"] = lam
-    if args.lora_r is not None:  # the default r 8 / alpha 32 stays out of the config when not asked for
-        overrides.update(r=args.lora_r, alpha=args.lora_alpha or 4.0 * args.lora_r)
-    return run(resolve(overrides=overrides))
 
 
 def choose_lambdas(args, methods: list[str], tasks: str) -> tuple[dict[str, float | None], dict[str, list]]:
@@ -104,39 +58,14 @@ def choose_lambdas(args, methods: list[str], tasks: str) -> tuple[dict[str, floa
     return chosen, tried
 
 
-def mean_sd(values: list) -> tuple[float | None, float | None]:
-    vals = [v for v in values if v is not None]
-    if not vals:
-        return None, None
-    return statistics.mean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
-
-
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", required=True)
     p.add_argument("--sequence", action="append", help="NAME=task,task,... (default: 4task and 8task)")
     p.add_argument("--methods", default="seq-lora,inc-lora,o-lora,n-lora,mtl")
     p.add_argument("--seeds", default="1,2,3")
-    p.add_argument("--model", default="smollm2")
-    p.add_argument("--data-dir", default=str(SHARED))
-    p.add_argument("--max-train", type=int, default=500)
-    p.add_argument("--max-test", type=int, default=200)
+    add_run_args(p)
     p.add_argument("--val", type=int, default=200, help="validation rows carved from each task's training data")
-    p.add_argument("--epochs", type=float, default=1.0)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument(
-        "--eval-scope",
-        choices=["seen", "needed"],
-        default="needed",
-        help="needed (default): only what AA and BWT use; seen: the whole lower triangle",
-    )
-    p.add_argument("--save-every", type=int, default=10, help="step checkpoints, so a stopped run loses little")
-    p.add_argument("--lora-r", type=int, help="LoRA rank for every method (default: nlora's 8)")
-    p.add_argument("--lora-alpha", type=float, help="LoRA alpha (default with --lora-r: 4 x r, the scale of r 8 / 32)")
-    p.add_argument("--precision", default="bf16")
-    p.add_argument("--nlora-form", default="paper", choices=["paper", "reference"])
-    p.add_argument("--device", default="auto")
     p.add_argument(
         "--lambda",
         dest="fixed_lambda",
@@ -275,28 +204,23 @@ def paired_comparisons(
         for other in others:
             if first not in by_method or other not in by_method:
                 continue
-            seeds = sorted(set(by_method[first]) & set(by_method[other]))
             for metric in ("aa", "bwt"):
-                diffs = [
-                    by_method[first][s][metric] - by_method[other][s][metric]
-                    for s in seeds
-                    if by_method[first][s][metric] is not None and by_method[other][s][metric] is not None
-                ]
-                if not diffs:
+                c = paired(
+                    {s: x[metric] for s, x in by_method[first].items()},
+                    {s: x[metric] for s, x in by_method[other].items()},
+                )
+                if c is None:
                     continue
-                mean = statistics.mean(diffs)
-                sd = statistics.stdev(diffs) if len(diffs) > 1 else 0.0
-                t = mean / (sd / len(diffs) ** 0.5) if len(diffs) > 1 and sd > 0 else None
                 out.append(
                     {
                         "sequence": seq,
                         "first": first,
                         "second": other,
                         "metric": metric.upper(),
-                        "diffs": diffs,
-                        "mean": mean,
-                        "sd": sd,
-                        "t": t,
+                        "diffs": c["diffs"],
+                        "mean": c["mean"],
+                        "sd": c["sd"],
+                        "t": c["t"],
                     }
                 )
     return out

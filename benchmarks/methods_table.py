@@ -11,17 +11,18 @@ prints the table with the machine.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import torch
 
-from nlora.config import resolve
 from nlora.dist import machine_name
 from nlora.io import write_json, write_text
-from nlora.recipe import run
 from nlora.report import analyze
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "CL_Benchmark"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import SHARED, run_one  # noqa: E402 (the run function shared with accuracy.py and leaderboard.py)
+
 METHODS = ["seq-lora", "inc-lora", "replay", "ewc", "lwf", "o-lora", "n-lora", "mtl", "per-task"]
 # The coefficient each method runs with (None: the method has none). n-lora: paper form, set on SmolLM2
 # so that the penalty's gradient is on the task loss's scale (docs/methods.md).
@@ -30,28 +31,8 @@ ADAPTER_METHODS = {"n-lora", "o-lora", "inc-lora", "seq-lora", "per-task"}  # wh
 
 
 def run_method(method: str, args) -> dict:
-    overrides = dict(
-        model=args.model,
-        data_dir=args.data_dir,
-        output_dir=str(Path(args.out) / method),
-        task_names=args.tasks.split(","),
-        method=method,
-        lr=args.lr,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        max_train_per_task=args.max_train,
-        max_test_per_task=args.max_test,
-        precision=args.precision,
-        seed=args.seed,
-        unknown_labels="drop",
-        device=args.device,
-        eval_batch_size=args.eval_batch_size,
-        eval_scope=args.eval_scope,
-        save_every=args.save_every,
-    )
-    if method in LAMBDAS:
-        overrides["lambda"] = LAMBDAS[method]
-    summary = run(resolve(overrides=overrides))
+    out = Path(args.out) / method
+    summary = run_one(args, method, args.tasks, args.seed, out, args.data_dir, LAMBDAS.get(method))
     row = {
         "method": method,
         "lambda": LAMBDAS.get(method),

@@ -56,16 +56,16 @@ import nlora.evaluate as nlora_evaluate
 import nlora.recipe as nlora_recipe
 import nlora.train as nlora_train
 from nlora.adapters import ContinualLoRA
-from nlora.batching import encode
 from nlora.config import TaskSettings, resolve
 from nlora.data import Example, TaskData, load_tasks, resolve_task_dirs
 from nlora.dist import machine_name
 from nlora.errors import NloraError
-from nlora.methods import get_method
+from nlora.families import family_of
+from nlora.methods import build_method
 from nlora.metrics import exact_match
 from nlora.models import autocast_dtype, default_target_modules
 from nlora.prompts import ANSWER_MARKER, build_prompt, load_instructions
-from nlora.recipe import default_eval_batch
+from nlora.runtime import Runtime, default_eval_batch
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "CL_Benchmark"
 SHAPES = {
@@ -347,50 +347,51 @@ class Ours:
 
     def __init__(self, model, seq2seq: bool, tok, device, amp, earlier: int = 0, batch: int | None = None):
         self.cfg = cfg = user_config()
-        self.tok, self.seq2seq, self.device, self.amp = tok, seq2seq, device, amp
+        self.tok, self.device, self.amp = tok, device, amp
+        self.family = family_of(model)
         self.lora = ContinualLoRA(model, cfg.lora, default_target_modules(model), seq2seq)
-        self.method = get_method(cfg.method)(cfg)
+        self.method = build_method(cfg)
         base = cfg.tasks[0]
         self.settings = TaskSettings(
-            base.name, base.lr, base.epochs, batch or base.batch_size, base.grad_accum, base.lam, base.lam2
+            name=base.name,
+            lr=base.lr,
+            epochs=base.epochs,
+            batch_size=batch or base.batch_size,
+            grad_accum=base.grad_accum,
+            method_options=base.method_options,
         )
         for t in range(earlier + 1):  # as the recipe: begin_task folds the finished tasks' adapters
             self.method.begin_task(self.lora, t, self.settings)
 
     def train(self, examples: list[Example]) -> None:
         cfg = self.cfg
-        data = encode(self.tok, examples, self.seq2seq, cfg.max_source_length, cfg.max_target_length, cfg.compat)
-        nlora_train.train_task(
-            self.lora,
-            self.method,
-            data,
-            self.settings,
-            pad_id=self.tok.pad_token_id,
-            seq2seq=self.seq2seq,
+        rt = self.runtime(cfg.max_target_length)
+        data = rt.encode(examples)
+        loop = nlora_train.TrainLoop(seed=cfg.seed, max_grad_norm=cfg.max_grad_norm)
+        nlora_train.train_task(rt, self.lora, self.method, data, self.settings, loop)
+
+    def runtime(self, max_target: int, mode: str = "generate") -> Runtime:
+        """The Runtime the recipe would build for this config (``max_target``: the answer tokens trained on,
+        or generated at most)."""
+        cfg = self.cfg
+        return Runtime(
+            tokenizer=self.tok,
+            family=self.family,
             device=self.device,
             amp_dtype=self.amp,
-            seed=cfg.seed,
+            max_source=cfg.max_source_length,
+            max_target=max_target,
             compat=cfg.compat,
-            max_grad_norm=cfg.max_grad_norm,
+            eval_mode=mode,
+            eval_batch_size=cfg.eval_batch_size or default_eval_batch(self.device),
         )
 
     def predict(self, tasks: list[TaskData], mode: str, new_tokens: int) -> list:
         """As the recipe's evaluate_and_write: predict_tasks on weights merged with the active adapters."""
         cfg = self.cfg
         with self.lora.merged(self.lora.active()):
-            return nlora_evaluate.predict_tasks(
-                self.lora.model,
-                self.tok,
-                tasks,
-                mode=mode,
-                compat=cfg.compat,
-                seq2seq=self.seq2seq,
-                device=self.device,
-                amp_dtype=self.amp,
-                batch_size=cfg.eval_batch_size or default_eval_batch(self.device),
-                max_source=cfg.max_source_length,
-                max_new_tokens=new_tokens if mode == "generate" else cfg.max_target_length,
-            )
+            rt = self.runtime(new_tokens if mode == "generate" else cfg.max_target_length, mode)
+            return nlora_evaluate.predict_tasks(self.lora.model, rt, tasks)
 
 
 # --------------------------------------------------------------------------------------------- reference

@@ -6,12 +6,13 @@ from peft import PeftModel
 
 from nlora.adapters import ContinualLoRA
 from nlora.batching import collate_train, encode
-from nlora.config import LoraSettings, TaskSettings, resolve
+from nlora.config import LoraSettings, TaskSettings
 from nlora.data import load_tasks
-from nlora.methods import get_method
+from nlora.methods import RunFacts, make_method
 from nlora.models import default_target_modules, load_model
 from nlora.prompts import load_instructions
-from nlora.train import train_task
+from nlora.runtime import Runtime
+from nlora.train import TrainLoop, train_task
 
 SEQ2SEQ = {"t5": True, "llama": False}
 
@@ -21,32 +22,19 @@ def setup(model_dirs, kind, data_dir, method="n-lora", fold=False):
     lora = ContinualLoRA(loaded.model, LoraSettings(dropout=0.0), default_target_modules(loaded.model), loaded.seq2seq)
     tasks = load_tasks(data_dir, ["topic", "mood"], load_instructions(), 16, 4, 0)
     enc = {n: encode(loaded.tokenizer, t.splits["train"], loaded.seq2seq, 256, 8) for n, t in tasks.items()}
-    cfg = resolve(
-        overrides={
-            "model": "m",
-            "data_dir": "d",
-            "output_dir": "o",
-            "task_names": ["topic", "mood"],
-            "method": method,
-            "fold_adapters": fold,
-        }
-    )
-    return loaded, lora, enc, get_method(method)(cfg)
+    return loaded, lora, enc, make_method(method, run=RunFacts(n_tasks=2, fold_adapters=fold))
 
 
 def fit(lora, method, enc, index, name, loaded):
-    settings = TaskSettings(name=name, lr=5e-2, epochs=1, batch_size=4, grad_accum=1, lam=1e-3)
+    settings = TaskSettings(name=name, lr=5e-2, epochs=1, batch_size=4, grad_accum=1, method_options={"lambda": 1e-3})
     method.begin_task(lora, index, settings)
     train_task(
+        Runtime(loaded.tokenizer, loaded.family, torch.device("cpu")),
         lora,
         method,
         enc,
         settings,
-        pad_id=loaded.tokenizer.pad_token_id,
-        seq2seq=loaded.seq2seq,
-        device=torch.device("cpu"),
-        amp_dtype=None,
-        seed=index,
+        TrainLoop(seed=index),
     )
 
 
@@ -65,7 +53,7 @@ def test_new_task_leaves_old_function_untouched(model_dirs, model_kind, data_dir
     before = logits(lora.model, probe)
     old = {n: p.detach().clone() for n, p in lora.model.named_parameters() if ".task0." in n}
     base = {n: p.detach().clone() for n, p in lora.model.named_parameters() if "lora_" not in n}
-    lora.save_adapter("task0", tmp_path / "task0")
+    lora.save("task0", tmp_path / "task0")
 
     fit(lora, method, enc["mood"], 1, "mood", loaded)
     assert lora.adapters == ["task0", "task1"]
@@ -89,8 +77,8 @@ def test_new_task_leaves_old_function_untouched(model_dirs, model_kind, data_dir
 
 def test_only_current_adapter_trains(model_dirs, data_dir):
     loaded, lora, enc, method = setup(model_dirs, "llama", data_dir)
-    lora.start_adapter("task0")
-    lora.start_adapter("task1")
+    lora.start("task0")
+    lora.start("task1")
     names = [n for n, p in lora.model.named_parameters() if p.requires_grad]
     assert names and all(".task1." in n for n in names)
     assert lora.model.base_model.active_adapters == ["task0", "task1"]
@@ -107,13 +95,10 @@ def test_seq_lora_keeps_one_adapter(model_dirs, data_dir):
 
 def test_reference_form_refused_for_gqa(model_dirs, data_dir):
     loaded, lora, enc, _ = setup(model_dirs, "llama", data_dir)
-    cfg = resolve(
-        overrides={"model": "m", "data_dir": "d", "output_dir": "o", "task_names": ["a"], "nlora_form": "reference"}
-    )
     from nlora.errors import NloraError
 
     with pytest.raises(NloraError, match=r"v_proj is 16 x 32 .*grouped-query"):
-        get_method("n-lora")(cfg).begin_task(lora, 0, cfg.tasks[0])
+        make_method("n-lora", {"form": "reference"}).begin_task(lora, 0, TaskSettings(name="a"))
 
 
 def _loss_and_grads(lora, batch, seq2seq, amp):
@@ -136,7 +121,7 @@ def test_folding_keeps_the_function(model_dirs, model_kind, data_dir, amp, tol, 
     loaded, lora, enc, _ = setup(model_dirs, model_kind, data_dir)
     torch.manual_seed(1)
     for i in range(3):
-        lora.start_adapter(f"task{i}")
+        lora.start(f"task{i}")
         with torch.no_grad():  # trained-looking updates: B is zero at initialisation
             for f in lora.factors(f"task{i}"):
                 f.B.normal_(0, 0.05)
@@ -146,7 +131,7 @@ def test_folding_keeps_the_function(model_dirs, model_kind, data_dir, amp, tol, 
 
     lora.fold("task0")
     lora.fold("task1")
-    lora.start_adapter("task2")
+    lora.start("task2")
     assert lora.live_adapters() == ["task2"] and lora.adapters == ["task0", "task1", "task2"]
     assert not any(".task0." in n or ".task1." in n for n, _ in lora.model.named_parameters())
     assert all(torch.equal(f.A, a) and torch.equal(f.B, b) for f, (a, b) in zip(lora.factors("task0"), factors_before))
@@ -171,7 +156,7 @@ def test_merged_evaluation_same_function_and_exact_restore(model_dirs, model_kin
     loaded, lora, enc, _ = setup(model_dirs, model_kind, data_dir)
     torch.manual_seed(2)
     for i in range(2):
-        lora.start_adapter(f"task{i}")
+        lora.start(f"task{i}")
         with torch.no_grad():
             for f in lora.factors(f"task{i}"):
                 f.B.normal_(0, 0.05)

@@ -1,6 +1,7 @@
 import torch
 
 from nlora.batching import Encoded, batch_order, collate_train, fit_length
+from nlora.families import DECODER_ONLY
 from nlora.logits import task_loss
 from nlora.models import load_model
 
@@ -29,11 +30,11 @@ def test_left_padded_causal_loss_equals_per_example_loss(model_dirs):
     loaded = load_model(str(model_dirs["llama"]))
     model = loaded.model.eval()
     rows = [Encoded([5, 6, 7, 8, 9, 10], [11, 12, 1]), Encoded([5, 6], [13, 1]), Encoded([7, 8, 9], [14, 15, 16, 1])]
-    batch = collate_train(rows, 0, seq2seq=False)
+    batch = collate_train(rows, 0, family=DECODER_ONLY)
     assert batch["input_ids"][1, :4].tolist() == [0, 0, 0, 0]  # left padding
     with torch.no_grad():
-        padded = task_loss(model, batch, seq2seq=False, keep_logits=True)
-        full_logits = task_loss(model, batch, seq2seq=False, keep_logits=False)
+        padded = task_loss(model, batch, family=DECODER_ONLY, keep_logits=True)
+        full_logits = task_loss(model, batch, family=DECODER_ONLY, keep_logits=False)
         total, count = 0.0, 0
         for r in rows:
             ids = torch.tensor([r.source + r.target])

@@ -160,8 +160,9 @@ def test_throughput_times_the_real_train_task_and_predict_tasks(toy_cl, monkeypa
     # "ours" is nlora's own code: train_task ran for every ours pass (train: 2 variants x (warm-up + 2 rounds);
     # scaling: 2 x 3), predict_tasks in both modes, both precisions, on every pass
     assert len(trained) == 2 * 3 + 2 * 3
-    assert {kw["amp_dtype"] for _, kw in trained} == {None, torch.bfloat16}
-    assert sorted((kw["mode"], str(kw["amp_dtype"])) for _, kw in predicted) == sorted(
+    # (train_task and predict_tasks take the run's Runtime: train_task first, predict_tasks second)
+    assert {args[0].amp_dtype for args, _ in trained} == {None, torch.bfloat16}
+    assert sorted((args[1].eval_mode, str(args[1].amp_dtype)) for args, _ in predicted) == sorted(
         [(m, str(a)) for m in ("generate", "score") for a in (None, torch.bfloat16)] * 3
     )
 

@@ -18,6 +18,7 @@ from nlora.evaluate import TaskPredictions, generate_with_lengths, release_predi
 from nlora.logits import answer_logits, loss_from_logits
 from nlora.models import load_model
 from nlora.prompts import build_prompt, load_instructions
+from nlora.runtime import Runtime
 
 BASE = {"model": "m", "data_dir": "d", "output_dir": "o"}
 ADAMW_STEP = torch.optim.AdamW.step  # before any test wraps it
@@ -165,18 +166,13 @@ def test_reference_prediction_is_empty_when_the_prompt_lost_its_answer_marker(tm
     loaded = load_model(str(model_dirs["llama"]))
     task = long_task(tmp_path, n=2)
     prompts = [e.prompt for e in task.splits["test"]] + ["Task:SC\nDataset:longmood\nshort\nAnswer:"]
-    kw = {
-        "seq2seq": False,
-        "device": torch.device("cpu"),
-        "amp_dtype": None,
-        "batch_size": 4,
-        "max_source": 64,
-        "max_new_tokens": 4,
-    }
-    preds, lens, truncated = generate_with_lengths(loaded.model, loaded.tokenizer, prompts, compat="reference", **kw)
+    kw = {"eval_batch_size": 4, "max_source": 64, "max_target": 4}
+    reference = Runtime(loaded.tokenizer, loaded.family, torch.device("cpu"), compat="reference", **kw)
+    preds, lens, truncated = generate_with_lengths(loaded.model, reference, prompts)
     assert truncated == 2 and preds[:2] == ["", ""]
     assert all(n > 0 for n in lens)
-    _, _, truncated = generate_with_lengths(loaded.model, loaded.tokenizer, prompts, **kw)
+    clean = Runtime(loaded.tokenizer, loaded.family, torch.device("cpu"), **kw)
+    _, _, truncated = generate_with_lengths(loaded.model, clean, prompts)
     assert truncated == 2
 
 
@@ -189,7 +185,7 @@ def one_step_gradients(model_dirs, data_dir, max_grad_norm, monkeypatch):
     from nlora.config import LoraSettings
     from nlora.methods import get_method
     from nlora.models import default_target_modules
-    from nlora.train import train_task
+    from nlora.train import TrainLoop, train_task
 
     seen = {}
     original = ADAMW_STEP
@@ -205,24 +201,13 @@ def one_step_gradients(model_dirs, data_dir, max_grad_norm, monkeypatch):
     loaded = load_model(str(model_dirs["llama"]))
     torch.manual_seed(0)
     lora = ContinualLoRA(loaded.model, LoraSettings(dropout=0.0), default_target_modules(loaded.model), False)
-    cfg = resolve(overrides={**BASE, "task_names": ["topic"], "method": "seq-lora"})
-    method = get_method("seq-lora")(cfg)
+    method = get_method("seq-lora")()
     tasks = load_tasks(data_dir, ["topic"], load_instructions(), 4, 4, 0)
     data = encode(loaded.tokenizer, tasks["topic"].splits["train"], False, 256, 8)
     settings = TaskSettings(name="topic", lr=1e-2, epochs=1, batch_size=4, grad_accum=1)
     method.begin_task(lora, 0, settings)
-    train_task(
-        lora,
-        method,
-        data,
-        settings,
-        pad_id=0,
-        seq2seq=False,
-        device=torch.device("cpu"),
-        amp_dtype=None,
-        seed=0,
-        max_grad_norm=max_grad_norm,
-    )
+    rt = Runtime(loaded.tokenizer, loaded.family, torch.device("cpu"))
+    train_task(rt, lora, method, data, settings, TrainLoop(seed=0, max_grad_norm=max_grad_norm))
     return seen
 
 

@@ -41,12 +41,14 @@ def test_presets_match_reference_runs():
             preset = "olora-" + preset
         cfg = resolve(preset=preset, overrides=BASE)
         assert cfg.method == method
-        assert cfg.nlora_form == ("reference" if method == "n-lora" else "paper")  # the release's loss
+        # the release's loss
+        assert cfg.method_options.get("form", "paper") == ("reference" if method == "n-lora" else "paper")
         assert cfg.task_names == [r["task"] for r in rows]
         assert cfg.compat == "reference"
         for t, r in zip(cfg.tasks, rows):
-            assert (t.lr, t.epochs, t.batch_size, t.lam) == (r["lr"], r["epochs"], r["batch"], r["lamda_1"])
-            assert t.lam2 == r["lamda_2"]
+            lam = t.method_options["lambda"]
+            assert (t.lr, t.epochs, t.batch_size, lam) == (r["lr"], r["epochs"], r["batch"], r["lamda_1"])
+            assert t.method_options.get("lambda2") == r["lamda_2"]
             # the release's per-device batch x accumulation x GPUs of its script (CUDA_VISIBLE_DEVICES)
             assert cfg.global_batch == r["batch"] * r["grad_accum"] * RELEASE_GPUS.get(key, 1)
         assert cfg.eval_batch_size == rows[0]["eval_batch"]
@@ -56,7 +58,7 @@ def test_flags_override_preset_and_tasks_reorder():
     cfg = resolve(preset="t5-order4", overrides={**BASE, "lr": 0.01, "task_names": ["WiC", "MNLI", "agnews"]})
     assert cfg.task_names == ["WiC", "MNLI", "agnews"]
     assert [t.lr for t in cfg.tasks] == [0.01] * 3
-    assert [t.lam for t in cfg.tasks] == [1.2, 0.4, 0.4]  # per-task lambdas of the preset survive
+    assert [t.method_options["lambda"] for t in cfg.tasks] == [1.2, 0.4, 0.4]  # per-task lambdas of the preset survive
 
 
 def test_defaults_and_yaml(tmp_path):

@@ -9,6 +9,7 @@ from nlora.cli import main
 from nlora.data import Example
 from nlora.evaluate import score_labels
 from nlora.models import load_model
+from nlora.runtime import Runtime
 
 LABELS = ["World", "Sports", "Sci/Tech"]
 
@@ -36,18 +37,8 @@ def test_score_mode_matches_brute_force(model_dirs, model_kind):
     loaded = load_model(str(model_dirs[model_kind]))
     loaded.model.eval()
     prompts = [f"Task:TC\nDataset:topic\nheadline number {i} {'x' * (3 * i)}\nAnswer:" for i in range(7)]
-    got = score_labels(
-        loaded.model,
-        loaded.tokenizer,
-        prompts,
-        LABELS,
-        seq2seq=loaded.seq2seq,
-        device=torch.device("cpu"),
-        amp_dtype=None,
-        batch_size=6,
-        max_source=512,
-        max_new_tokens=50,
-    )
+    rt = Runtime(loaded.tokenizer, loaded.family, torch.device("cpu"), max_source=512, max_target=50, eval_batch_size=6)
+    got = score_labels(loaded.model, rt, prompts, LABELS)
     assert got == [brute_force_choice(loaded.model, loaded.tokenizer, p, loaded.seq2seq) for p in prompts]
 
 

@@ -7,17 +7,19 @@ from pathlib import Path
 import pytest
 import torch
 
-from nlora.adapters import ContinualLoRA
+from nlora.banks import make_bank
 from nlora.batching import encode
 from nlora.cli import main
-from nlora.config import LoraSettings, TaskSettings, resolve
+from nlora.config import LoraSettings, TaskSettings
 from nlora.data import Example, load_tasks
+from nlora.families import DECODER_ONLY
 from nlora.logits import answer_logits
-from nlora.methods import REGISTRY, get_method
+from nlora.methods import REGISTRY, RunFacts, get_method, make_method
 from nlora.models import default_target_modules, load_model
 from nlora.prompts import load_instructions
 from nlora.recipe import task_context
-from nlora.train import train_task
+from nlora.runtime import Runtime
+from nlora.train import TrainLoop, train_task
 
 METHODS = sorted(REGISTRY)
 TASKS = ["01-topic", "02-mood"]
@@ -67,7 +69,7 @@ def test_method_contract(model_dirs, model_kind, data_dir, tmp_path, method):
     assert summary["method"] == method and len(m) == 2 and all(isinstance(v, float) for v in m[1])
     assert summary["aa"] == pytest.approx(sum(m[1]) / 2)
     last = out / "tasks" / TASKS[-1]
-    weights = "model.safetensors" if REGISTRY[method].full_finetune else "adapter_model.safetensors"
+    weights = "model.safetensors" if REGISTRY[method].bank == "full" else "adapter_model.safetensors"
     assert (last / "adapter" / weights).is_file()
     assert main(["eval", str(out), "--tasks", "topic,mood"]) == 0
     again = rows(out / "eval" / "after-02" / "topic+mood" / "predictions.jsonl")
@@ -78,39 +80,30 @@ def test_method_contract(model_dirs, model_kind, data_dir, tmp_path, method):
 
 def _fit(method_name, kind, model_dirs, data_dir, fold):
     loaded = load_model(str(model_dirs[kind]))
-    lora = ContinualLoRA(loaded.model, LoraSettings(dropout=0.0), default_target_modules(loaded.model), loaded.seq2seq)
-    cfg = resolve(
-        overrides={
-            "model": "m",
-            "data_dir": "d",
-            "output_dir": "o",
-            "task_names": ["topic", "mood"],
-            "method": method_name,
-            "fold_adapters": fold,
-            "lambda": 0.01,
-        }
+    bank = get_method(method_name).bank
+    lora = make_bank(
+        bank, loaded.model, LoraSettings(dropout=0.0), default_target_modules(loaded.model), loaded.seq2seq
     )
-    method = get_method(method_name)(cfg)
+    method = make_method(method_name, {"lambda": 0.01}, RunFacts(n_tasks=2, fold_adapters=fold))
     tasks = load_tasks(data_dir, ["topic", "mood"], load_instructions(), 8, 4, 0)
     splits = [tasks[n].splits["train"] for n in ("topic", "mood")]
     snapshots = []
     for t, name in enumerate(["topic", "mood"]):
-        settings = TaskSettings(name=name, lr=5e-2, epochs=1, batch_size=4, grad_accum=1, lam=0.01)
+        settings = TaskSettings(
+            name=name, lr=5e-2, epochs=1, batch_size=4, grad_accum=1, method_options={"lambda": 0.01}
+        )
         data = encode(loaded.tokenizer, method.train_examples(t, splits), loaded.seq2seq, 256, 8)
         method.begin_task(lora, t, settings)
-        ctx = task_context(lora, data, settings, loaded.tokenizer, loaded.seq2seq, torch.device("cpu"), None)
+        ctx = task_context(Runtime(loaded.tokenizer, loaded.family, torch.device("cpu")), lora, data, settings)
         if data:
             method.before_training(lora, t, settings, ctx)
             train_task(
+                Runtime(loaded.tokenizer, loaded.family, torch.device("cpu")),
                 lora,
                 method,
                 data,
                 settings,
-                pad_id=loaded.tokenizer.pad_token_id,
-                seq2seq=loaded.seq2seq,
-                device=torch.device("cpu"),
-                amp_dtype=None,
-                seed=t,
+                TrainLoop(seed=t),
             )
         method.end_task(lora, t, settings, ctx)
         snapshots.append({n: p.detach().clone() for n, p in lora.model.named_parameters()})
@@ -121,46 +114,32 @@ def _fit(method_name, kind, model_dirs, data_dir, fold):
 def test_frozen_parameters_stay_bit_identical(model_dirs, model_kind, data_dir, method):
     lora, m, (after1, after2) = _fit(method, model_kind, model_dirs, data_dir, fold=False)
     for name, before in after1.items():
-        if m.full_finetune:
+        if m.bank == "full":
             break  # every weight trains
         if "lora_" not in name and "prompt_encoder" not in name:  # the base model never changes (folding off)
             assert torch.equal(after2[name], before), name
         elif m.fresh_adapter_per_task and ".task0." in name:  # earlier adapters are frozen
             assert torch.equal(after2[name], before), name
-    trainable = [n for n in after2 if "lora_" in n or "prompt_encoder" in n or m.full_finetune]
+    trainable = [n for n in after2 if "lora_" in n or "prompt_encoder" in n or m.bank == "full"]
     trained = [n for n in trainable if not torch.equal(after2[n], after1.get(n, after2[n] + 1))]
     assert trained, "the second task changed no trainable parameter"
 
 
 def test_replay_mixes_the_stated_fraction():
-    cfg = resolve(
-        overrides={
-            "model": "m",
-            "data_dir": "d",
-            "output_dir": "o",
-            "task_names": ["a", "b", "c"],
-            "method": "replay",
-            "lambda": 0.05,
-        }
-    )
-    method = get_method("replay")(cfg)
+    method = make_method("replay", {"lambda": 0.05}, RunFacts(n_tasks=3))
     splits = [[Example(f"{t}{i}", "x") for i in range(100)] for t in "abc"]
     assert method.train_examples(0, splits) == splits[0]
     mixed = method.train_examples(2, splits)
     assert len(mixed) == 100 + 5 + 5 and mixed[:100] == splits[2]
     assert sum(e.prompt.startswith("a") for e in mixed) == 5 and sum(e.prompt.startswith("b") for e in mixed) == 5
     assert method.train_examples(2, splits) == mixed  # the same memory every time (seeded)
-    default = get_method("replay")(
-        resolve(
-            overrides={"model": "m", "data_dir": "d", "output_dir": "o", "task_names": ["a", "b"], "method": "replay"}
-        )
-    )
+    default = make_method("replay", run=RunFacts(n_tasks=2))
     assert len(default.train_examples(1, splits[:2])) == 100 + 2  # default 2%
 
 
 def test_ewc_penalty_zero_at_anchor_and_grows_away(model_dirs, data_dir):
     lora, method, _ = _fit("ewc", "llama", model_dirs, data_dir, fold=False)
-    settings = TaskSettings(name="x", lr=1e-3, epochs=1, batch_size=4, grad_accum=1, lam=10.0)
+    settings = TaskSettings(name="x", lr=1e-3, epochs=1, batch_size=4, grad_accum=1, method_options={"lambda": 10.0})
     assert method.penalty(lora, settings).item() == 0.0
     assert sum(f.sum().item() for f in method.fisher) > 0
     direction = [torch.randn_like(p) for p in method.params]
@@ -174,10 +153,7 @@ def test_ewc_penalty_zero_at_anchor_and_grows_away(model_dirs, data_dir):
 
 
 def test_mtl_sees_all_tasks_and_is_evaluated_once(model_dirs, data_dir, tmp_path):
-    cfg = resolve(
-        overrides={"model": "m", "data_dir": "d", "output_dir": "o", "task_names": ["a", "b", "c"], "method": "mtl"}
-    )
-    method = get_method("mtl")(cfg)
+    method = make_method("mtl", run=RunFacts(n_tasks=3))
     splits = [[Example(f"{t}{i}", "x") for i in range(5)] for t in "abc"]
     assert method.train_examples(0, splits) == [] and method.train_examples(1, splits) == []
     assert method.train_examples(2, splits) == splits[0] + splits[1] + splits[2]
@@ -190,11 +166,7 @@ def test_mtl_sees_all_tasks_and_is_evaluated_once(model_dirs, data_dir, tmp_path
 
 
 def test_per_task_routes_by_task_id(model_dirs, data_dir, tmp_path):
-    method = get_method("per-task")(
-        resolve(
-            overrides={"model": "m", "data_dir": "d", "output_dir": "o", "task_names": ["a", "b"], "method": "per-task"}
-        )
-    )
+    method = make_method("per-task", run=RunFacts(n_tasks=2))
     assert method.eval_routes(1, [0, 1]) == [(["task0"], [0]), (["task1"], [1])]
     assert_task_one_answered_as_before(model_dirs, data_dir, tmp_path / "pt", "per-task")
 
@@ -213,7 +185,7 @@ def test_lwf_distillation_is_zero_before_the_task_moves_the_adapter(model_dirs, 
     from nlora.batching import collate_train
 
     lora, method, _ = _fit("lwf", "llama", model_dirs, data_dir, fold=False)
-    settings = TaskSettings(name="third", lr=1e-3, epochs=1, batch_size=4, grad_accum=1, lam=1.0)
+    settings = TaskSettings(name="third", lr=1e-3, epochs=1, batch_size=4, grad_accum=1, method_options={"lambda": 1.0})
     method.begin_task(lora, 2, settings)  # the teacher is the adapter as it is now
     loaded = load_model(str(model_dirs["llama"]))
     tasks = load_tasks(data_dir, ["topic"], load_instructions(), 4, 4, 0)
@@ -221,7 +193,7 @@ def test_lwf_distillation_is_zero_before_the_task_moves_the_adapter(model_dirs, 
 
     def penalty():  # as the training step calls it: with the task loss's own answer logits
         logits, targets = answer_logits(lora.model, batch, False, False)
-        return method.batch_penalty(lora, settings, batch, False, logits, targets)
+        return method.batch_penalty(lora, settings, batch, DECODER_ONLY, logits, targets)
 
     assert penalty().item() == pytest.approx(0.0, abs=1e-6)
     with torch.no_grad():
@@ -236,14 +208,14 @@ def test_lwf_distillation_is_zero_before_the_task_moves_the_adapter(model_dirs, 
         teacher = lora.model(**inputs).logits[:, :-1]
         lora.activate([lora.current])
         student = lora.model(**inputs).logits[:, :-1]
-    mask, t = batch["labels"][:, 1:] != -100, method.temperature
+    mask, t = batch["labels"][:, 1:] != -100, method.options.temperature
     kl = torch.nn.functional.kl_div(
         torch.log_softmax(student[mask] / t, -1),
         torch.log_softmax(teacher[mask] / t, -1),
         log_target=True,
         reduction="batchmean",
     )
-    assert moved.item() == pytest.approx(settings.lam * t * t * kl.item(), rel=1e-4)
+    assert moved.item() == pytest.approx(settings.method_options["lambda"] * t * t * kl.item(), rel=1e-4)
     assert [n for n, p in lora.model.named_parameters() if p.requires_grad and "lwf_teacher" in n] == []
 
 
@@ -252,7 +224,7 @@ def test_seq_ft_trains_every_weight_and_saves_a_whole_model(model_dirs, data_dir
     assert not any("lora_" in n for n in after2)
     changed = [n for n in after2 if not torch.equal(after2[n], after1[n])]
     assert len(changed) > len(after2) // 2  # the whole model moves, not a few adapter matrices
-    lora.save_adapter(lora.current, tmp_path / "saved")
+    lora.save(lora.current, tmp_path / "saved")
     assert (tmp_path / "saved" / "model.safetensors").is_file() and (tmp_path / "saved" / "config.json").is_file()
 
 
@@ -268,7 +240,7 @@ def test_analysis_refuses_seq_ft_and_names_mtl_task(model_dirs, data_dir, tmp_pa
 
 def test_progprompt_stacks_frozen_earlier_prompts(model_dirs, data_dir, tmp_path):
     lora, method, (after1, after2) = _fit("progprompt", "llama", model_dirs, data_dir, fold=False)
-    m = method.tokens_per_task
+    m = method.options.tokens_per_task
     first, second = "prompt_encoder.task0.embedding.weight", "prompt_encoder.task1.embedding.weight"
     assert after1[first].shape[0] == m and after2[second].shape[0] == 2 * m
     assert [n for n, p in lora.model.named_parameters() if p.requires_grad] == [second]
@@ -283,6 +255,6 @@ def test_seq_prompt_trains_only_the_soft_prompt(model_dirs, data_dir):
     trainable = [n for n, p in lora.model.named_parameters() if p.requires_grad]
     assert trainable and all(n.startswith("prompt_encoder.") for n in trainable)
     (name,) = trainable
-    assert lora.model.get_parameter(name).shape[0] == method.virtual_tokens == 20
+    assert lora.model.get_parameter(name).shape[0] == method.options.virtual_tokens == 20
     assert not torch.equal(after2[name], after1[name])  # the one prompt keeps training on task 2
     assert all(torch.equal(after2[n], after1[n]) for n in after1 if n != name)

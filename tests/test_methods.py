@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from nlora.adapters import LayerFactors
-from nlora.config import resolve
+from nlora.config import TaskSettings
 from nlora.errors import NloraError
 from nlora.methods import REGISTRY, get_method
 from nlora.methods.nlora import check_reference_form, l1_of_factor_product, l1_of_updates
@@ -123,10 +123,10 @@ def test_registry():
 
 
 def test_method_defaults():
-    cfg = resolve(overrides={"model": "m", "data_dir": "d", "output_dir": "o", "task_names": ["a"]})
-    n = get_method("n-lora")(cfg)
-    assert n.lam(cfg.tasks[0]) == 0.4
-    o = get_method("o-lora")(cfg)
-    assert (o.lam(cfg.tasks[0]), o.lam2(cfg.tasks[0])) == (0.5, 0.0)
-    assert get_method("seq-lora")(cfg).adapter_name(3) == get_method("seq-lora")(cfg).adapter_name(0)
+    task = TaskSettings(name="a")
+    n = get_method("n-lora")()
+    assert n.lam(task) == 0.4
+    o = get_method("o-lora")()
+    assert (o.lam(task), o.lam2(task)) == (0.5, 0.0)
+    assert get_method("seq-lora")().adapter_name(3) == get_method("seq-lora")().adapter_name(0)
     assert n.adapter_name(0) != n.adapter_name(1)

@@ -65,8 +65,8 @@ def test_embedded_gguf_model_loads_and_saves(tmp_path):
     assert m.config.num_key_value_heads == 3 and m.config.num_attention_heads == 9
     assert getattr(m, "hf_quantizer", None) is None and not hasattr(m.config, "quantization_config")
     lora = ContinualLoRA(m, LoraSettings(), default_target_modules(m), seq2seq=False)
-    lora.start_adapter("task0")
-    lora.save_adapter("task0", tmp_path / "a")
+    lora.start("task0")
+    lora.save("task0", tmp_path / "a")
     assert (tmp_path / "a" / "adapter_model.safetensors").is_file()
 
 

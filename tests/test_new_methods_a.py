@@ -10,13 +10,14 @@ import torch
 from nlora.adapters import ContinualLoRA
 from nlora.batching import encode
 from nlora.cli import main
-from nlora.config import LoraSettings, TaskSettings, resolve
+from nlora.config import LoraSettings, TaskSettings
 from nlora.data import load_tasks
-from nlora.methods import get_method
+from nlora.methods import RunFacts, make_method
 from nlora.models import default_target_modules, load_model
 from nlora.prompts import load_instructions
 from nlora.recipe import task_context
-from nlora.train import train_task
+from nlora.runtime import Runtime
+from nlora.train import TrainLoop, train_task
 
 NAMES = ["topic", "mood"]
 
@@ -24,17 +25,7 @@ NAMES = ["topic", "mood"]
 def setup(method_name, kind, model_dirs, data_dir, n_train=8):
     loaded = load_model(str(model_dirs[kind]))
     lora = ContinualLoRA(loaded.model, LoraSettings(dropout=0.0), default_target_modules(loaded.model), loaded.seq2seq)
-    cfg = resolve(
-        overrides={
-            "model": "m",
-            "data_dir": "d",
-            "output_dir": "o",
-            "task_names": NAMES,
-            "method": method_name,
-            "fold_adapters": False,
-        }
-    )
-    method = get_method(method_name)(cfg)
+    method = make_method(method_name, run=RunFacts(n_tasks=len(NAMES), fold_adapters=False))
     tasks = load_tasks(data_dir, NAMES, load_instructions(), n_train, 4, 0)
     return loaded, lora, method, tasks
 
@@ -45,20 +36,12 @@ def train_one(loaded, lora, method, tasks, t, between=None):
     settings = TaskSettings(name=name, lr=5e-2, epochs=1, batch_size=4, grad_accum=1)
     data = encode(loaded.tokenizer, tasks[name].splits["train"], loaded.seq2seq, 256, 8)
     method.begin_task(lora, t, settings)
-    ctx = task_context(lora, data, settings, loaded.tokenizer, loaded.seq2seq, torch.device("cpu"), None)
+    ctx = task_context(Runtime(loaded.tokenizer, loaded.family, torch.device("cpu")), lora, data, settings)
     method.before_training(lora, t, settings, ctx)
     if between is not None:
         between(ctx)
     train_task(
-        lora,
-        method,
-        data,
-        settings,
-        pad_id=loaded.tokenizer.pad_token_id,
-        seq2seq=loaded.seq2seq,
-        device=torch.device("cpu"),
-        amp_dtype=None,
-        seed=t,
+        Runtime(loaded.tokenizer, loaded.family, torch.device("cpu")), lora, method, data, settings, TrainLoop(seed=t)
     )
     method.end_task(lora, t, settings, ctx)
     return ctx
@@ -104,7 +87,7 @@ def run_cli(model_dir, data_dir, out, method, *extra):
 
 def brute_covariance(lora, layer_name, examples, seq2seq):
     """C of one layer's input, one example at a time (no padding at all), summed token by token."""
-    layer = dict(lora.lora_layers())[layer_name]
+    layer = {view.name: view.layer for view in lora.adapted_layers(lora.current)}[layer_name]
     rows = []
     handle = layer.register_forward_pre_hook(lambda m, args: rows.append(args[0].detach().double()))
     lora.model.eval()
@@ -135,16 +118,16 @@ def test_inflora_designs_A_outside_old_subspace_and_trains_only_B(model_dirs, da
     designed, covs = {}, {}
 
     def record(ctx):
-        for n, layer in lora.lora_layers():
-            designed[n] = layer.lora_A["task1"].weight.detach().clone()
+        for view in lora.adapted_layers("task1"):
+            designed[view.name] = view.A.weight.detach().clone()
         probe = sorted(bases)[:2]
         covs.update({n: brute_covariance(lora, n, ctx.examples, loaded.seq2seq) for n in probe})
 
     train_one(loaded, lora, method, tasks, 1, between=record)
     after2 = snapshot(lora)
-    layers = dict(lora.lora_layers())
+    layers = {view.name: view for view in lora.adapted_layers("task1")}
     for n, m in bases.items():
-        a = layers[n].lora_A["task1"].weight.detach().double()
+        a = layers[n].A.weight.detach().double()
         assert torch.equal(a.float(), designed[n])  # A frozen through training
         assert (a @ m).abs().max() < 1e-6 * a.abs().max()  # rows in the complement of the stored basis
         assert a.norm(dim=1).max() == pytest.approx(1 / 3**0.5, rel=1e-5)
@@ -302,20 +285,18 @@ def assert_branches_scaled_per_example(loaded, lora, method, tasks):
             last = -1 if loaded.seq2seq else slice(None)
             torch.testing.assert_close(alone[0, -1], together[row, -1], atol=1e-4, rtol=1e-4)
             saved = {}
-            for _, layer in lora.lora_layers():
-                for n, s in scales.items():
-                    if n in layer.lora_B:
-                        saved[(id(layer), n)] = layer.lora_B[n].weight.detach().clone()
-                        layer.lora_B[n].weight.mul_(s)
+            for n, s in scales.items():
+                for view in lora.adapted_layers(n):
+                    saved[(view.name, n)] = view.B.weight.detach().clone()
+                    view.B.weight.mul_(s)
             compute, gates.compute = gates.compute, lambda e, m: {}
             try:
                 ungated = lora.model(**one, **one_extra).logits
             finally:
                 gates.compute = compute
-                for _, layer in lora.lora_layers():
-                    for n in scales:
-                        if (id(layer), n) in saved:
-                            layer.lora_B[n].weight.copy_(saved[(id(layer), n)])
+                for n in scales:
+                    for view in lora.adapted_layers(n):
+                        view.B.weight.copy_(saved[(view.name, n)])
             torch.testing.assert_close(ungated[0, last], alone[0, last], atol=1e-5, rtol=1e-5)
             assert (ungated - lora.model(**one, **one_extra).logits).abs().max() < 1e-5  # restored
 
@@ -462,11 +443,11 @@ def test_sapt_replay_kl_equals_the_formula(model_dirs, data_dir):
         tasks,
         1,
         between=lambda ctx: seen.append(
-            float(method.penalty(lora, TaskSettings(name="mood", lr=1, epochs=1, batch_size=4, grad_accum=1, lam=0.5)))
+            float(method.penalty(lora, TaskSettings("mood", 1, 1, 4, 1, method_options={"lambda": 0.5})))
         ),
     )
     assert seen[0] > 0  # the new key takes weight from task 1's kept inputs: a KL against [1, 0]
-    settings = TaskSettings(name="mood", lr=1, epochs=1, batch_size=4, grad_accum=1, lam=0.5)
+    settings = TaskSettings(name="mood", lr=1, epochs=1, batch_size=4, grad_accum=1, method_options={"lambda": 0.5})
     method._old = [lora.extras["task0"]]
     got = method.penalty(lora, settings)
     with torch.no_grad():

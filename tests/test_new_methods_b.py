@@ -11,39 +11,35 @@ from safetensors.torch import load_file
 
 import nlora.train as train_mod
 from nlora.adapters import ContinualLoRA
+from nlora.banks import make_bank
 from nlora.batching import collate_prompts, collate_train, encode
 from nlora.cli import main
-from nlora.config import LoraSettings, TaskSettings, resolve
+from nlora.config import LoraSettings, TaskSettings
 from nlora.data import Example, load_tasks
 from nlora.dist import Dist
 from nlora.logits import answer_logits, task_loss
-from nlora.methods import REGISTRY, get_method
+from nlora.methods import REGISTRY, RunFacts, get_method, make_method
 from nlora.models import default_target_modules, load_model
 from nlora.prompts import load_instructions
-from nlora.train import train_task
+from nlora.runtime import Runtime
+from nlora.train import TrainLoop, train_task
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "methods.md"
 
 
 def setup(kind, model_dirs, method_name, seed=0, lam=None):
     loaded = load_model(str(model_dirs[kind]))
-    lora = ContinualLoRA(loaded.model, LoraSettings(dropout=0.0), default_target_modules(loaded.model), loaded.seq2seq)
-    overrides = {
-        "model": "m",
-        "data_dir": "d",
-        "output_dir": "o",
-        "task_names": ["topic", "mood", "COPA"],
-        "method": method_name,
-        "seed": seed,
-    }
-    if lam is not None:
-        overrides["lambda"] = lam
-    cfg = resolve(overrides=overrides)
-    return loaded, lora, get_method(method_name)(cfg), cfg
+    bank = get_method(method_name).bank
+    lora = make_bank(
+        bank, loaded.model, LoraSettings(dropout=0.0), default_target_modules(loaded.model), loaded.seq2seq
+    )
+    run = RunFacts(seed=seed, n_tasks=3)
+    return loaded, lora, make_method(method_name, {} if lam is None else {"lambda": lam}, run), run
 
 
 def settings(lam=None, name="mood"):
-    return TaskSettings(name=name, lr=1e-2, epochs=1, batch_size=4, grad_accum=1, lam=lam)
+    options = {} if lam is None else {"lambda": lam}
+    return TaskSettings(name=name, lr=1e-2, epochs=1, batch_size=4, grad_accum=1, method_options=options)
 
 
 def train_batches(loaded, data_dir, n=8, per_batch=4, task="topic"):
@@ -75,7 +71,7 @@ def test_migu_rows_below_the_quantile_get_zero_gradient(model_dirs, model_kind, 
     method.begin_task(lora, 1, settings())
     modules = method.mask.modules
     if variant == "migu-lora":
-        assert len(modules) == 2 * len(lora.lora_layers())
+        assert len(modules) == 2 * len(lora.adapted_layers(lora.current))
         with torch.no_grad():  # a fresh B is 0: every lora_B output would tie at 0
             for f in lora.factors(lora.current):
                 f.B.normal_(0, 0.1)
@@ -121,15 +117,7 @@ def test_migu_one_step_leaves_masked_rows_unchanged(model_dirs, data_dir):
     linears = [m for m in lora.model.modules() if isinstance(m, torch.nn.Linear)]
     start = [m.weight.detach().clone() for m in linears]
     train_task(
-        lora,
-        method,
-        data,
-        settings(),
-        pad_id=loaded.tokenizer.pad_token_id,
-        seq2seq=False,
-        device=torch.device("cpu"),
-        amp_dtype=None,
-        seed=0,
+        Runtime(loaded.tokenizer, loaded.family, torch.device("cpu")), lora, method, data, settings(), TrainLoop(seed=0)
     )
     for m, w0 in zip(linears, start):
         changed = int((m.weight.detach() != w0).any(dim=1).sum())
@@ -309,7 +297,7 @@ def brute_selection(emb, pool, ids, mask, m_prompts, length, k):
 def test_l2p_selects_the_top_k_keys_and_reads_them_first(model_dirs, model_kind, data_dir):
     loaded, lora, method, _ = setup(model_kind, model_dirs, "l2p")
     method.begin_task(lora, 0, settings())
-    M, L, k = method.pool_size, method.prompt_length, method.top_k
+    M, L, k = method.options.pool_size, method.options.prompt_length, method.options.top_k
     pool = method.pool.weight
     assert pool.shape[0] == M * L and [n for n, p in lora.model.named_parameters() if p.requires_grad] == [
         "prompt_encoder.pool.embedding.weight"
@@ -329,7 +317,7 @@ def test_l2p_selects_the_top_k_keys_and_reads_them_first(model_dirs, model_kind,
         assert seen["attention_mask"][b, : k * L].all()
         assert torch.equal(seen["attention_mask"][b, k * L :], batch["attention_mask"][b])
     lam = 0.5
-    pull = method.batch_penalty(lora, settings(lam), batch, loaded.seq2seq, logits, targets)
+    pull = method.batch_penalty(lora, settings(lam), batch, loaded.family, logits, targets)
     assert pull.item() == pytest.approx(-lam * sum(sum(c) for _, c in expected) / len(expected), rel=1e-5)
     # only the selected prompts train
     (task_loss(lora.model, batch, loaded.seq2seq, False) + pull).backward()

@@ -18,6 +18,7 @@ import nlora.recipe as recipe_mod
 import nlora.train as train_mod
 from nlora.cli import main
 from nlora.errors import NloraError
+from nlora.runtime import Runtime
 
 TASKS = ["01-topic", "02-mood"]
 VOLATILE = {"wall_time_s", "resumed", "train_seconds", "eval_seconds", "predict_runtime"}
@@ -287,18 +288,18 @@ def test_out_of_memory_in_evaluation_halves_the_batch(model_dirs, monkeypatch, c
 
     loaded = load_model(str(model_dirs["llama"]))
     prompts = [f"Task:TC\nDataset:topic\nsentence {i} {'x' * i}\nAnswer:" for i in range(7)]
-    kw = dict(seq2seq=False, device=torch.device("cpu"), amp_dtype=None, max_source=64, max_new_tokens=4)
-    expected = evaluate_mod.generate(loaded.model, loaded.tokenizer, prompts, batch_size=8, **kw)
+    rt = Runtime(loaded.tokenizer, loaded.family, torch.device("cpu"), max_source=64, max_target=4, eval_batch_size=8)
+    expected = evaluate_mod.generate(loaded.model, rt, prompts)
     real, sizes = evaluate_mod._generate_batch, []
 
-    def small_memory(model, tok, encoded, *a, **kw):
+    def small_memory(model, rt, encoded, *a, **kw):
         sizes.append(len(encoded))
         if len(encoded) > 2:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")
-        return real(model, tok, encoded, *a, **kw)
+        return real(model, rt, encoded, *a, **kw)
 
     monkeypatch.setattr(evaluate_mod, "_generate_batch", small_memory)
-    got = evaluate_mod.generate(loaded.model, loaded.tokenizer, prompts, batch_size=8, **kw)
+    got = evaluate_mod.generate(loaded.model, rt, prompts)
     assert got == expected
     assert sizes[:3] == [7, 3, 1] and max(sizes[3:]) <= 2 and sum(sizes[2:]) == 7
     assert "out of memory in evaluation: batch of 7 -> 3" in capsys.readouterr().out

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from nlora.adapters import ContinualLoRA
+from nlora.banks import PromptBank
 from nlora.batching import collate_train, encode
 from nlora.config import LoraSettings
 from nlora.data import Example
@@ -29,7 +30,7 @@ def test_one_prompt_pass_equals_per_candidate_likelihood(model_dirs, model_kind,
     model = loaded.model
     if with_lora:  # a trained-looking adapter: B non-zero, so the LoRA branch changes the scores
         lora = ContinualLoRA(model, LoraSettings(dropout=0.0), default_target_modules(model), loaded.seq2seq)
-        lora.start_adapter("task0")
+        lora.start("task0")
         torch.manual_seed(1)
         for f in lora.factors("task0"):
             torch.nn.init.normal_(f.B, std=0.5)
@@ -42,7 +43,7 @@ def test_one_prompt_pass_equals_per_candidate_likelihood(model_dirs, model_kind,
         model,
         [pairs[i * len(LABELS)] for i in range(len(PROMPTS))],
         candidates,
-        seq2seq=loaded.seq2seq,
+        family=loaded.family,
         pad_id=loaded.tokenizer.pad_token_id,
         device=torch.device("cpu"),
     )
@@ -53,7 +54,7 @@ def test_one_prompt_pass_equals_per_candidate_likelihood(model_dirs, model_kind,
         model,
         [pairs[i * len(LABELS)] for i in range(len(PROMPTS))],
         candidates,
-        seq2seq=loaded.seq2seq,
+        family=loaded.family,
         pad_id=loaded.tokenizer.pad_token_id,
         device=torch.device("cpu"),
     )
@@ -62,7 +63,7 @@ def test_one_prompt_pass_equals_per_candidate_likelihood(model_dirs, model_kind,
 
 def test_soft_prompts_use_the_per_candidate_path(model_dirs):
     loaded = load_model(str(model_dirs["llama"]))
-    lora = ContinualLoRA(loaded.model, LoraSettings(), ["q_proj", "v_proj"], False)
+    lora = PromptBank(loaded.model, False)
     assert cached_scoring_applies(loaded.model)
-    lora.start_prompt("p0", 4)
+    lora.start("p0", 4)
     assert not cached_scoring_applies(lora.model)

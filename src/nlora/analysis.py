@@ -135,7 +135,7 @@ def run_layout(run_dir: Path) -> tuple[list[str], str, list[Path]]:
         raise NloraError(f"{run_dir} is not a run directory (no summary.json or config.yaml)")
     from .methods import REGISTRY
 
-    if method in REGISTRY and (REGISTRY[method].full_finetune or REGISTRY[method].prompt_tuning):
+    if method in REGISTRY and REGISTRY[method].bank != "lora":
         raise NloraError(f"{run_dir}: method {method} trains no LoRA adapters; the analysis needs a LoRA method")
     dirs = sorted((run_dir / "tasks").glob("[0-9][0-9]-*/adapter"))
     if not dirs:

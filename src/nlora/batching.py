@@ -1,4 +1,5 @@
-"""Tokenisation and padding for both model families, and length-grouped batch order.
+"""Tokenisation and padding helpers for both model families (``families`` holds what differs between them), and
+length-grouped batch order.
 
 Two encodings (``compat``): ``clean`` cuts an over-long prompt in the middle (its head and its "Answer:" stay)
 and masks exactly the answer tokens; ``reference`` reproduces the N-LoRA release's collator
@@ -31,10 +32,17 @@ class ReleaseMask:
 
 @dataclass
 class Encoded:
-    source: list[int]  # seq2seq: encoder input; causal: BOS + prompt (reference training: the whole sequence)
+    source: list[int]  # encoder-decoder: encoder input; decoder-only: BOS + prompt (reference training: all of it)
     target: list[int]  # label tokens (+ EOS); empty for reference causal training, whose label is in source
     truncated: bool = False  # the prompt (or prompt + label) was over the length limit and was cut
     release: ReleaseMask | None = None  # set for reference causal training rows
+
+
+def as_family(family):
+    """The family object for ``family`` (a ``families.ModelFamily``, or an older caller's seq2seq flag)."""
+    from .families import as_family as resolve  # imported here: the families build on this module
+
+    return resolve(family)
 
 
 def fit_length(ids: list[int], max_len: int, head: int = 64) -> list[int]:
@@ -46,48 +54,18 @@ def fit_length(ids: list[int], max_len: int, head: int = 64) -> list[int]:
 
 
 def encode(
-    tokenizer, examples: list[Example], seq2seq: bool, max_source: int, max_target: int, compat: str = "clean"
+    tokenizer, examples: list[Example], family, max_source: int, max_target: int, compat: str = "clean"
 ) -> list[Encoded]:
-    """Training (and label-scoring) pairs."""
-    if not examples:
-        return []
-    if compat == "reference":
-        if seq2seq:
-            labels = tokenizer([e.label for e in examples], add_special_tokens=False)["input_ids"]
-            return [
-                _with_target(
-                    release_seq2seq_source(tokenizer, e.prompt, max_source),
-                    lab[: max_target - 1] + [tokenizer.eos_token_id],
-                )
-                for e, lab in zip(examples, labels)
-            ]
-        return [encode_release_causal(tokenizer, e.prompt, e.label, max_source, max_target) for e in examples]
-    prompts = tokenizer([e.prompt for e in examples], add_special_tokens=seq2seq)["input_ids"]
-    labels = tokenizer([e.label for e in examples], add_special_tokens=False)["input_ids"]
-    eos, bos = tokenizer.eos_token_id, tokenizer.bos_token_id
-    out = []
-    for p, label_ids in zip(prompts, labels):
-        if seq2seq:
-            out.append(Encoded(fit_length(p, max_source), label_ids[: max_target - 1] + [eos], len(p) > max_source))
-        else:
-            room = max_source - (bos is not None)
-            src = ([bos] if bos is not None else []) + fit_length(p, room)
-            out.append(Encoded(src, label_ids[: max_target - 1] + [eos], len(p) > room))
-    return out
+    """Training (and label-scoring) pairs for a model of ``family`` (``families.ModelFamily.encode``)."""
+    return as_family(family).encode(tokenizer, examples, max_source, max_target, compat)
 
 
-def encode_prompts(
-    tokenizer, prompts: list[str], seq2seq: bool, max_source: int, compat: str = "clean"
-) -> list[Encoded]:
+def encode_prompts(tokenizer, prompts: list[str], family, max_source: int, compat: str = "clean") -> list[Encoded]:
     """Generation inputs (``source`` only)."""
-    if compat != "reference":
-        return encode(tokenizer, [Example(p, "") for p in prompts], seq2seq, max_source, 2)
-    if seq2seq:
-        return [release_seq2seq_source(tokenizer, p, max_source) for p in prompts]
-    return [release_causal_prompt(tokenizer, p, max_source) for p in prompts]
+    return as_family(family).encode_prompts(tokenizer, prompts, max_source, compat)
 
 
-def _with_target(e: Encoded, target: list[int]) -> Encoded:
+def with_target(e: Encoded, target: list[int]) -> Encoded:
     e.target = target
     return e
 
@@ -172,46 +150,30 @@ def release_denominator(batch: list[Encoded]) -> int:
     return sum(map(sum, release_loss_mask(batch)))
 
 
-def _pad(rows: list[list[int]], value: int, left: bool) -> torch.Tensor:
+def pad_rows(rows: list[list[int]], value: int, left: bool) -> torch.Tensor:
     width = max(len(r) for r in rows)
     return torch.tensor([[value] * (width - len(r)) + r if left else r + [value] * (width - len(r)) for r in rows])
 
 
-def collate_train(batch: list[Encoded], pad_id: int, seq2seq: bool) -> dict[str, torch.Tensor]:
-    if seq2seq:
-        ids = _pad([b.source for b in batch], pad_id, left=False)
-        return {
-            "input_ids": ids,
-            "attention_mask": (_pad([[1] * len(b.source) for b in batch], 0, False)),
-            "labels": _pad([b.target for b in batch], -100, left=False),
-        }
-    if batch[0].release is not None:
-        return _collate_release_causal(batch, pad_id)
-    # Causal: left padding puts every answer at the end, so logits are only needed for the last positions.
-    full = [b.source + b.target for b in batch]
-    ids = _pad(full, pad_id, left=True)
-    mask = _pad([[1] * len(f) for f in full], 0, left=True)
-    labels = _pad([[-100] * len(b.source) + b.target for b in batch], -100, left=True)
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels, "position_ids": positions(mask)}
+def collate_train(batch: list[Encoded], pad_id: int, family) -> dict[str, torch.Tensor]:
+    """A training batch padded as ``family`` reads it (``families.ModelFamily.collate_train``)."""
+    return as_family(family).collate_train(batch, pad_id)
 
 
-def _collate_release_causal(batch: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
+def collate_release_causal(batch: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
     """Reference causal training batch: labels are the tokens whose prediction the release's mask counts
     (token j where mask[j-1] is 1), and no position ids: the release's training forward passes none, so
     left-padded rows start at a position past 0."""
-    ids = _pad([b.source for b in batch], pad_id, left=True)
-    mask = _pad([[1] * len(b.source) for b in batch], 0, left=True)
+    ids = pad_rows([b.source for b in batch], pad_id, left=True)
+    mask = pad_rows([[1] * len(b.source) for b in batch], 0, left=True)
     counted = torch.tensor(release_loss_mask(batch))
     labels = torch.full_like(ids, -100)
     labels[:, 1:] = ids[:, 1:].masked_fill(counted[:, :-1] == 0, -100)
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
-def collate_prompts(batch: list[Encoded], pad_id: int, seq2seq: bool) -> dict[str, torch.Tensor]:
-    rows = [b.source for b in batch]
-    ids = _pad(rows, pad_id, left=not seq2seq)
-    mask = _pad([[1] * len(r) for r in rows], 0, left=not seq2seq)
-    return {"input_ids": ids, "attention_mask": mask}
+def collate_prompts(batch: list[Encoded], pad_id: int, family) -> dict[str, torch.Tensor]:
+    return as_family(family).collate_prompts(batch, pad_id)
 
 
 def positions(mask: torch.Tensor) -> torch.Tensor:

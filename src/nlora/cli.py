@@ -16,112 +16,73 @@ def _csv(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
+def _key_value(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key.strip(), value
+
+
+def _setting_flags() -> list[tuple[str, str, dict]]:
+    """(flag, dest, argparse keywords) of every settings field with a flag, made from the fields' declarations
+    (config.setting): a new setting is one field. Defaults stay None, so only flags given override the files;
+    the help shows each field's default."""
+    import dataclasses
+    import types
+    import typing
+
+    from .config import LoraSettings, RunConfig, TaskSettings
+
+    flags = []
+    for owner in (RunConfig, TaskSettings, LoraSettings):
+        hints = typing.get_type_hints(owner)
+        for f in dataclasses.fields(owner):
+            meta = f.metadata
+            if meta.get("hidden"):
+                continue
+            hint = hints[f.name]
+            if isinstance(hint, types.UnionType):
+                hint = next(a for a in hint.__args__ if a is not type(None))
+            kwargs: dict = {"help": meta.get("help", "")}
+            if hint is bool:
+                kwargs.update(action="store_false" if meta.get("negate") else "store_true", default=None)
+            else:
+                kwargs["type"] = _csv if typing.get_origin(hint) is list else hint
+                if meta.get("choices"):
+                    kwargs["choices"] = list(meta["choices"])
+                if meta.get("default_help"):
+                    kwargs["help"] += f" (default: {meta['default_help']})"
+                elif f.default not in (dataclasses.MISSING, None):
+                    kwargs["help"] += f" (default: {f.default})"
+            flags.append((meta.get("flag") or "--" + f.name.replace("_", "-"), meta.get("dest") or f.name, kwargs))
+    return flags
+
+
+METHOD_FLAGS = ("method_args", "lambda", "lambda2", "nlora_form")  # besides --method, a settings field
+
+
 def add_run_args(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--preset", help="a reference preset (see `nlora presets`)")
     src.add_argument("--config", help="a YAML config file (same keys as the presets)")
-    p.add_argument("--model", help="HF model folder, hub name, or a .gguf file")
-    p.add_argument("--data-dir", help="CL_Benchmark folder (<Category>/<dataset>/{train,test}.json, labels.json)")
-    p.add_argument("--output-dir", help="run directory to create")
-    p.add_argument("--tasks", type=_csv, dest="task_names", help="task order as dataset names, e.g. agnews,amazon")
-    p.add_argument("--method", help="continual method (see `nlora methods`); default n-lora")
-    p.add_argument("--nlora-form", choices=["paper", "reference"], help="N-LoRA loss: paper (default) or reference")
-    p.add_argument("--lambda", dest="lambda", type=float, help="method coefficient (N-LoRA lambda, O-LoRA lambda1)")
-    p.add_argument("--lambda2", type=float, help="O-LoRA lambda2")
-    p.add_argument("--lr", type=float, help="learning rate for every task")
-    p.add_argument("--epochs", type=float, help="epochs for every task")
-    p.add_argument("--batch-size", type=int, help="training batch size for every task")
-    p.add_argument("--grad-accum", type=int, help="gradient accumulation steps for every task")
+    for flag, dest, kwargs in _setting_flags():
+        p.add_argument(flag, dest=dest, **kwargs)
     p.add_argument(
-        "--eval-batch-size",
-        type=int,
-        help="evaluation batch size (default 128 on a GPU, 32 on a CPU; halved on out-of-memory)",
+        "--method-arg",
+        dest="method_args",
+        metavar="KEY=VALUE",
+        type=_key_value,
+        action="append",
+        help="set one of the method's options (repeatable; `nlora methods NAME` lists them), e.g. form=reference",
     )
     p.add_argument(
-        "--eval-mode",
-        choices=["generate", "score"],
-        help="generate (default, the reference's greedy decoding) or score (the likeliest label)",
+        "--lambda", dest="lambda", type=float, help="the method's main coefficient (N-LoRA lambda, O-LoRA lambda1)"
     )
-    p.add_argument("--max-train-per-task", type=int, help="cap on training examples per task (seeded sample)")
-    p.add_argument("--max-test-per-task", type=int, help="cap on test examples per task (seeded sample)")
-    p.add_argument("--max-source-length", type=int, help="prompt token limit (default 512)")
-    p.add_argument("--max-target-length", type=int, help="answer / new-token limit (default 50)")
-    p.add_argument("--lora-r", dest="r", type=int, help="LoRA rank (default 8)")
-    p.add_argument("--lora-alpha", dest="alpha", type=float, help="LoRA alpha (default 32)")
-    p.add_argument("--lora-dropout", dest="dropout", type=float, help="LoRA dropout (default 0.1)")
-    p.add_argument("--target-modules", type=_csv, help="modules to adapt (default: query/value projections)")
-    p.add_argument("--instructions", help="instruction JSON overriding the built-in one")
+    p.add_argument("--lambda2", type=float, help="the method's second coefficient (O-LoRA lambda2)")
     p.add_argument(
-        "--unknown-labels",
-        choices=["error", "drop", "keep"],
-        help="examples whose label is not in labels.json: error (default), drop, or keep (reference)",
-    )
-    p.add_argument("--seed", type=int, help="random seed (default 42)")
-    p.add_argument("--device", help="auto (default), cpu or cuda")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], help="auto: bf16 autocast on GPU, fp32 on CPU")
-    p.add_argument(
-        "--compat",
-        choices=["clean", "reference"],
-        help="clean (default without a preset): head+tail truncation, exact answer masks; reference "
-        "(every preset): the N-LoRA release's truncation and token handling (docs/presets.md)",
-    )
-    p.add_argument("--max-grad-norm", type=float, help="clip the gradient norm at this (default 1.0, 0: no clipping)")
-    p.add_argument(
-        "--global-batch",
-        type=int,
-        help="examples per optimizer step whatever the number of processes (grad_accum derived)",
-    )
-    p.add_argument(
-        "--full-matrix",
-        action="store_true",
-        default=None,
-        help="also evaluate not-yet-seen tasks and the starting model, so FWT can be computed",
-    )
-    p.add_argument(
-        "--eval-scope",
-        choices=["seen", "needed"],
-        help="seen (default): every seen task after each task; needed: only the task just trained, "
-        "and all tasks after the last -- what AA and BWT use, O(n) evaluations instead of O(n^2)",
-    )
-    p.add_argument(
-        "--compile",
-        action="store_true",
-        default=None,
-        help="torch.compile the training forward pass (compiles once per task; pays off on GPUs)",
-    )
-    p.add_argument(
-        "--no-fold",
-        dest="fold_adapters",
-        action="store_false",
-        default=None,
-        help="keep earlier tasks' adapters as separate LoRA branches (default: fold them into fp32 "
-        "base weights, so steps do not slow down as tasks accumulate)",
-    )
-    p.add_argument("--save-every", type=int, help="optimizer steps between step checkpoints (default 100, 0: none)")
-    p.add_argument(
-        "--log-every",
-        type=int,
-        help="optimizer steps per line of each task's train_log.jsonl and per tracker point (default 1)",
-    )
-    p.add_argument(
-        "--report-to",
-        type=_csv,
-        help="experiment trackers through Accelerate, comma-separated: tensorboard (pip install "
-        "'nlora[tensorboard]'), wandb (WANDB_MODE=offline: no network), mlflow, ... or none",
-    )
-    p.add_argument(
-        "--trust-remote-code",
-        action="store_true",
-        default=None,
-        help="let a model folder whose config.json has auto_map run its own Python code (default: "
-        "refused, and an architecture transformers knows uses transformers' own code)",
-    )
-    p.add_argument(
-        "--allow-pickle-weights",
-        action="store_true",
-        default=None,
-        help="load a model whose weights exist only as pytorch_model.bin (a pickle, loaded with torch's "
-        "weights_only loader; default: refused, safetensors only)",
+        "--nlora-form",
+        choices=["paper", "reference"],
+        help="deprecated: --method-arg form=... (N-LoRA's loss: paper or reference)",
     )
     p.add_argument(
         "--overwrite",
@@ -130,47 +91,8 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-OVERRIDE_KEYS = (
-    "model",
-    "data_dir",
-    "output_dir",
-    "task_names",
-    "method",
-    "nlora_form",
-    "lambda",
-    "lambda2",
-    "lr",
-    "epochs",
-    "batch_size",
-    "grad_accum",
-    "eval_batch_size",
-    "max_train_per_task",
-    "max_test_per_task",
-    "max_source_length",
-    "max_target_length",
-    "r",
-    "alpha",
-    "dropout",
-    "target_modules",
-    "instructions",
-    "unknown_labels",
-    "full_matrix",
-    "seed",
-    "device",
-    "precision",
-    "save_every",
-    "fold_adapters",
-    "eval_mode",
-    "compile",
-    "eval_scope",
-    "log_every",
-    "report_to",
-    "compat",
-    "max_grad_norm",
-    "global_batch",
-    "trust_remote_code",
-    "allow_pickle_weights",
-)
+# every `nlora run` flag's dest that resolve() takes as an override
+OVERRIDE_KEYS = tuple(dest for _, dest, _ in _setting_flags()) + METHOD_FLAGS
 
 
 def cmd_run(args) -> int:
@@ -189,7 +111,8 @@ def cmd_presets(args) -> int:
     for name in preset_names():
         p = load_preset(name)
         tasks = ",".join(t["name"] for t in p["tasks"])
-        print(f"{name:20s} {p['method']:8s} {p['model']:22s} {tasks}")
+        method = p["method"]["name"] if isinstance(p["method"], dict) else p["method"]
+        print(f"{name:20s} {method:8s} {p['model']:22s} {tasks}")
     return 0
 
 

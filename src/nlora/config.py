@@ -16,70 +16,124 @@ import yaml
 
 from .errors import NloraError
 
-# Per-task knobs: a top-level value is the default for every task, a task entry overrides it,
-# and a command-line flag overrides both.
-TASK_KEYS = ("lr", "epochs", "batch_size", "grad_accum", "lambda", "lambda2")
-TASK_DEFAULTS = {"lr": 1e-3, "epochs": 1.0, "batch_size": 8, "grad_accum": 1, "lambda": None, "lambda2": None}
+
+def setting(default: Any = dataclasses.MISSING, help: str = "", **cli) -> Any:
+    """A settings field with what `nlora run`'s flag is made from (cli.py builds the flags from these).
+
+    ``cli`` keys: ``flag`` (spelling, default --field-name), ``dest`` (the override key, default the field name),
+    ``choices``, ``default_help`` (what the default means, where the value alone says too little), ``negate``
+    (a boolean flag that sets False, e.g. --no-fold), ``hidden`` (no flag)."""
+    factory = cli.pop("factory", None)
+    meta = {"help": help, **cli}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 @dataclass
 class LoraSettings:
-    r: int = 8
-    alpha: float = 32
-    dropout: float = 0.1
-    target_modules: list[str] | None = None  # None: the architecture's query/value projections
+    r: int = setting(8, "LoRA rank", flag="--lora-r")
+    alpha: float = setting(32, "LoRA alpha", flag="--lora-alpha")
+    dropout: float = setting(0.1, "LoRA dropout", flag="--lora-dropout")
+    target_modules: list[str] | None = setting(
+        None, "modules to adapt, comma-separated", default_help="the architecture's query/value projections"
+    )
 
 
 @dataclass
 class TaskSettings:
-    name: str
-    lr: float
-    epochs: float
-    batch_size: int
-    grad_accum: int
-    lam: float | None = None  # the method's main coefficient (N-LoRA lambda, O-LoRA lambda1)
-    lam2: float | None = None  # O-LoRA lambda2
-    global_batch: int | None = None  # set when the run's global_batch derived batch_size and grad_accum
+    name: str = setting(hidden=True)
+    lr: float = setting(1e-3, "learning rate for every task")
+    epochs: float = setting(1.0, "epochs for every task")
+    batch_size: int = setting(8, "training batch size for every task")
+    grad_accum: int = setting(1, "gradient accumulation steps for every task")
+    # the task's values of its method's per-task options ({option key: value}, e.g. {"lambda": 0.4})
+    method_options: dict[str, Any] = setting(factory=dict, hidden=True)
+    # set when the run's global_batch derived batch_size and grad_accum
+    global_batch: int | None = setting(None, hidden=True)
 
 
 @dataclass
 class RunConfig:
-    model: str
-    data_dir: str
-    output_dir: str
-    tasks: list[TaskSettings]
-    method: str = "n-lora"
-    nlora_form: str = "paper"
-    seed: int = 42
-    device: str = "auto"
-    precision: str = "auto"
-    max_train_per_task: int | None = None
-    max_test_per_task: int | None = None
-    max_source_length: int = 512
-    max_target_length: int = 50
-    eval_batch_size: int | None = None  # None: 128 on a GPU, 32 on a CPU; halved on out-of-memory
-    eval_mode: str = "generate"  # generate (the reference's) or score (likeliest label)
-    instructions: str | None = None
-    unknown_labels: str = "error"
-    full_matrix: bool = False  # also evaluate not-yet-seen tasks and the starting model (for FWT)
-    # seen: every seen task after each task (the reference's matrix); needed: only the task just trained,
-    # and every task after the last -- all that AA and BWT use, O(n) evaluations instead of O(n^2)
-    eval_scope: str = "seen"
-    compile: bool = False  # torch.compile the training forward (dynamic shapes); pays off on GPUs
-    fold_adapters: bool = True  # fold finished tasks' adapters into fp32 base weights (flat step cost)
-    save_every: int = 100  # optimizer steps between step checkpoints (0: none); resuming needs no more
-    log_every: int = 1  # optimizer steps per line of tasks/NN-<task>/train_log.jsonl (and per tracker point)
-    report_to: list[str] = field(default_factory=list)  # Accelerate trackers: tensorboard, wandb, ... (none: [])
-    trust_remote_code: bool = False  # run Python code shipped in a model folder (its config's auto_map)
-    allow_pickle_weights: bool = False  # load pytorch_model.bin weights (weights_only) where no safetensors exist
-    compat: str = "clean"  # reference: the N-LoRA release's truncation and token quirks (docs/presets.md)
-    max_grad_norm: float | None = 1.0  # gradient-norm clipping, as the release; 0 or None: none
-    # examples per optimizer step whatever the number of processes: each task's batch_size is then the
-    # per-process micro-batch cap and grad_accum is derived (None: batch_size x grad_accum as given)
-    global_batch: int | None = None
-    preset: str | None = None
-    description: str | None = None
-    lora: LoraSettings = field(default_factory=LoraSettings)
+    model: str = setting(help="HF model folder, hub name, or a .gguf file")
+    data_dir: str = setting(help="CL_Benchmark folder (<Category>/<dataset>/{train,test}.json, labels.json)")
+    output_dir: str = setting(help="run directory to create")
+    tasks: list[TaskSettings] = setting(
+        flag="--tasks", dest="task_names", help="task order as dataset names, e.g. agnews,amazon"
+    )
+    method: str = setting("n-lora", "continual method (see `nlora methods`)")
+    # the method's run-level options ({option key: value}; per-task ones are in each task's method_options)
+    method_options: dict[str, Any] = setting(factory=dict, hidden=True)
+    seed: int = setting(42, "random seed")
+    device: str = setting("auto", "auto, cpu, cuda or cuda:N")
+    precision: str = setting("auto", "auto: bf16 autocast on GPU, fp32 on CPU", choices=("auto", "fp32", "bf16"))
+    max_train_per_task: int | None = setting(None, "cap on training examples per task (seeded sample)")
+    max_test_per_task: int | None = setting(None, "cap on test examples per task (seeded sample)")
+    max_source_length: int = setting(512, "prompt token limit")
+    max_target_length: int = setting(50, "answer / new-token limit")
+    eval_batch_size: int | None = setting(
+        None, "evaluation batch size, halved on out-of-memory", default_help="128 on a GPU, 32 on a CPU"
+    )
+    eval_mode: str = setting(
+        "generate",
+        "generate: the reference's greedy decoding; score: the likeliest label",
+        choices=("generate", "score"),
+    )
+    instructions: str | None = setting(None, "instruction JSON overriding the built-in one")
+    unknown_labels: str = setting(
+        "error",
+        "examples whose label is not in labels.json: error, drop, or keep (reference)",
+        choices=("error", "drop", "keep"),
+    )
+    full_matrix: bool = setting(
+        False, "also evaluate not-yet-seen tasks and the starting model, so FWT can be computed"
+    )
+    eval_scope: str = setting(
+        "seen",
+        "seen: every seen task after each task (the reference's matrix); needed: only the task just trained, and "
+        "all tasks after the last -- what AA and BWT use, O(n) evaluations instead of O(n^2)",
+        choices=("seen", "needed"),
+    )
+    compile: bool = setting(False, "torch.compile the training forward pass (compiles once per task; pays off on GPUs)")
+    fold_adapters: bool = setting(
+        True,
+        "keep earlier tasks' adapters as separate LoRA branches instead of folding them into fp32 base weights "
+        "(folded, steps do not slow down as tasks accumulate)",
+        flag="--no-fold",
+        negate=True,
+    )
+    save_every: int = setting(100, "optimizer steps between step checkpoints (0: none); resuming needs no more")
+    log_every: int = setting(1, "optimizer steps per line of each task's train_log.jsonl and per tracker point")
+    report_to: list[str] = setting(
+        factory=list,
+        help="experiment trackers through Accelerate, comma-separated: tensorboard (pip install "
+        "'nlora[tensorboard]'), wandb (WANDB_MODE=offline: no network), mlflow, ... or none",
+    )
+    trust_remote_code: bool = setting(
+        False,
+        "let a model folder whose config.json has auto_map run its own Python code (otherwise refused, and an "
+        "architecture transformers knows uses transformers' own code)",
+    )
+    allow_pickle_weights: bool = setting(
+        False,
+        "load a model whose weights exist only as pytorch_model.bin (a pickle, loaded with torch's weights_only "
+        "loader; otherwise refused: safetensors only)",
+    )
+    compat: str = setting(
+        "clean",
+        "clean: head+tail truncation, exact answer masks; reference (every preset): the N-LoRA release's "
+        "truncation and token handling (docs/presets.md)",
+        choices=("clean", "reference"),
+    )
+    max_grad_norm: float | None = setting(1.0, "clip the gradient norm at this, as the release (0: no clipping)")
+    global_batch: int | None = setting(
+        None,
+        "examples per optimizer step whatever the number of processes: each task's batch_size is then the "
+        "per-process micro-batch cap and grad_accum is derived",
+    )
+    preset: str | None = setting(None, hidden=True)  # --preset, beside --config (cli.py)
+    description: str | None = setting(None, hidden=True)
+    lora: LoraSettings = setting(factory=LoraSettings, hidden=True)  # flags from LoraSettings' own fields
 
     @property
     def task_names(self) -> list[str]:
@@ -90,11 +144,55 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunConfig:
-        """Inverse of to_dict (a run directory's config.yaml)."""
-        return cls(**{**d, "tasks": [TaskSettings(**t) for t in d["tasks"]], "lora": LoraSettings(**d["lora"])})
+        """Inverse of to_dict (a run directory's config.yaml); one written before methods had options
+        (top-level ``nlora_form``, per-task ``lam`` / ``lam2``) is converted (ValueError if it cannot be)."""
+        d = _upgrade_saved(d)
+        tasks = [TaskSettings(**t) for t in d["tasks"]]
+        return cls(**{**d, "tasks": tasks, "lora": LoraSettings(**d["lora"])})
 
 
-TOP_KEYS = {f.name for f in dataclasses.fields(RunConfig)} - {"tasks", "lora"}
+def _upgrade_saved(d: dict[str, Any]) -> dict[str, Any]:
+    """A run directory's config.yaml of an earlier version in today's form, as resolve would have made it:
+    ``nlora_form`` becomes n-lora's option ``form``, each task's ``lam`` / ``lam2`` the options ``--lambda`` /
+    ``--lambda2`` set (None: the option's default), as the run used them."""
+    tasks = d["tasks"]
+    if "method_options" in d and "nlora_form" not in d and not any("lam" in t or "lam2" in t for t in tasks):
+        return d
+    from .methods import REGISTRY
+    from .methods.options import option_specs
+
+    name = d.get("method", "n-lora")
+    if name not in REGISTRY:
+        raise ValueError(f"unknown method {name!r}")
+    specs = option_specs(REGISTRY[name].Options)
+    by_alias = {s.alias: s for s in specs if s.alias}
+    run_level = {s.key: s.default for s in specs if not s.per_task}
+    if "nlora_form" in by_alias and d.get("nlora_form") is not None:
+        run_level[by_alias["nlora_form"].key] = d["nlora_form"]
+    run_wide: dict[str, set] = {}  # values tasks gave a run-wide option (replay's fraction): must agree
+    new_tasks = []
+    for t in tasks:
+        t = dict(t)
+        given = {"lambda": t.pop("lam", None), "lambda2": t.pop("lam2", None)}
+        per_task = {s.key: s.default for s in specs if s.per_task}
+        for alias, value in given.items():
+            spec = by_alias.get(alias)
+            if value is None or spec is None:  # the option's default, or a method without one (ignored)
+                continue
+            if spec.per_task:
+                per_task[spec.key] = value
+            else:
+                run_wide.setdefault(spec.key, set()).add(value)
+        new_tasks.append({**t, "method_options": per_task})
+    for key, values in run_wide.items():
+        if len(values) > 1:
+            raise ValueError(f"its tasks give {name}'s run-wide option {key} different values")
+        run_level[key] = values.pop()
+    out = {k: v for k, v in d.items() if k != "nlora_form"}
+    return {**out, "method_options": run_level, "tasks": new_tasks}
+
+
+TOP_KEYS = {f.name for f in dataclasses.fields(RunConfig)} - {"tasks", "lora", "method", "method_options"}
 
 
 def preset_names() -> list[str]:
@@ -161,14 +259,17 @@ def _check_keys(data: dict, allowed: set[str], where: str) -> None:
         raise NloraError(f"{where}: unknown setting(s) {', '.join(bad)} (allowed: {', '.join(sorted(allowed))})")
 
 
-TASK_TYPES = {
-    "lr": float,
-    "epochs": float,
-    "batch_size": int,
-    "grad_accum": int,
-    "lambda": float | None,
-    "lambda2": float | None,
-}
+# Per-task training settings: a top-level value is the default for every task, a task entry overrides it, and
+# a command-line flag overrides both. A task entry may also set its own values of the method's per-task options
+# (``method: {lambda: 0.2}``, or ``lambda`` / ``lambda2``), with the same precedence.
+TASK_KEYS = ("lr", "epochs", "batch_size", "grad_accum")
+TASK_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TaskSettings) if f.name in TASK_KEYS}
+TASK_TYPES = {k: v for k, v in typing.get_type_hints(TaskSettings).items() if k in TASK_KEYS}
+# Run-level names of earlier versions for a method option (methods/options.py ALIASES): lambda and lambda2
+# are the method's main and second coefficient, nlora_form n-lora's form.
+ALIAS_TYPES = {"lambda": float | None, "lambda2": float | None, "nlora_form": str | None}
+TASK_ENTRY_KEYS = {"name", *TASK_KEYS, "lambda", "lambda2", "method"}
+LAYER_KEYS = TOP_KEYS | set(TASK_KEYS) | set(ALIAS_TYPES) | {"tasks", "lora", "method"}
 
 
 def _describe(hint) -> str:
@@ -220,12 +321,21 @@ def checked_value(value, hint, key: str, where: str):
 
 
 def _check_types(layer: dict, where: str) -> dict:
-    """Every value of one layer (preset, config file or command line) checked against its field's type."""
+    """Every value of one layer (preset, config file or command line) checked against its field's type (a
+    method's options are checked once the method is known: _resolve_method)."""
     hints = typing.get_type_hints(RunConfig)
     out = dict(layer)
     for key, value in layer.items():
         if key in TASK_TYPES:
             out[key] = checked_value(value, TASK_TYPES[key], key, where)
+        elif key in ALIAS_TYPES:
+            out[key] = checked_value(value, ALIAS_TYPES[key], key, where)
+        elif key == "method":
+            if not (isinstance(value, str) or isinstance(value, dict) and isinstance(value.get("name", ""), str)):
+                raise NloraError(
+                    f"{where}: setting 'method' must be a method name or a mapping of 'name' and the method's "
+                    f"options (e.g. {{name: n-lora, lambda: 0.4}}), got {value!r}"
+                )
         elif key == "lora":
             if not isinstance(value, dict):
                 raise NloraError(
@@ -244,10 +354,33 @@ def _check_types(layer: dict, where: str) -> dict:
     return out
 
 
-def _merge(base: dict, layer: dict, where: str) -> dict:
-    _check_keys(layer, TOP_KEYS | set(TASK_KEYS) | {"tasks", "lora"}, where)
+@dataclass
+class MethodLayer:
+    """What one layer (a preset, a config file, the command line or a task entry) says about the method."""
+
+    where: str
+    name: str | None = None
+    options: dict = field(default_factory=dict)  # {option key: value}: `method:` mapping, --method-arg
+    aliases: dict = field(default_factory=dict)  # lambda / lambda2 / nlora_form: set the option marked with them
+    text: bool = False  # option values are command-line text, typed by the option's field
+    source: str | None = None  # where a task entry's values came from (the file), for range errors
+
+
+def _method_layer(layer: dict, where: str) -> MethodLayer:
+    value = layer.get("method")
+    options = dict(value) if isinstance(value, dict) else {}
+    name = options.pop("name", None) if isinstance(value, dict) else value
+    aliases = {k: layer[k] for k in ALIAS_TYPES if layer.get(k) is not None}
+    return MethodLayer(where, name, options, aliases)
+
+
+def _merge(base: dict, layer: dict, where: str, method_layers: list[MethodLayer]) -> dict:
+    _check_keys(layer, LAYER_KEYS, where)
     layer = _check_types(layer, where)
-    out = {**base, **{k: v for k, v in layer.items() if k not in ("lora",)}}
+    method_layers.append(_method_layer(layer, where))
+    out = {**base, **{k: v for k, v in layer.items() if k not in ("lora", "method", *ALIAS_TYPES)}}
+    if "tasks" in layer:  # where the task entries come from, and whose method their `method:` mappings are for
+        out["tasks_layer"], out["tasks_where"] = len(method_layers) - 1, where
     if "lora" in layer:
         _check_keys(layer["lora"], {f.name for f in dataclasses.fields(LoraSettings)}, f"{where}: lora")
         out["lora"] = {**base.get("lora", {}), **layer["lora"]}
@@ -262,30 +395,146 @@ def _task_entries(tasks: list, where: str) -> list[dict]:
         entry = {"name": t} if isinstance(t, str) else dict(t)
         if not isinstance(entry.get("name"), str) or not entry["name"]:
             raise NloraError(f"{where}: every task entry needs a 'name' (text), got {t!r}")
-        _check_keys(entry, {"name", *TASK_KEYS}, f"{where}: task {entry['name']}")
-        entry = {
-            "name": entry["name"],
-            **_check_types({k: v for k, v in entry.items() if k != "name"}, f"{where}: task {entry['name']}"),
-        }
+        task_where = f"{where}: task {entry['name']}"
+        _check_keys(entry, TASK_ENTRY_KEYS, task_where)
+        method = entry.pop("method", {})
+        if not isinstance(method, dict) or "name" in method:
+            raise NloraError(
+                f"{task_where}: 'method' in a task entry is a mapping of the method's per-task options "
+                f"(e.g. {{lambda: 0.2}}), got {method!r}"
+            )
+        entry = {"name": entry["name"], **_check_types({k: v for k, v in entry.items() if k != "name"}, task_where)}
+        aliases = {k: entry.pop(k) for k in ("lambda", "lambda2") if k in entry}
+        aliases = {k: v for k, v in aliases.items() if v is not None}
+        entry["method"] = MethodLayer(task_where, None, method, aliases, source=where)
         entries.append(entry)
     return entries
 
 
-def _number(value, key: str, cast):
+def _option_text(text: str, spec):
+    """A --method-arg value typed as its option's field: text for text options, else read as YAML (true,
+    10, 0.5; YAML 1.1 leaves 1e-3 as text, which checked_value reads as a number)."""
+    if spec.hint is str or (isinstance(spec.hint, types.UnionType) and str in spec.hint.__args__):
+        return text
     try:
-        return cast(value)
-    except (TypeError, ValueError):
-        raise NloraError(f"setting '{key}' must be a number, got {value!r}") from None
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def _layer_options(cls, layer: MethodLayer, with_options: bool = True) -> dict[str, tuple]:
+    """{option key: (value, where)} that one layer sets for method ``cls``, each value type- and choice-checked.
+    An alias the method has no option for is ignored (as before options existed); an unknown key is an error."""
+    from .methods.options import describe_keys, find_spec, option_specs
+
+    out: dict[str, tuple] = {}
+    named: dict[str, str] = {}  # option key -> the name it was given as in this layer
+    given = [(k, v, True) for k, v in layer.aliases.items()]
+    given += [(k, v, False) for k, v in layer.options.items()] if with_options else []
+    for key, value, is_alias in given:
+        if is_alias:
+            spec = next((s for s in option_specs(cls.Options) if s.alias == key), None)
+            if spec is None:
+                continue
+        else:
+            spec = find_spec(cls.Options, key)
+            if spec is None:
+                raise NloraError(
+                    f"{layer.where}: method {cls.name} has no option '{key}' (its options: "
+                    f"{describe_keys(cls.Options)}; see nlora methods {cls.name})"
+                )
+            if layer.text:
+                value = _option_text(value, spec)
+        if spec.key in named:
+            raise NloraError(f"{layer.where}: '{named[spec.key]}' and '{key}' both set {cls.name}'s option {spec.key}")
+        named[spec.key] = key
+        value = checked_value(value, spec.hint, key, layer.where)
+        if spec.choices and value not in spec.choices:
+            allowed = [str(c) for c in spec.choices]
+            raise NloraError(
+                f"{layer.where}: {cls.name} option {spec.key} must be {', '.join(allowed[:-1])} or {allowed[-1]}, "
+                f"got {value!r}"
+            )
+        out[spec.key] = (value, layer.source or layer.where)
+    return out
+
+
+def _resolve_method(layers: list[MethodLayer], tasks_layer: int | None, entries: list[dict]) -> tuple[str, dict]:
+    """The method's name and run-level options; sets each entry's "method_options" (its per-task options).
+
+    Precedence: command line > a task entry (per-task options) > the later file layer > the option's default.
+    Options given under one method's name (``method: {name: n-lora, form: reference}``) are dropped when a
+    later layer names another method; lambda / lambda2 / nlora_form carry over to whichever method runs."""
+    from .methods import get_method
+    from .methods.options import option_specs
+
+    names = [layer.name for layer in layers]
+    name = next((n for n in reversed(names) if n), "n-lora")
+    cls = get_method(name)
+    start, current = 0, None  # options of layers before `start` were given for another method
+    for i, n in enumerate(names):
+        if n:
+            start = i if current is not None and n != current else start
+            current = n
+    *files, command_line = layers
+    from_files: dict[str, tuple] = {}
+    for i, layer in enumerate(files):
+        from_files.update(_layer_options(cls, layer, with_options=i >= start))
+    from_cli = _layer_options(cls, command_line)
+
+    def checked(spec, value, where, label):
+        if spec.limit is not None:
+            _check_limit(value, spec.limit, f"{where + ': ' if where else ''}{label}")
+        return value
+
+    run_level = {}
+    for spec in option_specs(cls.Options):
+        if not spec.per_task:
+            value, where = from_cli.get(spec.key) or from_files.get(spec.key) or (spec.default, None)
+            run_level[spec.key] = checked(spec, value, where, f"{name} option {spec.key}")
+    for entry in entries:
+        layer: MethodLayer = entry.pop("method")
+        own = _layer_options(cls, layer, with_options=tasks_layer is None or tasks_layer >= start)
+        per_task = {}
+        for spec in option_specs(cls.Options):
+            if not spec.per_task:
+                if spec.key in own and spec.key not in from_cli:
+                    raise NloraError(
+                        f"{layer.where}: {name}'s option {spec.key} is one value for the whole run; set it "
+                        f"under the top-level method (method: {{name: {name}, {spec.key}: ...}})"
+                    )
+                continue
+            value, where = (
+                from_cli.get(spec.key) or own.get(spec.key) or from_files.get(spec.key) or (spec.default, None)
+            )
+            per_task[spec.key] = checked(spec, value, where, f"{spec.key} (task {entry['name']})")
+        cls.options_from({**run_level, **per_task})  # the options' own checks across fields (__post_init__)
+        entry["method_options"] = per_task
+    cls.options_from(run_level)
+    return name, run_level
 
 
 def resolve(preset: str | None = None, config_file: str | None = None, overrides: dict | None = None) -> RunConfig:
-    """Merge the layers and check the result; raises NloraError naming the bad field."""
+    """Merge the layers and check the result; raises NloraError naming the bad field.
+
+    ``overrides`` (the command line): RunConfig / TaskSettings / LoraSettings fields by their flag's dest,
+    ``method`` (a name), ``method_args`` ({option key: text} or (key, text) pairs), and the older ``lambda``,
+    ``lambda2`` and ``nlora_form``."""
     merged: dict = {"lora": {}}
+    method_layers: list[MethodLayer] = []
     if preset:
-        merged = _merge(merged, load_preset(preset), f"preset {preset}")
+        merged = _merge(merged, load_preset(preset), f"preset {preset}", method_layers)
     if config_file:
-        merged = _merge(merged, load_yaml(config_file), str(config_file))
+        merged = _merge(merged, load_yaml(config_file), str(config_file), method_layers)
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    method_args = dict(overrides.pop("method_args", None) or {})  # {key: text} or [(key, text)] (--method-arg)
+    command_line = _check_types(
+        {k: overrides.pop(k) for k in ("method", *ALIAS_TYPES) if k in overrides}, "command line"
+    )
+    if not isinstance(command_line.get("method", ""), str):
+        raise NloraError(f"command line: --method takes a method name, got {command_line['method']!r}")
+    cli_layer = _method_layer(command_line, "command line")
+    cli_layer.options, cli_layer.text = dict(method_args), True
     task_flags = _check_types({k: overrides.pop(k) for k in TASK_KEYS if k in overrides}, "command line")
     lora_flags = {k: overrides.pop(k) for k in ("r", "alpha", "dropout", "target_modules") if k in overrides}
     if lora_flags:
@@ -293,43 +542,35 @@ def resolve(preset: str | None = None, config_file: str | None = None, overrides
     new_order = overrides.pop("task_names", None)
     if ({"batch_size", "grad_accum"} & set(task_flags)) and "global_batch" not in overrides:
         overrides["global_batch"] = None  # explicit batch flags replace a preset's global batch
-    merged = _merge(merged, overrides, "command line")
+    merged = _merge(merged, overrides, "command line", [])
     if lora_flags:
         merged["lora"] = {**merged["lora"], **lora_flags}
 
-    entries = _task_entries(merged.get("tasks") or [], "config")
+    entries = _task_entries(merged.get("tasks") or [], merged.get("tasks_where", "config"))
     known = {e["name"]: e for e in entries}
     order = new_order if new_order is not None else [e["name"] for e in entries]
     if not order:
         raise NloraError("no tasks given: use --tasks a,b,c, a preset, or a config file with 'tasks'")
     if len(set(order)) != len(order):
         raise NloraError(f"task list has duplicates: {', '.join(order)}")
+    ordered = [known.get(n) or {"name": n, "method": MethodLayer(f"task {n}")} for n in order]
+    method, run_options = _resolve_method([*method_layers, cli_layer], merged.get("tasks_layer"), ordered)
     defaults = {k: merged.get(k, TASK_DEFAULTS[k]) for k in TASK_KEYS}
     tasks = []
-    for name in order:
-        s = {**defaults, **known.get(name, {}), **task_flags}
-        tasks.append(
-            TaskSettings(
-                name=name,
-                lr=_number(s["lr"], "lr", float),
-                epochs=_number(s["epochs"], "epochs", float),
-                batch_size=_number(s["batch_size"], "batch_size", int),
-                grad_accum=_number(s["grad_accum"], "grad_accum", int),
-                lam=None if s["lambda"] is None else _number(s["lambda"], "lambda", float),
-                lam2=None if s["lambda2"] is None else _number(s["lambda2"], "lambda2", float),
-            )
-        )
+    for entry in ordered:
+        s = {**defaults, **{k: v for k, v in entry.items() if k in TASK_KEYS}, **task_flags}
+        tasks.append(TaskSettings(name=entry["name"], method_options=entry["method_options"], **s))
     for key in ("model", "data_dir", "output_dir"):
         if not merged.get(key):
             raise NloraError(f"missing required setting '{key}' (flag --{key.replace('_', '-')})")
     top = {k: merged[k] for k in TOP_KEYS if k in merged}
-    cfg = RunConfig(tasks=tasks, lora=LoraSettings(**merged["lora"]), **top)
+    cfg = RunConfig(tasks=tasks, lora=LoraSettings(**merged["lora"]), method=method, method_options=run_options, **top)
     _validate(cfg)
     return cfg
 
 
 # Allowed ranges, in one place: (lowest, highest, lowest excluded, highest excluded); None: unbounded.
-# Types are checked by checked_value, before any of these.
+# Types are checked by checked_value, before any of these; a method's options carry their own (option(limit=)).
 LIMITS = {
     "seed": (0, 2**32 - 1, False, False),  # what torch and numpy seeding accept
     "max_train_per_task": (1, None, False, False),
@@ -346,18 +587,10 @@ TASK_LIMITS = {
     "epochs": (0, None, True, False),
     "batch_size": (1, None, False, False),
     "grad_accum": (1, None, False, False),
-    "lam": (0, None, False, False),
-    "lam2": (0, None, False, False),
 }
 LORA_LIMITS = {"r": (1, None, False, False), "alpha": (0, None, True, False), "dropout": (0, 1, False, True)}
-CHOICES = {
-    "nlora_form": ("paper", "reference"),
-    "precision": ("auto", "fp32", "bf16"),
-    "unknown_labels": ("error", "drop", "keep"),
-    "eval_mode": ("generate", "score"),
-    "eval_scope": ("seen", "needed"),
-    "compat": ("clean", "reference"),
-}
+# from the fields' declarations (setting(choices=...))
+CHOICES = {f.name: f.metadata["choices"] for f in dataclasses.fields(RunConfig) if f.metadata.get("choices")}
 
 
 def _check_limit(value, limit: tuple, name: str) -> None:
@@ -379,9 +612,7 @@ def _validate(cfg: RunConfig) -> None:
         _check_limit(getattr(cfg, key), limit, key)
     for t in cfg.tasks:
         for key, limit in TASK_LIMITS.items():
-            _check_limit(
-                getattr(t, key), limit, f"{'lambda' + key[3:] if key.startswith('lam') else key} (task {t.name})"
-            )
+            _check_limit(getattr(t, key), limit, f"{key} (task {t.name})")
     for key, limit in LORA_LIMITS.items():
         _check_limit(getattr(cfg.lora, key), limit, f"lora {key}")
     for key, allowed in CHOICES.items():

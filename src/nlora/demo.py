@@ -16,7 +16,8 @@ from .config import resolve
 from .demo_tasks import DEMO_TASKS, write_demo_tasks
 from .errors import NloraError
 from .models import EMBEDDED, embedded_model_path, load_model
-from .recipe import log, run
+from .console import log
+from .recipe import run
 
 # Settings chosen so that every task is learnt alone (100% on its own test set with either method) and the
 # later tasks' training is long enough to overwrite the earlier ones without protection.

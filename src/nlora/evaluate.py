@@ -13,12 +13,11 @@ from rouge_score import rouge_scorer
 from tqdm.auto import tqdm
 
 from . import metrics
-from .batching import collate_prompts, collate_train, encode, encode_prompts
 from .data import Example, TaskData
-from .dist import Dist
-from .logits import accepts_logits_to_keep, answer_logits, autocast
-from .prompts import ANSWER_MARKER, answer_from_generation
-from .scoring import cached_scoring_applies, candidate_logprobs
+from .logits import answer_logits
+from .prompts import ANSWER_MARKER
+from .runtime import Runtime
+from .scoring import cached_scoring_applies
 
 
 @dataclass
@@ -36,26 +35,14 @@ def _is_oom(e: BaseException) -> bool:
     return isinstance(e, torch.OutOfMemoryError) or "out of memory" in str(e).lower()
 
 
-def generate(model, tokenizer, prompts: list[str], **kw) -> list[str]:
+def generate(model, rt: Runtime, prompts: list[str]) -> list[str]:
     """Greedy decoding of ``prompts``; the predicted answers (see ``generate_with_lengths``)."""
-    return generate_with_lengths(model, tokenizer, prompts, **kw)[0]
+    return generate_with_lengths(model, rt, prompts)[0]
 
 
 @torch.no_grad()
 def generate_with_lengths(
-    model,
-    tokenizer,
-    prompts: list[str],
-    *,
-    seq2seq: bool,
-    device: torch.device,
-    amp_dtype: torch.dtype | None,
-    batch_size: int,
-    max_source: int,
-    max_new_tokens: int,
-    desc: str = "eval",
-    dist: Dist | None = None,
-    compat: str = "clean",
+    model, rt: Runtime, prompts: list[str], desc: str = "eval"
 ) -> tuple[list[str], list[int], int]:
     """Greedy decoding, longest prompts first (less padding); stops once every sequence hit EOS. Returns the
     answers, each output's token count as the release's gen_len counts it, and how many prompts were cut.
@@ -63,8 +50,8 @@ def generate_with_lengths(
     Under several processes, batch k goes to rank k % world and the texts are gathered on every rank. Out of
     memory halves the batch and goes on.
     """
-    dist = dist or Dist()
-    encoded = encode_prompts(tokenizer, prompts, seq2seq, max_source, compat)
+    dist, batch_size = rt.dist, rt.eval_batch_size
+    encoded = rt.encode_prompts(prompts)
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i].source))
     mine = dist.lockstep([order[s : s + batch_size] for s in range(0, len(order), batch_size)])
     texts: dict[int, tuple[str, int]] = {}
@@ -79,9 +66,7 @@ def generate_with_lengths(
     )
     for chunk, keep in mine:
         with dist.root_gathered():  # per batch: the root's last forward of a generation reshards it
-            out = _generate_halving(
-                model, tokenizer, encoded, prompts, chunk, seq2seq, device, amp_dtype, max_new_tokens, dist, compat
-            )
+            out = _generate_halving(model, rt, encoded, prompts, chunk)
         if keep:
             texts.update(out)
             bar.update(len(chunk))
@@ -95,42 +80,19 @@ def generate_with_lengths(
     )
 
 
-def _generate_halving(
-    model,
-    tokenizer,
-    encoded,
-    prompts,
-    chunk,
-    seq2seq,
-    device,
-    amp_dtype,
-    max_new_tokens,
-    dist: Dist,
-    compat: str = "clean",
-) -> dict[int, tuple[str, int]]:
+def _generate_halving(model, rt: Runtime, encoded, prompts, chunk) -> dict[int, tuple[str, int]]:
     """Texts for the prompts in ``chunk``; out of memory halves the batch and goes on (not under FSDP, where
     every rank must make the same passes)."""
     texts, size = {}, len(chunk)
     while chunk:
         idx = chunk[:size]
         try:
-            out = _generate_batch(
-                model,
-                tokenizer,
-                [encoded[i] for i in idx],
-                [prompts[i] for i in idx],
-                seq2seq,
-                device,
-                amp_dtype,
-                max_new_tokens,
-                synced=dist.sharded,
-                compat=compat,
-            )
+            out = _generate_batch(model, rt, [encoded[i] for i in idx], [prompts[i] for i in idx])
         except (torch.OutOfMemoryError, RuntimeError) as e:
-            if not _is_oom(e) or size == 1 or dist.sharded:
+            if not _is_oom(e) or size == 1 or rt.dist.sharded:
                 raise
             size = max(1, size // 2)
-            if device.type == "cuda":
+            if rt.device.type == "cuda":
                 torch.cuda.empty_cache()
             tqdm.write(f"[nlora] out of memory in evaluation: batch of {len(idx)} -> {size}")
             continue
@@ -139,51 +101,29 @@ def _generate_halving(
     return texts
 
 
-def _generate_batch(
-    model,
-    tokenizer,
-    encoded,
-    prompts,
-    seq2seq,
-    device,
-    amp_dtype,
-    max_new_tokens,
-    synced: bool = False,
-    compat: str = "clean",
-) -> list[tuple[str, int]]:
-    batch = {k: v.to(device) for k, v in collate_prompts(encoded, tokenizer.pad_token_id, seq2seq).items()}
-    with autocast(device, amp_dtype):
+def _generate_batch(model, rt: Runtime, encoded, prompts) -> list[tuple[str, int]]:
+    tokenizer = rt.tokenizer
+    batch = rt.on_device(rt.family.collate_prompts(encoded, tokenizer.pad_token_id))
+    with rt.autocast():
         # synced: sharded ranks keep stepping until all have finished (their weight gathers must match)
         gen = model.generate(
             **batch,
-            max_new_tokens=max_new_tokens,
+            max_new_tokens=rt.max_target,
             do_sample=False,
             num_beams=1,
             pad_token_id=tokenizer.pad_token_id,
             eos_token_id=tokenizer.eos_token_id,
-            synced_gpus=synced,
+            synced_gpus=rt.dist.sharded,
         )
     # the release's gen_len: non-pad tokens of each generate output (for decoders, the prompt's included)
     lens = (gen != tokenizer.pad_token_id).sum(-1).tolist()
-    if seq2seq:
-        answers = [t.strip() for t in tokenizer.batch_decode(gen, skip_special_tokens=True)]
-    elif compat == "reference":
-        # the release decodes prompt and continuation together; no "Answer:" left in them (a prompt cut
-        # before it, and none generated) gives an empty prediction
-        answers = [
-            t.split(ANSWER_MARKER)[-1].strip() if ANSWER_MARKER in t else ""
-            for t in tokenizer.batch_decode(gen, skip_special_tokens=True, clean_up_tokenization_spaces=True)
-        ]
-    else:
-        # keep prompt + continuation: the answer is what follows the last "Answer:"
-        texts = tokenizer.batch_decode(gen[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
-        answers = [answer_from_generation(p + t).strip() for p, t in zip(prompts, texts)]
+    answers = rt.family.decode_answers(tokenizer, gen, batch["input_ids"].shape[1], prompts, rt.compat)
     return list(zip(answers, lens))
 
 
-def sequence_logprobs(model, batch: dict[str, torch.Tensor], seq2seq: bool, keep_logits: bool = False) -> torch.Tensor:
+def sequence_logprobs(model, batch: dict[str, torch.Tensor], family, keep_logits: bool = False) -> torch.Tensor:
     """Per row, the summed log-probability of its label tokens (labels != -100) given its prompt."""
-    logits, targets = answer_logits(model, batch, seq2seq, keep_logits)
+    logits, targets = answer_logits(model, batch, family, keep_logits)
     logp = torch.log_softmax(logits.float(), -1)
     mask = targets != -100
     picked = logp.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
@@ -191,54 +131,35 @@ def sequence_logprobs(model, batch: dict[str, torch.Tensor], seq2seq: bool, keep
 
 
 @torch.no_grad()
-def score_labels(
-    model,
-    tokenizer,
-    prompts: list[str],
-    labels: list[str],
-    *,
-    seq2seq: bool,
-    device: torch.device,
-    amp_dtype: torch.dtype | None,
-    batch_size: int,
-    max_source: int,
-    max_new_tokens: int,
-    desc: str = "score",
-    dist: Dist | None = None,
-) -> list[str]:
+def score_labels(model, rt: Runtime, prompts: list[str], labels: list[str], desc: str = "score") -> list[str]:
     """Label scoring: each prompt's prediction is the label (+ EOS) with the highest log-likelihood.
 
-    An alternative to the reference's free generation that cannot produce an answer outside the label set.
-    Each prompt is run once and every label scored from it (``scoring.candidate_logprobs``), batches of
-    ``batch_size`` prompts; where that does not apply (soft prompts), every (prompt, label) pair is one row
-    and batches hold whole candidate sets.
+    An alternative to the reference's free generation that cannot produce an answer outside the label set
+    (always the clean encoding, whatever ``rt.compat``). Each prompt is run once and every label scored from it
+    (``scoring.candidate_logprobs``), batches of ``rt.eval_batch_size`` prompts; where that does not apply
+    (soft prompts), every (prompt, label) pair is one row and batches hold whole candidate sets.
     """
-    dist = dist or Dist()
-    pairs = encode(tokenizer, [Example(p, lab) for p in prompts for lab in labels], seq2seq, max_source, max_new_tokens)
+    dist, family, pad_id = rt.dist, rt.family, rt.pad_id
+    pairs = family.encode(
+        rt.tokenizer, [Example(p, lab) for p in prompts for lab in labels], rt.max_source, rt.max_target
+    )
     k = len(labels)
     cached = cached_scoring_applies(model)
     order = sorted(range(len(prompts)), key=lambda i: -len(pairs[i * k].source))
-    per_batch = batch_size if cached else max(1, batch_size // k)
+    per_batch = rt.eval_batch_size if cached else max(1, rt.eval_batch_size // k)
     mine = dist.lockstep([order[s : s + per_batch] for s in range(0, len(order), per_batch)])
     candidates = [pairs[j].target for j in range(k)]  # a label's tokens do not depend on the prompt
     best: dict[int, str] = {}
-    keep_logits = not seq2seq and accepts_logits_to_keep(model)
+    keep_logits = rt.keeps_logits(model)
     model.eval()
     for chunk, keep in tqdm(mine, desc=desc, unit="batch", leave=False, dynamic_ncols=True, disable=not dist.is_main):
-        with autocast(device, amp_dtype):
+        with rt.autocast():
             if cached:
-                scores = candidate_logprobs(
-                    model,
-                    [pairs[i * k] for i in chunk],
-                    candidates,
-                    seq2seq=seq2seq,
-                    pad_id=tokenizer.pad_token_id,
-                    device=device,
-                )
+                scores = family.candidate_logprobs(model, [pairs[i * k] for i in chunk], candidates, pad_id, rt.device)
             else:
                 rows = [pairs[i * k + j] for i in chunk for j in range(k)]
-                batch = {key: v.to(device) for key, v in collate_train(rows, tokenizer.pad_token_id, seq2seq).items()}
-                scores = sequence_logprobs(model, batch, seq2seq, keep_logits).view(len(chunk), k)
+                batch = rt.on_device(family.collate_train(rows, pad_id))
+                scores = sequence_logprobs(model, batch, family, keep_logits).view(len(chunk), k)
         if keep:
             best.update((i, labels[j]) for i, j in zip(chunk, scores.argmax(-1).tolist()))
     for part in dist.all_gather(best):
@@ -246,22 +167,18 @@ def score_labels(
     return [best[i] for i in range(len(prompts))]
 
 
-def predict_tasks(
-    model, tokenizer, tasks: list[TaskData], mode: str = "generate", compat: str = "clean", **kw
-) -> list[TaskPredictions]:
-    """Predictions for every task's test split: free greedy generation, or label scoring (``mode="score"``,
-    which has no counterpart in the release and always uses the clean encoding)."""
+def predict_tasks(model, rt: Runtime, tasks: list[TaskData]) -> list[TaskPredictions]:
+    """Predictions for every task's test split: free greedy generation, or label scoring (``rt.eval_mode``
+    "score", which has no counterpart in the release and always uses the clean encoding)."""
     results = []
     for task in tasks:
         examples = task.splits["test"]
         lens = truncated = None
-        if mode == "score":
-            preds = score_labels(
-                model, tokenizer, [e.prompt for e in examples], task.labels, desc=f"score {task.name}", **kw
-            )
+        if rt.eval_mode == "score":
+            preds = score_labels(model, rt, [e.prompt for e in examples], task.labels, desc=f"score {task.name}")
         else:
             preds, lens, truncated = generate_with_lengths(
-                model, tokenizer, [e.prompt for e in examples], desc=f"eval {task.name}", compat=compat, **kw
+                model, rt, [e.prompt for e in examples], desc=f"eval {task.name}"
             )
         results.append(
             TaskPredictions(

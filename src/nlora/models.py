@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from .errors import NloraError
+from .families import ENCODER_DECODER, ModelFamily, family_of
 from .io import check_safetensors, error_line, read_json
 
 # Query/value projections per architecture (the adapted modules of the N-LoRA and O-LoRA papers).
@@ -32,6 +33,10 @@ QUERY_VALUE = {
     "gpt2": ["c_attn"],
     "gpt_neox": ["query_key_value"],
     "opt": ["q_proj", "v_proj"],
+    # PEFT's table names more than the query/value pair for these two; nlora's choice for them (its pair of
+    # linear layers named q_proj and v_proj) was made before PEFT's table was consulted, and stays
+    "phi": ["q_proj", "v_proj"],
+    "nemotron_h": ["q_proj", "v_proj"],
 }
 
 
@@ -39,14 +44,33 @@ QUERY_VALUE = {
 class LoadedModel:
     model: torch.nn.Module
     tokenizer: object
-    seq2seq: bool
+    family: ModelFamily
     name: str
+
+    @property
+    def seq2seq(self) -> bool:
+        """Whether the model is an encoder-decoder one (callers written before ``family``)."""
+        return self.family is ENCODER_DECODER
+
+
+def peft_target_modules(model_type: str) -> list[str] | None:
+    """PEFT's own LoRA targets for an architecture (its per-model_type table); None where it has none, or only
+    a pattern rather than module names."""
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as PEFT_TARGETS
+
+    targets = PEFT_TARGETS.get(model_type)
+    return list(targets) if isinstance(targets, list | tuple) else None
 
 
 def default_target_modules(model: torch.nn.Module) -> list[str]:
+    """nlora's query/value choice for the architectures it lists, else PEFT's table for the model type, else
+    a query/value pair of linear layers found by name."""
     model_type = getattr(model.config, "model_type", "")
     if model_type in QUERY_VALUE:
         return QUERY_VALUE[model_type]
+    from_peft = peft_target_modules(model_type)
+    if from_peft:
+        return from_peft
     leaves = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
     for pair in (["q_proj", "v_proj"], ["q", "v"], ["query", "value"]):
         if set(pair) <= leaves:
@@ -189,7 +213,7 @@ def load_model(
     ``spec`` is a local folder, a ``.gguf`` file, a hub name, or an embedded name (``smollm2``).
     """
     from huggingface_hub.utils import logging as hub_logging
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+    from transformers import AutoConfig, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hub_logging.set_verbosity_error()  # retries while offline would print warnings before our one-line error
@@ -228,10 +252,9 @@ def load_model(
         config = AutoConfig.from_pretrained(source, **kwargs)
         part = "tokenizer"
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
-        seq2seq = bool(getattr(config, "is_encoder_decoder", False))
-        cls = AutoModelForSeq2SeqLM if seq2seq else AutoModelForCausalLM
+        family = family_of(config)  # chosen once here; everything downstream asks the family
         part = "weights"
-        model = cls.from_pretrained(source, dtype=dtype, **kwargs, **weights)
+        model = family.model_class().from_pretrained(source, dtype=dtype, **kwargs, **weights)
     except OSError as e:
         if source == spec and not path.exists():
             raise NloraError(
@@ -247,7 +270,7 @@ def load_model(
         _strip_quantizer(model)
         if cache is not None:
             _write_gguf_cache(model, tokenizer, cache)
-    return LoadedModel(model=model, tokenizer=prepare_tokenizer(tokenizer), seq2seq=seq2seq, name=spec)
+    return LoadedModel(model=model, tokenizer=prepare_tokenizer(tokenizer), family=family, name=spec)
 
 
 def gguf_cache_dir(path: Path, dtype: torch.dtype) -> Path | None:

@@ -17,12 +17,19 @@ import hashlib
 import json
 import os
 import shutil
+from contextlib import ExitStack
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
+from .config import RunConfig, save_config
+from .data import resolve_task_dirs
 from .errors import NloraError
 from .io import check_saved_weights, read_json, write_json
+
+if TYPE_CHECKING:  # the run directory's checks import no torch: dist is only passed through
+    from .dist import Dist
 
 MANIFEST = ".nlora-run.json"
 DEMO_MANIFEST = ".nlora-demo.json"
@@ -69,8 +76,6 @@ def _read_manifest(out: Path, name: str = MANIFEST) -> dict | None:
 
 
 def _is_legacy_run(out: Path) -> bool:
-    from .config import RunConfig
-
     path = out / "config.yaml"
     if not path.is_file():
         return False
@@ -190,6 +195,7 @@ def check_run_files(out: Path) -> None:
         out / "summary.json",
         *sorted(out.glob("tasks/*/train_stats.json")),
         *sorted(out.glob("tasks/*/predict_results.json")),
+        *sorted(out.glob("tasks/*/routing.json")),
         out / "zero_shot" / "predict_results.json",
     ]
     advice = "delete it to redo that step, or pass --overwrite to start the run over"
@@ -241,3 +247,101 @@ def check_fingerprint(out: Path, now: dict[str, dict[str, str]]) -> None:
                     f"task {task}: {name} changed since this run started (its contents differ); "
                     "restore it, or pass --overwrite to start over with the new data"
                 )
+
+
+# -- a run's directory: planned (read-only, every rank), then made (rank 0) -----------------------------------
+
+# Settings that may change between a run and its resumption: where it runs, how it batches evaluation (a
+# resumed run may land on another GPU), how it logs, what it may load: none changes what is trained.
+RESUME_FREE = (
+    "output_dir",
+    "device",
+    "save_every",
+    "eval_batch_size",
+    "report_to",
+    "log_every",
+    "trust_remote_code",
+    "allow_pickle_weights",
+)
+# What a run writes at the top of its directory (recorded in the manifest before it is written).
+RUN_OUTPUTS = ("config.yaml", FINGERPRINT, "tasks", "zero_shot", "summary.json", "logs")
+
+
+def check_resumable(saved: Path, cfg: RunConfig) -> None:
+    """A run directory is resumed only with the settings it was made with."""
+    try:
+        before = RunConfig.from_dict(yaml.safe_load(saved.read_text("utf-8"))).to_dict()
+    except (yaml.YAMLError, TypeError, KeyError, AttributeError, ValueError) as e:
+        raise NloraError(
+            f"{saved}: not a readable nlora config ({e.__class__.__name__}); pass --overwrite to start over"
+        ) from None
+    now = cfg.to_dict()
+    diff = [k for k in sorted(set(before) | set(now)) if k not in RESUME_FREE and before.get(k) != now.get(k)]
+    if diff:
+        shown = "; ".join(f"{k}: {before.get(k)!r} there, {now.get(k)!r} now" for k in diff[:3])
+        raise NloraError(
+            f"{saved.parent} holds a run with different settings ({shown}"
+            f"{'; ...' if len(diff) > 3 else ''}); resume it with the same settings, choose another "
+            "--output-dir, or pass --overwrite to start over"
+        )
+
+
+def data_files(cfg: RunConfig) -> dict[str, list[Path]]:
+    """Every file the run's data comes from, per task (the instruction file under its own key)."""
+    dirs = resolve_task_dirs(cfg.data_dir, cfg.task_names)
+    files = {name: [d / "labels.json", d / "train.json", d / "test.json"] for name, d in dirs.items()}
+    if cfg.instructions:
+        files["(instructions)"] = [Path(cfg.instructions)]
+    return files
+
+
+def plan_run_dir(cfg: RunConfig, overwrite: bool, dist: Dist, held: ExitStack) -> bool:
+    """Read-only checks of the output directory (every rank); True if an earlier run there is resumed.
+
+    Rank 0 takes the directory's lock first when it exists, so nothing it reads is being written by another
+    process. A non-empty folder nlora did not make is refused, with --overwrite too."""
+    out = Path(cfg.output_dir)
+    check_path_usable(out)
+    refuse_foreign(out)
+    if out.is_dir() and dist.is_main:
+        held.callback(DirectoryLock(out).acquire().release)
+    if not overwrite and (out / "config.yaml").is_file():
+        check_resumable(out / "config.yaml", cfg)
+        check_run_files(out)
+        check_fingerprint(out, data_fingerprint(data_files(cfg)))
+        return True
+    if not overwrite and not is_empty(out):
+        raise NloraError(
+            f"output directory {out} holds the start of an nlora run but no config.yaml; pass --overwrite to start over"
+        )
+    return False
+
+
+def make_run_dir(cfg: RunConfig, overwrite: bool, dist: Dist, held: ExitStack) -> Path:
+    """Called once every check has passed: clear what nlora wrote before (--overwrite), record and write the
+    config and the data fingerprint."""
+    out = Path(cfg.output_dir)
+    if dist.is_main:
+        try:
+            existed = out.is_dir()
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise NloraError(f"cannot create output directory {out}: {e.strerror or e}") from None
+        if not existed:  # made just now: lock it, and make sure no other process got here first
+            held.callback(DirectoryLock(out).acquire().release)
+            if not is_empty(out):
+                raise NloraError(
+                    f"output directory {out} was filled by another process meanwhile; choose another --output-dir"
+                )
+        try:
+            if overwrite:
+                clear(out)
+            record(out, *RUN_OUTPUTS)
+            write_json(out / FINGERPRINT, data_fingerprint(data_files(cfg)))
+            save_config(cfg, out / "config.yaml")
+        except OSError as e:  # a full or read-only disk: leave no half-made run directory behind
+            if not existed:
+                shutil.rmtree(out, ignore_errors=True)
+            raise NloraError(f"cannot write the run directory {out}: {e.strerror or e}") from None
+    dist.barrier()
+    return out

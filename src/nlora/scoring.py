@@ -50,18 +50,20 @@ def _picked(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def candidate_logprobs(
-    model, prompts: list[Encoded], candidates: list[list[int]], *, seq2seq: bool, pad_id: int, device: torch.device
+    model, prompts: list[Encoded], candidates: list[list[int]], *, family, pad_id: int, device: torch.device
 ) -> torch.Tensor:
     """[len(prompts), len(candidates)]: summed log-probability of each candidate's tokens after each prompt.
 
     ``prompts`` are encoded sources (``Encoded.source``: with BOS for decoder-only models, as training sees
-    them); ``candidates`` the label token ids with EOS, the same for every prompt of a task."""
-    if seq2seq:
-        return _encoder_decoder(model, prompts, candidates, pad_id, device)
-    return _decoder_only(model, prompts, candidates, pad_id, device)
+    them); ``candidates`` the label token ids with EOS, the same for every prompt of a task. ``family``: the
+    model's ``families.ModelFamily`` (which calls one of the two functions below)."""
+    from .families import as_family  # imported here: the families build on this module
+
+    return as_family(family).candidate_logprobs(model, prompts, candidates, pad_id, device)
 
 
-def _decoder_only(model, prompts, candidates, pad_id, device) -> torch.Tensor:
+def decoder_only_logprobs(model, prompts, candidates, pad_id, device) -> torch.Tensor:
+    """``candidate_logprobs`` for a decoder-only model: candidates run over the prompts' key/value cache."""
     ids, mask = _left_pad([p.source for p in prompts], pad_id, device)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     # only the last position's logits are needed from the prompt pass: not a vocabulary-wide row per token
@@ -90,7 +92,8 @@ def _decoder_only(model, prompts, candidates, pad_id, device) -> torch.Tensor:
     return scores
 
 
-def _encoder_decoder(model, prompts, candidates, pad_id, device) -> torch.Tensor:
+def encoder_decoder_logprobs(model, prompts, candidates, pad_id, device) -> torch.Tensor:
+    """``candidate_logprobs`` for an encoder-decoder model: one encoder pass, a decoder pass per candidate."""
     width = max(len(p.source) for p in prompts)
     ids = torch.tensor([p.source + [pad_id] * (width - len(p.source)) for p in prompts], device=device)
     mask = torch.tensor([[1] * len(p.source) + [0] * (width - len(p.source)) for p in prompts], device=device)

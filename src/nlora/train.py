@@ -12,12 +12,12 @@ from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
 from .adapters import ContinualLoRA
-from .batching import Encoded, batch_order, collate_train, release_denominator
+from .batching import Encoded, batch_order
 from .config import TaskSettings
-from .dist import Dist
 from .errors import NloraError
-from .logits import accepts_logits_to_keep, answer_logits, autocast, loss_from_logits
+from .logits import loss_from_logits
 from .methods.base import Method
+from .runtime import Runtime
 from .trainlog import TaskLog
 
 
@@ -55,43 +55,49 @@ def build_schedule(
     return schedule[: math.ceil(settings.epochs * per_epoch)]
 
 
+@dataclass
+class TrainLoop:
+    """How one task's training loop runs, besides the run's ``Runtime``."""
+
+    seed: int  # the batch order's (a function of it only, so a resumed run replays the same order)
+    desc: str = "train"  # the progress bar's label
+    checkpoint: Path | None = None  # resumed from if it exists; saved every ``save_every`` optimizer steps
+    save_every: int = 0  # 0: never
+    compile_model: bool = False  # torch.compile the forward
+    max_grad_norm: float | None = None  # clip the summed LoRA gradients to this norm (None: no clipping)
+    log: TaskLog | None = None  # the task's train_log.jsonl, cut back to the checkpoint's step on resume
+
+
+@dataclass
+class _Trainee:
+    """What each micro-step of a task works on."""
+
+    forward: torch.nn.Module  # the model, compiled or not
+    lora: ContinualLoRA
+    method: Method
+    settings: TaskSettings
+    keep_logits: bool
+
+
 def train_task(
-    lora: ContinualLoRA,
-    method: Method,
-    data: list[Encoded],
-    settings: TaskSettings,
-    *,
-    pad_id: int,
-    seq2seq: bool,
-    device: torch.device,
-    amp_dtype: torch.dtype | None,
-    seed: int,
-    desc: str = "train",
-    dist: Dist | None = None,
-    checkpoint: Path | None = None,
-    save_every: int = 0,
-    compile_model: bool = False,
-    log: TaskLog | None = None,
-    compat: str = "clean",
-    max_grad_norm: float | None = None,
+    rt: Runtime, lora: ContinualLoRA, method: Method, data: list[Encoded], settings: TaskSettings, loop: TrainLoop
 ) -> TrainStats:
-    """Train the current adapter on one task; resumes from ``checkpoint`` if it exists, saves it every
-    ``save_every`` optimizer steps (0: never). ``log``: the task's train_log.jsonl (cut back to the checkpoint's
-    step on resume), a line per optimizer step or logging interval."""
-    dist = dist or Dist()
+    """Train the current adapter on one task; resumes from ``loop.checkpoint`` if it exists, saves it every
+    ``loop.save_every`` optimizer steps (0: never). ``loop.log``: a line per optimizer step or logging interval."""
+    dist, log, checkpoint = rt.dist, loop.log, loop.checkpoint
     model = lora.model
     model.train()
     # The compiled module shares the parameters; compiled per task, as the set of adapters changes.
-    forward = torch.compile(model, dynamic=True) if compile_model else model
+    forward = torch.compile(model, dynamic=True) if loop.compile_model else model
     params = lora.trainable_parameters()
     optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=0.0)
-    keep_logits = not seq2seq and accepts_logits_to_keep(model)
+    trainee = _Trainee(forward, lora, method, settings, rt.keeps_logits(model))
     # reference: random batches, as the release's HF Trainer (no group_by_length)
     schedule = build_schedule(
         [len(e.source) + len(e.target) for e in data],
         settings,
-        seed,
-        group_by_length=compat != "reference",
+        loop.seed,
+        group_by_length=rt.compat != "reference",
         world=dist.world,
     )
     total_steps = math.ceil(len(schedule) / settings.grad_accum)
@@ -111,7 +117,7 @@ def train_task(
     bar = tqdm(
         total=total_steps,
         initial=state.micro // settings.grad_accum,
-        desc=desc,
+        desc=loop.desc,
         unit="step",
         dynamic_ncols=True,
         leave=False,
@@ -122,30 +128,15 @@ def train_task(
         step = micro // settings.grad_accum + 1
         share = dist.shard(schedule[micro])
         filler = dist.sharded and not share  # sharded ranks must all run the pass; this one counts for nothing
-        loss, extra = _micro_step(
-            forward,
-            method,
-            lora,
-            settings,
-            [data[i] for i in share or schedule[micro][:1]],
-            pad_id,
-            seq2seq,
-            device,
-            amp_dtype,
-            keep_logits,
-            dist,
-            step,
-            filler,
-            compat,
-        )
+        loss, extra = _micro_step(rt, trainee, [data[i] for i in share or schedule[micro][:1]], step, filler)
         state.losses.append(loss)
         state.penalties.append(extra)
         if (micro + 1) % settings.grad_accum == 0 or micro + 1 == len(schedule):
             dist.sum_gradients(params)
             method.before_step(lora, dist)
             grad_norm = _grad_norm(params) if log is not None and log.wants(step) else None  # before any clipping
-            if max_grad_norm:  # the release clips at 1.0 (HF max_grad_norm); the LoRA gradients summed over ranks
-                torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+            if loop.max_grad_norm:  # the release clips at 1.0 (HF max_grad_norm); the LoRA gradients summed over ranks
+                torch.nn.utils.clip_grad_norm_(params, loop.max_grad_norm)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             bar.update(1)
@@ -161,7 +152,7 @@ def train_task(
                     grad_norm,
                     time.perf_counter() - start,
                 )
-            if checkpoint is not None and save_every and step % save_every == 0 and micro + 1 < len(schedule):
+            if checkpoint is not None and loop.save_every and step % loop.save_every == 0 and micro + 1 < len(schedule):
                 state.seconds = time.perf_counter() - start
                 ckpt.save(checkpoint, model, optimizer, state, dist)
     bar.close()
@@ -184,39 +175,27 @@ def _grad_norm(params: list[torch.nn.Parameter]) -> float:
 
 
 def _micro_step(
-    model,
-    method,
-    lora,
-    settings,
-    examples,
-    pad_id,
-    seq2seq,
-    device,
-    amp_dtype,
-    keep_logits,
-    dist: Dist,
-    step: int,
-    filler: bool = False,
-    compat: str = "clean",
+    rt: Runtime, trainee: _Trainee, examples: list[Encoded], step: int, filler: bool = False
 ) -> tuple[float, float]:
     """Forward and backward of one micro-batch (this rank's share); returns the global mean loss and penalty.
     ``filler``: the pass only keeps a sharded rank in step; its loss is multiplied by zero. ``compat``
     reference: the release's loss, each rank's micro-batch mean over its own count (for decoders the release's
     loss-mask denominator), averaged over ranks; clean: the token-weighted mean over the global micro-batch."""
-    loss_sum, count, batch_extra = torch.zeros((), device=device), 0, None
+    dist, compat, family = rt.dist, rt.compat, rt.family
+    method, lora, settings = trainee.method, trainee.lora, trainee.settings
+    loss_sum, count, batch_extra = torch.zeros((), device=rt.device), 0, None
     if examples:
-        batch = {k: v.to(device) for k, v in collate_train(examples, pad_id, seq2seq).items()}
-        with autocast(device, amp_dtype):
-            logits, targets = answer_logits(model, batch, seq2seq, keep_logits)
+        batch = rt.collate_train(examples)
+        with rt.autocast():
+            logits, targets = family.answer_logits(trainee.forward, batch, trainee.keep_logits)
             loss_sum, count = loss_from_logits(logits, targets)
-            if compat == "reference" and not seq2seq:
-                count = release_denominator(examples)
-            batch_extra = method.batch_penalty(lora, settings, batch, seq2seq, logits, targets)
+            count = family.loss_count(examples, count, compat)
+            batch_extra = method.batch_penalty(lora, settings, batch, family, logits, targets)
         if filler:
             loss_sum, count = loss_sum * 0, 0
             batch_extra = None if batch_extra is None else batch_extra * 0
     local_sum = loss_sum.detach().float().item()
-    counts = dist.sum_(torch.tensor([float(count), local_sum, local_sum / max(count, 1)], device=device))
+    counts = dist.sum_(torch.tensor([float(count), local_sum, local_sum / max(count, 1)], device=rt.device))
     global_count = max(float(counts[0]), 1.0)
     if compat == "reference":  # each rank's own mean, averaged over ranks (a 0/0 mean counts as 0, not NaN)
         global_count = max(float(count), 1.0) * dist.world

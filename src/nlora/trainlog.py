@@ -80,13 +80,18 @@ def _flat_config(cfg) -> dict:
     for key, value in cfg.to_dict().items():
         if key == "tasks":
             out["tasks"] = ",".join(t["name"] for t in value)
-        elif key == "lora":
-            out.update({f"lora_{k}": v if not isinstance(v, list) else ",".join(v) for k, v in value.items()})
-        elif isinstance(value, list):
-            out[key] = ",".join(map(str, value))
+        elif isinstance(value, dict):  # lora, method_options: one setting each, prefixed
+            out.update({f"{key}_{k}": _scalar(v) for k, v in value.items()})
         else:
-            out[key] = value
+            out[key] = _scalar(value)
     return {k: ("" if v is None else v) for k, v in out.items()}
+
+
+def _scalar(value):
+    """A setting as a value the trackers accept: lists joined by commas, anything else not scalar as text."""
+    if isinstance(value, list | tuple):
+        return ",".join(map(str, value))
+    return value if value is None or isinstance(value, int | float | str | bool) else str(value)
 
 
 class RunLog:

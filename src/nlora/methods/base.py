@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
-from ..adapters import ContinualLoRA
-from ..config import RunConfig, TaskSettings
+from ..banks import Bank
+from ..config import TaskSettings
 from ..errors import NloraError
+from ..families import ModelFamily
+from .options import NoOptions, RunFacts, field_values, option_specs
 
 
 @dataclass
@@ -50,14 +53,30 @@ class Method:
     source: str = ""  # paper (arXiv id) and the public code the implementation follows
     fresh_adapter_per_task: bool = True
     foldable: bool = True  # earlier adapters may be folded into the base weights (needs them all active)
-    full_finetune: bool = False  # trains the whole model instead of adapters (seq-ft)
     routes_by_input: bool = False  # evaluation asks route_examples which adapters answer each prompt (route)
-    prompt_tuning: bool = False  # trains a soft prompt instead of LoRA (seq-prompt)
-    default_lambda: float | None = None
-    default_lambda2: float | None = None
+    bank: str = "lora"  # what trains (nlora.banks): "lora" adapters, a soft "prompt", or the "full" model
+    # The method's settings (methods/options.py): a dataclass of ``option(...)`` fields, read as self.options;
+    # per-task ones through task_options(settings).
+    Options: type = NoOptions
 
-    def __init__(self, cfg: RunConfig):
-        self.cfg = cfg
+    def __init__(self, options=None, run: RunFacts | None = None):
+        self.options = self.Options() if options is None else options
+        self.run = RunFacts() if run is None else run
+        self._task_cache: tuple = (None, None)
+
+    @classmethod
+    def options_from(cls, values: dict):
+        """Options from {option key or alias: value} (a run config's ``method_options``); the rest default."""
+        return cls.Options(**field_values(cls.Options, values, cls.name))
+
+    def task_options(self, settings: TaskSettings):
+        """The options task ``settings`` trains with: the run's, with the task's own values of per-task options."""
+        if self._task_cache[0] is settings:
+            return self._task_cache[1]
+        given = getattr(settings, "method_options", None) or {}
+        options = dataclasses.replace(self.options, **field_values(self.Options, given, self.name))
+        self._task_cache = (settings, options)
+        return options
 
     def check(self, model: torch.nn.Module, target_modules: list[str]) -> None:
         return None
@@ -65,37 +84,35 @@ class Method:
     def adapter_name(self, task_index: int) -> str:
         return f"task{task_index}" if self.fresh_adapter_per_task else "seq"
 
-    def start(self, lora: ContinualLoRA, name: str) -> None:
-        """Create the trainable part ``name`` (or make it current again): a LoRA adapter here. Also how
+    def start(self, lora: Bank, name: str) -> None:
+        """Create the trainable part ``name`` (or make it current again) in the method's bank. Also how
         `nlora eval` rebuilds a saved run before loading its weights."""
-        lora.start_adapter(name)
+        lora.start(name)
 
-    def begin_task(self, lora: ContinualLoRA, task_index: int, settings: TaskSettings) -> str:
+    def begin_task(self, lora: Bank, task_index: int, settings: TaskSettings) -> str:
         name = self.adapter_name(task_index)
         self.start(lora, name)
-        if (
-            self.cfg.fold_adapters and self.foldable
-        ):  # earlier adapters are frozen: one folded update per layer costs the same
+        if self.run.fold_adapters and self.foldable:  # earlier adapters are frozen: one folded update costs the same
             for earlier in lora.live_adapters()[:-1]:
                 lora.fold(earlier)
-            lora.start_adapter(name)  # re-assert: only the new adapter active and trainable
+            lora.start(name)  # re-assert: only the new adapter active and trainable
         return name
 
-    def before_training(self, lora: ContinualLoRA, task_index: int, settings: TaskSettings, ctx: TaskContext) -> None:
+    def before_training(self, lora: Bank, task_index: int, settings: TaskSettings, ctx: TaskContext) -> None:
         """Once before task t's first training step (also when it resumes from a step checkpoint, so it must
         be deterministic), after ``begin_task``, with its training examples; not called for a task whose
         training finished earlier (its saved weights are reloaded instead). Default: nothing."""
         return None
 
-    def penalty(self, lora: ContinualLoRA, settings: TaskSettings) -> torch.Tensor | None:
+    def penalty(self, lora: Bank, settings: TaskSettings) -> torch.Tensor | None:
         return None
 
     def batch_penalty(
         self,
-        lora: ContinualLoRA,
+        lora: Bank,
         settings: TaskSettings,
         batch: dict,
-        seq2seq: bool,
+        family: ModelFamily,
         logits: torch.Tensor,
         targets: torch.Tensor,
     ):
@@ -104,7 +121,7 @@ class Method:
         answer tokens they predict (-100 elsewhere), so no second forward is needed. Default: none."""
         return None
 
-    def before_step(self, lora: ContinualLoRA, dist) -> None:
+    def before_step(self, lora: Bank, dist) -> None:
         """Called once per optimizer step, after the gradients are summed over ranks (``dist``) and before
         the optimizer uses them: a method may edit ``.grad`` here (migu's gradient mask). Default: nothing."""
         return None
@@ -113,9 +130,7 @@ class Method:
         """Tasks whose saved adapters make up the model as it was after ``task_index`` (all so far)."""
         return list(range(task_index + 1)) if self.fresh_adapter_per_task else [task_index]
 
-    def end_task(
-        self, lora: ContinualLoRA, task_index: int, settings: TaskSettings, ctx: TaskContext | None = None
-    ) -> None:
+    def end_task(self, lora: Bank, task_index: int, settings: TaskSettings, ctx: TaskContext | None = None) -> None:
         return None
 
     def train_examples(self, task_index: int, train_splits: list[list]) -> list:
@@ -129,17 +144,22 @@ class Method:
         """[(adapters to activate, or None for the model as trained, the task indices they answer)]."""
         return [(None, evaluated)]
 
-    def route_examples(self, lora: ContinualLoRA, task_index: int, sources: list[list[int]]) -> list[list[str]]:
+    def route_examples(self, lora: Bank, task_index: int, sources: list[list[int]]) -> list[list[str]]:
         """Only for ``routes_by_input``: for each test prompt (its encoded source ids, as in training), the
         adapters that answer it, chosen without the task id. The routes of ``eval_routes`` are then what the
         task id would pick, against which the choices are scored (routing.json)."""
         raise NotImplementedError
 
     def lam(self, settings: TaskSettings) -> float:
-        value = settings.lam if settings.lam is not None else self.default_lambda
-        if value is None:
-            raise NloraError(f"method {self.name} needs --lambda for task {settings.name}")
-        return value
+        """Task ``settings``' value of the option ``--lambda`` sets (the method's main coefficient)."""
+        return self._aliased("lambda", settings)
 
     def lam2(self, settings: TaskSettings) -> float:
-        return settings.lam2 if settings.lam2 is not None else (self.default_lambda2 or 0.0)
+        """Task ``settings``' value of the option ``--lambda2`` sets (the method's second coefficient)."""
+        return self._aliased("lambda2", settings)
+
+    def _aliased(self, alias: str, settings: TaskSettings):
+        spec = next((s for s in option_specs(self.Options) if s.alias == alias), None)
+        if spec is None:
+            raise NloraError(f"method {self.name} has no option set by --{alias}")
+        return getattr(self.task_options(settings), spec.name)

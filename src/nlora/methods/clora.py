@@ -28,6 +28,7 @@ Choices where the source is silent (its continual protocol was not found):
 from __future__ import annotations
 
 import zlib
+from dataclasses import dataclass
 
 import torch
 
@@ -35,12 +36,13 @@ from ..adapters import ContinualLoRA, LayerFactors
 from ..config import TaskSettings
 from . import register
 from .base import Method
+from .options import option
 
 K_FRACTION = 8  # k = d / 8: the release README's k = 512 on 4096-wide LLaMA-2-7B layers
 
 
-def subspace_dim(d: int) -> int:
-    return max(1, d // K_FRACTION)
+def subspace_dim(d: int, divisor: int = K_FRACTION) -> int:
+    return max(1, d // divisor)
 
 
 def orthonormal_columns(d: int, k: int, generator: torch.Generator) -> torch.Tensor:
@@ -63,25 +65,36 @@ class CLoRA(Method):
     summary = (
         "fresh LoRA per task, old ones folded; new A, B kept off fixed random orthonormal subspaces (Lu et al., 2025)"
     )
-    default_lambda = 1.0
+
+    @dataclass(frozen=True)
+    class Options:
+        lam: float = option(
+            1.0, "weight of the subspace regulariser", key="lambda", alias="lambda", per_task=True, limit=(0, None)
+        )
+        subspace_divisor: int = option(
+            K_FRACTION,
+            "k = max(1, d // this): width of the protected subspaces P_A (d = in) and P_B (d = out)",
+            limit=(1, None),
+        )
+
     venue = "2025 ACL"
     trains = "a fresh LoRA per task"
     stored_per_task = "one LoRA per task, folded into the base weights: constant"
     source = "arXiv 2410.16801; sutakori/CLoRA clora.py"
 
-    def __init__(self, cfg):
-        super().__init__(cfg)
+    def __init__(self, options=None, run=None):
+        super().__init__(options, run)
         self.projections: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def projection(self, f: LayerFactors) -> tuple[torch.Tensor, torch.Tensor]:
         """The layer's fixed (P_A, P_B), drawn on first use from the seed and the layer's name alone, so a
         resumed run or another task sees the same ones."""
         if f.module not in self.projections:
-            g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + _stable_hash(f.module))
-            out_f, in_f = f.B.shape[0], f.A.shape[1]
+            g = torch.Generator().manual_seed(self.run.seed * 1_000_003 + _stable_hash(f.module))
+            out_f, in_f, divisor = f.B.shape[0], f.A.shape[1], self.options.subspace_divisor
             self.projections[f.module] = (
-                orthonormal_columns(in_f, subspace_dim(in_f), g),
-                orthonormal_columns(out_f, subspace_dim(out_f), g),
+                orthonormal_columns(in_f, subspace_dim(in_f, divisor), g),
+                orthonormal_columns(out_f, subspace_dim(out_f, divisor), g),
             )
         return self.projections[f.module]
 
@@ -92,7 +105,7 @@ class CLoRA(Method):
         return name
 
     def penalty(self, lora: ContinualLoRA, settings: TaskSettings) -> torch.Tensor | None:
-        return self.lam(settings) * subspace_penalty(self._factors, self._projections)
+        return self.task_options(settings).lam * subspace_penalty(self._factors, self._projections)
 
 
 def _stable_hash(text: str) -> int:

@@ -8,12 +8,15 @@ parameters after the last task. F is the empirical Fisher: squared gradients of 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from ..adapters import ContinualLoRA
 from ..config import TaskSettings
 from . import register
 from .base import Method, TaskContext
+from .options import option
 
 FISHER_BATCHES = 32
 
@@ -38,10 +41,23 @@ class EWC(Method):
     stored_per_task = "a Fisher and an anchor (2 x the LoRA): constant"
     source = "arXiv 1612.00796"
     fresh_adapter_per_task = False
-    default_lambda = 1e4
 
-    def __init__(self, cfg):
-        super().__init__(cfg)
+    @dataclass(frozen=True)
+    class Options:
+        lam: float = option(
+            1e4,
+            "weight of the Fisher penalty (L = L_task + lambda / 2 * sum F (theta - theta*)^2)",
+            key="lambda",
+            alias="lambda",
+            per_task=True,
+            limit=(0, None),
+        )
+        fisher_batches: int = option(
+            FISHER_BATCHES, "training batches whose squared gradients make up each task's Fisher", limit=(1, None)
+        )
+
+    def __init__(self, options=None, run=None):
+        super().__init__(options, run)
         self.fisher: list[torch.Tensor] | None = None
         self.anchor: list[torch.Tensor] | None = None
 
@@ -54,14 +70,14 @@ class EWC(Method):
         if self.fisher is None:
             return None
         total = sum((f * (p.float() - a) ** 2).sum() for f, p, a in zip(self.fisher, self.params, self.anchor))
-        return self.lam(settings) / 2 * total
+        return self.task_options(settings).lam / 2 * total
 
     def end_task(
         self, lora: ContinualLoRA, task_index: int, settings: TaskSettings, ctx: TaskContext | None = None
     ) -> None:
         was_training = lora.model.training
         lora.model.eval()  # Fisher of the model as it will be used, without dropout noise
-        new = diagonal_fisher(self.params, ctx)
+        new = diagonal_fisher(self.params, ctx, self.options.fisher_batches)
         lora.model.train(was_training)
         self.fisher = new if self.fisher is None else [f + n for f, n in zip(self.fisher, new)]
         self.anchor = [p.detach().float().clone() for p in self.params]

@@ -37,16 +37,18 @@ foldable (each branch is scaled per example). On CL_Benchmark a prompt names its
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from ..adapters import ContinualLoRA
+from ..banks import LoraBank
 from ..config import TaskSettings
 from ..errors import NloraError
 from . import register
 from .base import TaskContext
-from .inflora import BasisStore, InfLoRA, complement, gpm_update, is_seq2seq, model_device
+from .inflora import BasisStore, InfLoRA, complement, gpm_update, model_device, model_family
+from .options import option
 
 GATE_HIDDEN = 100  # the T5-large scripts' mlp_hidden_dim
 
@@ -59,11 +61,11 @@ class InputGates:
     {adapter: (batch,) scales}; a forward hook on each adapter's ``lora_B`` multiplies its output by them.
     Adapters without a scale run unscaled. Merging for evaluation is switched off."""
 
-    def __init__(self, lora: ContinualLoRA, compute):
-        base = lora.model.get_base_model()
-        self.seq2seq = is_seq2seq(lora)
+    def __init__(self, lora: LoraBank, compute):
+        base = lora.base_model
+        self.family = model_family(lora)
         self.embed = base.get_input_embeddings()
-        body = base.get_encoder() if self.seq2seq else base.base_model
+        body = self.family.prompt_reader(base)
         self.compute = compute
         self.values: dict[str, torch.Tensor] = {}
         self.adapters: set[str] = set()
@@ -71,10 +73,8 @@ class InputGates:
         lora.mergeable = False
 
     def _pre(self, module, args, kwargs):
-        if not self.seq2seq:
-            past = next((kwargs[k] for k in ("cache", "past_key_values") if kwargs.get(k) is not None), None)
-            if past is not None and hasattr(past, "get_seq_length") and past.get_seq_length() > 0:
-                return  # a generation step after the prompt's: keep the prompt's gates
+        if self.family.later_generation_step(kwargs):
+            return  # a generation step after the prompt's: keep the prompt's gates
         embeds = kwargs.get("inputs_embeds")
         if embeds is None:
             ids = kwargs.get("input_ids", args[0] if args else None)
@@ -83,13 +83,12 @@ class InputGates:
         mask = torch.ones(embeds.shape[:2], device=embeds.device) if mask is None or mask.dim() != 2 else mask
         self.values = self.compute(embeds.detach().float(), mask.to(embeds.device).float())
 
-    def add(self, lora: ContinualLoRA, adapter: str) -> None:
+    def add(self, lora: LoraBank, adapter: str) -> None:
         if adapter in self.adapters:
             return
         self.adapters.add(adapter)
-        for _, layer in lora.lora_layers():
-            if adapter in layer.lora_B:
-                layer.lora_B[adapter].register_forward_hook(self._scale(adapter))
+        for layer in lora.adapted_layers(adapter):
+            layer.B.register_forward_hook(self._scale(adapter))
 
     def _scale(self, adapter: str):
         def hook(module, args, out):
@@ -109,9 +108,9 @@ def masked_mean(embeds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def prompt_embeddings(lora: ContinualLoRA, sources: list[list[int]], pool, batch_size: int = 32) -> torch.Tensor:
+def prompt_embeddings(lora: LoraBank, sources: list[list[int]], pool, batch_size: int = 32) -> torch.Tensor:
     """pool(frozen input embeddings, mask) of each prompt (token ids): N x d, fp32."""
-    embed = lora.model.get_base_model().get_input_embeddings()
+    embed = lora.base_model.get_input_embeddings()
     device, out = model_device(lora), []
     for start in range(0, len(sources), batch_size):
         rows = sources[start : start + batch_size]
@@ -191,38 +190,46 @@ class GainLoRA(InfLoRA):
     uses_replay = False
     source = "arXiv 2505.15424; liangyanshuo/gainlora src/t5_large.py, src/cl_trainer_gainlora_inflora.py"
     foldable = False  # branches are scaled per example
-    gate_eps = 0.995  # transthreshold of the released scripts
 
-    def __init__(self, cfg):
-        super().__init__(cfg)
+    @dataclass(frozen=True)
+    class Options(InfLoRA.Options):
+        gate_threshold: float = option(
+            0.995,
+            "GPM energy threshold of the gates' bases (transthreshold of the released scripts; same schedule)",
+            limit=(0, 1, True, False),
+        )
+        gate_hidden: int = option(GATE_HIDDEN, "hidden width h of each task's gate MLP", limit=(1, None))
+
+    def __init__(self, options=None, run=None):
+        super().__init__(options, run)
         self.gate_bases: list[torch.Tensor | None] = [None, None, None]
         self._gates: dict[int, InputGates] = {}
 
-    def make_state(self, lora: ContinualLoRA, name: str) -> torch.nn.Module:
+    def make_state(self, lora: LoraBank, name: str) -> torch.nn.Module:
         lora_dims = [b.shape[0] for _, b in super().make_state(lora, name).named_buffers()]
-        d = lora.model.get_base_model().get_input_embeddings().embedding_dim
-        return GainState(lora_dims, d, GATE_HIDDEN)
+        d = lora.base_model.get_input_embeddings().embedding_dim
+        return GainState(lora_dims, d, self.options.gate_hidden)
 
-    def basis_store(self, lora: ContinualLoRA, name: str) -> BasisStore:
+    def basis_store(self, lora: LoraBank, name: str) -> BasisStore:
         return lora.extras[name].bases
 
-    def start(self, lora: ContinualLoRA, name: str) -> None:
+    def start(self, lora: LoraBank, name: str) -> None:
         super().start(lora, name)
         if id(lora) not in self._gates:
             self._gates[id(lora)] = InputGates(lora, lambda embeds, mask: self.gate_values(lora, embeds, mask))
         self._gates[id(lora)].add(lora, name)
 
-    def gate_values(self, lora: ContinualLoRA, embeds: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    def gate_values(self, lora: LoraBank, embeds: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
         e = masked_mean(embeds, mask)
         return {n: lora.extras[n].gate(e) for n in lora.adapters if n in lora.extras}
 
-    def begin_task(self, lora: ContinualLoRA, task_index: int, settings: TaskSettings) -> str:
+    def begin_task(self, lora: LoraBank, task_index: int, settings: TaskSettings) -> str:
         name = super().begin_task(lora, task_index, settings)
         for p in lora.extras[name].gate.parameters():
             p.requires_grad = True
         return name
 
-    def before_training(self, lora: ContinualLoRA, task_index: int, settings: TaskSettings, ctx: TaskContext) -> None:
+    def before_training(self, lora: LoraBank, task_index: int, settings: TaskSettings, ctx: TaskContext) -> None:
         super().before_training(lora, task_index, settings, ctx)
         gate: GainGate = lora.extras[lora.current].gate
         with torch.no_grad():
@@ -253,9 +260,7 @@ class GainLoRA(InfLoRA):
         m = m.to(device, torch.float32)
         return torch.eye(dim, device=device) - m @ m.T
 
-    def end_task(
-        self, lora: ContinualLoRA, task_index: int, settings: TaskSettings, ctx: TaskContext | None = None
-    ) -> None:
+    def end_task(self, lora: LoraBank, task_index: int, settings: TaskSettings, ctx: TaskContext | None = None) -> None:
         fresh = self._trained == task_index
         state: GainState = lora.extras[lora.current]
         state.gate.settle()
@@ -263,7 +268,8 @@ class GainLoRA(InfLoRA):
             with torch.no_grad():
                 e = prompt_embeddings(lora, [x.source for x in ctx.examples], masked_mean)
                 covs = [covariance(e), covariance(state.gate.hidden(e)), covariance(state.gate.features(e))]
-            eps = self.gate_eps + (1 - self.gate_eps) * task_index / max(len(self.cfg.tasks), 1)
+            base = self.options.gate_threshold
+            eps = base + (1 - base) * task_index / max(self.run.n_tasks, 1)
             for i, c in enumerate(covs):
                 state.gate_bases.put(i, gpm_update(c, self.gate_bases[i], eps))
         added = [state.gate_bases.get(i).double() for i in range(3)]  # as saved: a resumed run has the same

@@ -37,36 +37,35 @@ task plus at most d_in x d_in per layer in total for the bases. No task id, no r
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
-from ..adapters import ContinualLoRA
-from ..batching import collate_train
+from ..banks import LoraBank
 from ..config import TaskSettings
+from ..families import ModelFamily, family_of
 from . import register
 from .base import Method, TaskContext
+from .options import option
 
 MAX_BATCHES = 1000  # the T5 code's cap on batches per covariance
 
 
-def is_seq2seq(lora: ContinualLoRA) -> bool:
-    return bool(getattr(lora.model.get_base_model().config, "is_encoder_decoder", False))
+def model_family(lora: LoraBank) -> ModelFamily:
+    return family_of(lora.base_model)
 
 
-def model_device(lora: ContinualLoRA) -> torch.device:
+def model_device(lora: LoraBank) -> torch.device:
     return next(lora.model.parameters()).device
 
 
-def forward_batches(lora: ContinualLoRA, examples: list, batch_size: int):
+def forward_batches(lora: LoraBank, examples: list, batch_size: int):
     """Forward-only passes over encoded training examples; yields (model inputs, encoder/prompt mask,
     decoder mask or None) so hooks can drop padded positions. Model in eval mode (no dropout), no grad."""
-    seq2seq, device = is_seq2seq(lora), model_device(lora)
+    family, device = model_family(lora), model_device(lora)
     for start in range(0, min(len(examples), MAX_BATCHES * batch_size), batch_size):
-        batch = {k: v.to(device) for k, v in collate_train(examples[start : start + batch_size], 0, seq2seq).items()}
-        if seq2seq:  # labels drive the decoder; its real positions are those with a label
-            yield batch, batch["attention_mask"], batch["labels"] != -100
-        else:
-            yield {k: v for k, v in batch.items() if k != "labels"}, batch["attention_mask"], None
+        batch = {k: v.to(device) for k, v in family.collate_train(examples[start : start + batch_size], 0).items()}
+        yield family.probe_inputs(batch)
 
 
 def _reads_encoder(module_name: str) -> bool:
@@ -75,9 +74,9 @@ def _reads_encoder(module_name: str) -> bool:
 
 
 @torch.no_grad()
-def layer_covariances(lora: ContinualLoRA, adapter: str, examples: list, batch_size: int) -> dict[str, torch.Tensor]:
+def layer_covariances(lora: LoraBank, adapter: str, examples: list, batch_size: int) -> dict[str, torch.Tensor]:
     """Per layer holding ``adapter``: C = mean over non-padding tokens of x x^T of the layer's input (fp64)."""
-    layers = {n: layer for n, layer in lora.lora_layers() if adapter in layer.lora_A}
+    layers = {view.name: view.layer for view in lora.adapted_layers(adapter)}
     sums: dict[str, torch.Tensor] = {}
     counts = dict.fromkeys(layers, 0)
     masks: dict[str, torch.Tensor | None] = {}
@@ -178,57 +177,56 @@ class InfLoRA(Method):
     needs_task_id = False
     uses_replay = False
     source = "arXiv 2404.00228; liangyanshuo/InfLoRA methods/inflora.py (_train, update_DualGPM)"
-    eps = 0.995  # GPM energy threshold (the released scripts' value)
 
-    def __init__(self, cfg):
-        super().__init__(cfg)
+    @dataclass(frozen=True)
+    class Options:
+        threshold: float = option(
+            0.995,
+            "GPM energy threshold eps (the released scripts' value); task t's is eps + (1 - eps) * t / tasks",
+            limit=(0, 1, True, False),
+        )
+
+    def __init__(self, options=None, run=None):
+        super().__init__(options, run)
         self.bases: dict[str, torch.Tensor] = {}  # layer -> M (d_in x k), all tasks so far
         self._trained: int | None = None  # the task before_training ran for (unset: its state was reloaded)
 
-    def layer_names(self, lora: ContinualLoRA, adapter: str) -> list[str]:
-        return [n for n, layer in lora.lora_layers() if adapter in layer.lora_A]
+    def layer_names(self, lora: LoraBank, adapter: str) -> list[str]:
+        return [view.name for view in lora.adapted_layers(adapter)]
 
-    def start(self, lora: ContinualLoRA, name: str) -> None:
+    def start(self, lora: LoraBank, name: str) -> None:
         super().start(lora, name)
         if name not in lora.extras:
             lora.attach_extra(name, self.make_state(lora, name))
-        self._freeze_down(lora, name)
+        lora.freeze_A(name)
 
-    def make_state(self, lora: ContinualLoRA, name: str) -> torch.nn.Module:
+    def make_state(self, lora: LoraBank, name: str) -> torch.nn.Module:
         """The module saved with adapter ``name`` (``method_state.safetensors``)."""
-        layers = dict(lora.lora_layers())
-        return BasisStore([layers[n].lora_A[name].in_features for n in self.layer_names(lora, name)])
+        return BasisStore([view.A.in_features for view in lora.adapted_layers(name)])
 
-    def basis_store(self, lora: ContinualLoRA, name: str) -> BasisStore:
+    def basis_store(self, lora: LoraBank, name: str) -> BasisStore:
         return lora.extras[name]
 
-    @staticmethod
-    def _freeze_down(lora: ContinualLoRA, name: str) -> None:
-        for _, layer in lora.lora_layers():
-            if name in layer.lora_A:
-                layer.lora_A[name].weight.requires_grad = False
-
-    def begin_task(self, lora: ContinualLoRA, task_index: int, settings: TaskSettings) -> str:
+    def begin_task(self, lora: LoraBank, task_index: int, settings: TaskSettings) -> str:
         name = super().begin_task(lora, task_index, settings)
-        self._freeze_down(lora, name)  # folding re-starts the adapter, which marks A trainable again
+        lora.freeze_A(name)  # folding re-starts the adapter, which marks A trainable again
         return name
 
-    def before_training(self, lora: ContinualLoRA, task_index: int, settings: TaskSettings, ctx: TaskContext) -> None:
+    def before_training(self, lora: LoraBank, task_index: int, settings: TaskSettings, ctx: TaskContext) -> None:
         self._trained = task_index
         name = lora.current
         covs = layer_covariances(lora, name, ctx.examples, ctx.batch_size)
         with torch.no_grad():
-            for layer_name, layer in lora.lora_layers():
-                if layer_name in covs:
-                    weight = layer.lora_A[name].weight
-                    weight.copy_(design_down(covs[layer_name], self.bases.get(layer_name), weight.shape[0]))
+            for view in lora.adapted_layers(name):
+                if view.name in covs:
+                    weight = view.A.weight
+                    weight.copy_(design_down(covs[view.name], self.bases.get(view.name), weight.shape[0]))
 
     def threshold(self, task_index: int) -> float:
-        return self.eps + (1 - self.eps) * task_index / max(len(self.cfg.tasks), 1)
+        eps = self.options.threshold
+        return eps + (1 - eps) * task_index / max(self.run.n_tasks, 1)
 
-    def end_task(
-        self, lora: ContinualLoRA, task_index: int, settings: TaskSettings, ctx: TaskContext | None = None
-    ) -> None:
+    def end_task(self, lora: LoraBank, task_index: int, settings: TaskSettings, ctx: TaskContext | None = None) -> None:
         name = lora.current
         store = self.basis_store(lora, name)
         names = self.layer_names(lora, name)

@@ -27,22 +27,25 @@ that benchmark choosing prompts from the input gets the task id nearly free; sel
 from __future__ import annotations
 
 import functools
-import types
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from ..adapters import ContinualLoRA
+from ..banks import PromptBank
 from ..config import TaskSettings
+from ..errors import NloraError
+from ..families import ModelFamily
 from . import register
 from .base import Method
+from .options import option
 
 
 class PromptPool:
-    """The selection machinery attached to a PEFT prompt-tuning model whose prompt encoder holds the pool."""
+    """The selection machinery attached to a prompt bank whose prompt ``name`` holds the pool."""
 
-    def __init__(self, model, name: str, pool_size: int, prompt_length: int, top_k: int):
-        self.model, self.name = model, name
+    def __init__(self, bank: PromptBank, name: str, pool_size: int, prompt_length: int, top_k: int):
+        self.bank, self.name = bank, name
         self.pool_size, self.prompt_length, self.top_k = pool_size, prompt_length, top_k
         self.inputs: tuple[torch.Tensor, torch.Tensor | None] | None = None  # the call's input ids and mask
         self.selected: torch.Tensor | None = None  # B x k indices of the last selection
@@ -50,14 +53,14 @@ class PromptPool:
 
     @property
     def weight(self) -> torch.Tensor:
-        return self.model.prompt_encoder[self.name].embedding.weight  # (M * L_p) x d
+        return self.bank.prompt_embedding(self.name)  # (M * L_p) x d
 
     def keys(self) -> torch.Tensor:
         return self.weight.view(self.pool_size, self.prompt_length, -1).mean(1)
 
     def query(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
         with torch.no_grad():
-            emb = self.model.word_embeddings(input_ids).float()
+            emb = self.bank.word_embeddings(input_ids).float()
             mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
             mask = mask.to(emb.dtype).unsqueeze(-1)
             return (emb * mask).sum(1) / mask.sum(1).clamp(min=1.0)
@@ -74,9 +77,9 @@ class PromptPool:
         return prompts.reshape(batch_size, self.top_k * self.prompt_length, -1)
 
     def install(self) -> None:
-        """Route PEFT's prompt requests to ``select`` and record every call's inputs for it: forward calls
+        """Route the bank's prompt requests to ``select`` and record every call's inputs for it: forward calls
         (training, label scoring) through a pre-hook, generation through a wrapper of ``generate``."""
-        model = self.model
+        model = self.bank.model
 
         def remember(module, args, kwargs):
             ids = kwargs.get("input_ids", args[0] if args else None)
@@ -92,12 +95,7 @@ class PromptPool:
             return original_generate(*args, **kwargs)
 
         model.generate = generate
-        model.get_prompt = lambda batch_size, task_ids=None, max_cache_len=None: self.select(batch_size)
-        # PEFT saves the first num_virtual_tokens rows of the prompt encoder; the whole pool is what is kept
-        model.get_prompt_embedding_to_save = types.MethodType(
-            lambda peft_model, adapter_name: peft_model.prompt_encoder[adapter_name].embedding.weight.detach().cpu(),
-            model,
-        )
+        self.bank.serve_prompts(self.select)  # and the whole pool is what is saved
 
 
 @register
@@ -109,49 +107,66 @@ class L2P(Method):
     )
     fresh_adapter_per_task = False
     foldable = False
-    prompt_tuning = True
-    default_lambda = 0.5
-    pool_size, prompt_length, top_k = 10, 5, 3
+    bank = "prompt"
+
+    @dataclass(frozen=True)
+    class Options:
+        lam: float = option(
+            0.5,
+            "weight of the pull-together term (both releases' value)",
+            key="lambda",
+            alias="lambda",
+            per_task=True,
+            limit=(0, None),
+        )
+        pool_size: int = option(10, "M: prompts in the pool", limit=(1, None))
+        prompt_length: int = option(5, "L_p: vectors per prompt", limit=(1, None))
+        top_k: int = option(3, "k: prompts each input reads (at most pool_size)", limit=(1, None))
+
+        def __post_init__(self):
+            if self.top_k > self.pool_size:
+                raise NloraError(f"l2p: top_k {self.top_k} exceeds pool_size {self.pool_size}")
+
     venue = "2022 CVPR (LMs: TRACE, LLMCL)"
     trains = "a shared prompt pool (10 x 5 vectors), model frozen"
     stored_per_task = "nothing: one pool, constant memory"
     source = "arXiv 2112.08654; BeyonderXX/TRACE, which47/LLMCL"
 
-    def __init__(self, cfg):
-        super().__init__(cfg)
+    def __init__(self, options=None, run=None):
+        super().__init__(options, run)
         self.pool: PromptPool | None = None
 
     def adapter_name(self, task_index: int) -> str:
         return "pool"
 
-    def start(self, lora: ContinualLoRA, name: str) -> None:
-        lora.start_prompt(name, self.top_k * self.prompt_length)  # PEFT prepends k * L_p vectors
+    def start(self, lora: PromptBank, name: str) -> None:
+        pool_size, prompt_length, top_k = self.options.pool_size, self.options.prompt_length, self.options.top_k
+        lora.start(name, top_k * prompt_length)  # PEFT prepends k * L_p vectors
         if self.pool is not None:
             return
-        model = lora.model
-        embeddings = model.word_embeddings.weight
-        g = torch.Generator().manual_seed(self.cfg.seed)
-        tokens = torch.randint(embeddings.shape[0], (self.pool_size * self.prompt_length,), generator=g)
+        embeddings = lora.word_embeddings.weight
+        g = torch.Generator().manual_seed(self.run.seed)
+        tokens = torch.randint(embeddings.shape[0], (pool_size * prompt_length,), generator=g)
         pool = torch.nn.Embedding(len(tokens), embeddings.shape[1], device=embeddings.device)
         with torch.no_grad():
             pool.weight.copy_(embeddings[tokens.to(embeddings.device)].float())
-        model.prompt_encoder[name].embedding = pool  # the encoder's own rows would be k * L_p; the pool replaces them
-        self.pool = PromptPool(model, name, self.pool_size, self.prompt_length, self.top_k)
+        lora.replace_prompt(name, pool)  # the prompt's own rows would be k * L_p; the pool replaces them
+        self.pool = PromptPool(lora, name, pool_size, prompt_length, top_k)
         self.pool.install()
 
-    def begin_task(self, lora: ContinualLoRA, task_index: int, settings: TaskSettings) -> str:
+    def begin_task(self, lora: PromptBank, task_index: int, settings: TaskSettings) -> str:
         self.start(lora, self.adapter_name(task_index))
         return lora.current
 
     def batch_penalty(
         self,
-        lora: ContinualLoRA,
+        lora: PromptBank,
         settings: TaskSettings,
         batch: dict,
-        seq2seq: bool,
+        family: ModelFamily,
         logits: torch.Tensor,
         targets: torch.Tensor,
     ):
         """The pull-together term of the step's forward: -lambda * mean over examples of the summed cosines
         between its query and its selected keys."""
-        return -self.lam(settings) * self.pool.selected_sim.sum(1).mean()
+        return -self.task_options(settings).lam * self.pool.selected_sim.sum(1).mean()

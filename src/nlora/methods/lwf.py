@@ -8,14 +8,17 @@ Costs one extra forward pass per step (the teacher's); the student's logits are 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
-from ..adapters import ContinualLoRA
+from ..banks import LoraBank
 from ..config import TaskSettings
-from ..logits import accepts_logits_to_keep, answer_logits
+from ..families import ModelFamily
 from . import register
 from .base import Method
+from .options import option
 
 TEACHER = "lwf_teacher"
 
@@ -29,47 +32,40 @@ class LwF(Method):
     stored_per_task = "a frozen teacher copy of the LoRA: constant"
     source = "arXiv 1606.09282"
     fresh_adapter_per_task = False
-    default_lambda = 1.0
-    temperature = 2.0
 
-    def begin_task(self, lora: ContinualLoRA, task_index: int, settings: TaskSettings) -> str:
+    @dataclass(frozen=True)
+    class Options:
+        lam: float = option(
+            1.0, "weight of the distillation term", key="lambda", alias="lambda", per_task=True, limit=(0, None)
+        )
+        temperature: float = option(2.0, "softmax temperature T of the distillation", limit=(0, None, True, False))
+
+    def begin_task(self, lora: LoraBank, task_index: int, settings: TaskSettings) -> str:
         name = super().begin_task(lora, task_index, settings)
         self.distil = task_index > 0
         if self.distil:  # the teacher: the adapter as it is now, after the previous task, frozen
-            if TEACHER not in lora.model.peft_config:
-                lora.model.add_adapter(TEACHER, lora.lora_config)
-            with torch.no_grad():
-                for _, layer in lora.lora_layers():
-                    if name in layer.lora_A:
-                        layer.lora_A[TEACHER].weight.copy_(layer.lora_A[name].weight)
-                        layer.lora_B[TEACHER].weight.copy_(layer.lora_B[name].weight)
-            lora.activate([name])
+            lora.snapshot(name, TEACHER)
         return name
 
     def batch_penalty(
         self,
-        lora: ContinualLoRA,
+        lora: LoraBank,
         settings: TaskSettings,
         batch: dict,
-        seq2seq: bool,
+        family: ModelFamily,
         logits: torch.Tensor,
         targets: torch.Tensor,
     ):
         if not self.distil:
             return None
-        model, name = lora.model, lora.current
-        was_training = model.training
-        with torch.no_grad():
-            model.base_model.set_adapter([TEACHER])
-            model.eval()
-            teacher, _ = answer_logits(model, batch, seq2seq, accepts_logits_to_keep(model))
-        lora.activate([name])
-        model.train(was_training)
-        mask, t = targets != -100, self.temperature
+        model = lora.model
+        with torch.no_grad(), lora.using(TEACHER):
+            teacher, _ = family.answer_logits(model, batch, family.keeps_logits(model))
+        mask, t = targets != -100, self.options.temperature
         kl = F.kl_div(
             F.log_softmax(logits[mask].float() / t, -1),
             F.log_softmax(teacher[mask].float() / t, -1),
             log_target=True,
             reduction="batchmean",
         )
-        return self.lam(settings) * t * t * kl
+        return self.task_options(settings).lam * t * t * kl

@@ -26,13 +26,16 @@ are part of ``y``).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-from ..adapters import ContinualLoRA
+from ..banks import Bank, FullModel, LoraBank
 from ..config import TaskSettings
 from ..errors import NloraError
 from . import register
 from .base import Method, TaskContext
+from .options import option
 from .seqft import SeqFT
 
 
@@ -86,18 +89,27 @@ class _MIGUMixin:
     """The masking shared by both variants: hooks attached for tasks after the first, removed once a task is
     trained (evaluation passes must not count)."""
 
-    default_lambda = 0.7
+    @dataclass(frozen=True)
+    class Options:
+        quantile: float = option(
+            0.7,
+            "q: rows whose summed |output| is below the q-quantile of their layer get no gradient",
+            alias="lambda",
+            per_task=True,
+            limit=(0, 1, False, True),
+        )
+
     mask: OutputMagnitudeMask | None = None
 
-    def masked_modules(self, lora: ContinualLoRA, name: str) -> list[torch.nn.Linear]:
+    def masked_modules(self, lora: Bank, name: str) -> list[torch.nn.Linear]:
         raise NotImplementedError
 
-    def attach(self, lora: ContinualLoRA, task_index: int, settings: TaskSettings, name: str) -> None:
-        q = self.lam(settings)
+    def attach(self, lora: Bank, task_index: int, settings: TaskSettings, name: str) -> None:
+        q = self.task_options(settings).quantile
         if not 0.0 <= q < 1.0:
             raise NloraError(
-                f"{self.name}: --lambda is the quantile of output magnitudes below which rows get "
-                f"no gradient, in [0, 1) (default 0.7), not {q:g}"
+                f"{self.name}: option quantile (--lambda) is the quantile of output magnitudes below which rows "
+                f"get no gradient, in [0, 1), not {q:g}"
             )
         self.detach()
         self.quantile = q
@@ -109,13 +121,11 @@ class _MIGUMixin:
             self.mask.remove()
             self.mask = None
 
-    def before_step(self, lora: ContinualLoRA, dist) -> None:
+    def before_step(self, lora: Bank, dist) -> None:
         if self.mask is not None:
             self.mask.apply(self.quantile, dist)
 
-    def end_task(
-        self, lora: ContinualLoRA, task_index: int, settings: TaskSettings, ctx: TaskContext | None = None
-    ) -> None:
+    def end_task(self, lora: Bank, task_index: int, settings: TaskSettings, ctx: TaskContext | None = None) -> None:
         self.detach()
 
 
@@ -131,10 +141,10 @@ class MIGU(_MIGUMixin, SeqFT):
     stored_per_task = "nothing: one model, constant memory"
     source = "arXiv 2406.17245; wenyudu/MIGU"
 
-    def masked_modules(self, lora: ContinualLoRA, name: str) -> list[torch.nn.Linear]:
+    def masked_modules(self, lora: FullModel, name: str) -> list[torch.nn.Linear]:
         return [m for m in lora.model.modules() if isinstance(m, torch.nn.Linear)]
 
-    def begin_task(self, lora: ContinualLoRA, task_index: int, settings: TaskSettings) -> str:
+    def begin_task(self, lora: Bank, task_index: int, settings: TaskSettings) -> str:
         name = super().begin_task(lora, task_index, settings)
         self.attach(lora, task_index, settings, name)
         return name
@@ -153,15 +163,10 @@ class MIGULoRA(_MIGUMixin, Method):
     stored_per_task = "nothing: one LoRA, constant memory"
     source = "arXiv 2406.17245; wenyudu/MIGU (its LoRA path applies no mask)"
 
-    def masked_modules(self, lora: ContinualLoRA, name: str) -> list[torch.nn.Linear]:
-        return [
-            m
-            for _, layer in lora.lora_layers()
-            if name in layer.lora_A
-            for m in (layer.lora_A[name], layer.lora_B[name])
-        ]
+    def masked_modules(self, lora: LoraBank, name: str) -> list[torch.nn.Linear]:
+        return [m for layer in lora.adapted_layers(name) for m in (layer.A, layer.B)]
 
-    def begin_task(self, lora: ContinualLoRA, task_index: int, settings: TaskSettings) -> str:
+    def begin_task(self, lora: LoraBank, task_index: int, settings: TaskSettings) -> str:
         if lora.sharded:  # each rank would hold only some rows of a gradient, the mask needs them all
             raise NloraError(
                 "migu-lora masks rows of whole LoRA gradients; it does not run with sharded weights "

@@ -7,6 +7,7 @@ Reference-code form:      lambda * sum_layers sum |A B|          (A: r x in, B: 
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import dataclass
 
 import torch
 
@@ -15,6 +16,7 @@ from ..config import TaskSettings
 from ..errors import NloraError
 from . import register
 from .base import Method
+from .options import option
 
 
 def l1_of_updates(factors: list[LayerFactors]) -> torch.Tensor:
@@ -56,10 +58,27 @@ class NLoRA(Method):
     trains = "a fresh LoRA per task"
     stored_per_task = "one LoRA per task, folded into the base weights: constant"
     source = "arXiv 2410.10179; PKU-YuanGroup/N-LoRA"
-    default_lambda = 0.4
+
+    @dataclass(frozen=True)
+    class Options:
+        lam: float = option(
+            0.4,
+            "weight of the L1 penalty on the new task's update",
+            key="lambda",
+            alias="lambda",
+            per_task=True,
+            limit=(0, None),
+        )
+        form: str = option(
+            "paper",
+            "paper: lambda * sum ||s B A||_1 over each out x in update; reference: lambda * sum |A B|, the r x r "
+            "product the public release penalises (square layers only)",
+            alias="nlora_form",
+            choices=("paper", "reference"),
+        )
 
     def check(self, model: torch.nn.Module, target_modules: list[str]) -> None:
-        if self.cfg.nlora_form != "reference":
+        if self.options.form != "reference":
             return
         for name, mod in model.named_modules():
             if isinstance(mod, torch.nn.Linear) and name.rsplit(".", 1)[-1] in target_modules:
@@ -68,10 +87,10 @@ class NLoRA(Method):
     def begin_task(self, lora: ContinualLoRA, task_index: int, settings: TaskSettings) -> str:
         name = super().begin_task(lora, task_index, settings)
         self._factors = lora.factors(name)  # same Parameter objects every step: collect once per task
-        if self.cfg.nlora_form == "reference":
+        if self.options.form == "reference":
             check_reference_form(self._factors)
         return name
 
     def penalty(self, lora: ContinualLoRA, settings: TaskSettings) -> torch.Tensor | None:
-        fn = l1_of_factor_product if self.cfg.nlora_form == "reference" else l1_of_updates
-        return self.lam(settings) * fn(self._factors)
+        fn = l1_of_factor_product if self.options.form == "reference" else l1_of_updates
+        return self.task_options(settings).lam * fn(self._factors)

@@ -5,12 +5,15 @@ L = L_task + lambda1 * sum_layers sum |A_old A_t^T| + lambda2 * sum ||P||_F over
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from ..adapters import ContinualLoRA, LayerFactors
 from ..config import TaskSettings
 from . import register
 from .base import Method
+from .options import option
 
 
 def stack_old(old: list[list[LayerFactors]]) -> list[torch.Tensor]:
@@ -44,8 +47,25 @@ class OLoRA(Method):
     trains = "a fresh LoRA per task"
     stored_per_task = "one LoRA per task, folded; old A's kept for the penalty: grows (r x in per layer)"
     source = "arXiv 2310.14152; cmnfriend/O-LoRA"
-    default_lambda = 0.5
-    default_lambda2 = 0.0
+
+    @dataclass(frozen=True)
+    class Options:
+        lam1: float = option(
+            0.5,
+            "lambda1: weight of sum |A_old A_t^T|, the orthogonality penalty",
+            key="lambda",
+            alias="lambda",
+            per_task=True,
+            limit=(0, None),
+        )
+        lam2: float = option(
+            0.0,
+            "lambda2: weight of the Frobenius norms of the new A and B",
+            key="lambda2",
+            alias="lambda2",
+            per_task=True,
+            limit=(0, None),
+        )
 
     def begin_task(self, lora: ContinualLoRA, task_index: int, settings: TaskSettings) -> str:
         name = super().begin_task(lora, task_index, settings)
@@ -55,8 +75,9 @@ class OLoRA(Method):
         return name
 
     def penalty(self, lora: ContinualLoRA, settings: TaskSettings) -> torch.Tensor | None:
-        total = self.lam(settings) * orthogonality_penalty(self._current, self._old, self._stacked)
-        lam2 = self.lam2(settings)
+        options = self.task_options(settings)
+        total = options.lam1 * orthogonality_penalty(self._current, self._old, self._stacked)
+        lam2 = options.lam2
         if lam2:
             total = total + lam2 * l2_penalty(self._current)
         return total

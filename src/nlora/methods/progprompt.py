@@ -6,12 +6,15 @@ Prompt tuning wants a large --lr (about 0.3)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-from ..adapters import ContinualLoRA
+from ..banks import PromptBank
 from ..config import TaskSettings
 from . import register
 from .base import Method
+from .options import option
 from .pertask import PerTask
 
 
@@ -25,17 +28,20 @@ class ProgPrompt(Method):
     needs_task_id = True
     source = "arXiv 2301.12314"
     foldable = False
-    prompt_tuning = True
-    tokens_per_task = 10
+    bank = "prompt"
 
-    def start(self, lora: ContinualLoRA, name: str) -> None:
+    @dataclass(frozen=True)
+    class Options:
+        tokens_per_task: int = option(10, "soft-prompt vectors each task adds", limit=(1, None))
+
+    def start(self, lora: PromptBank, name: str) -> None:
         index = int(name.removeprefix("task"))
-        lora.start_prompt(name, self.tokens_per_task * (index + 1))
+        lora.start(name, self.options.tokens_per_task * (index + 1))
 
-    def begin_task(self, lora: ContinualLoRA, task_index: int, settings: TaskSettings) -> str:
+    def begin_task(self, lora: PromptBank, task_index: int, settings: TaskSettings) -> str:
         name = self.adapter_name(task_index)
         self.start(lora, name)
-        prompt, m = lora.prompt_embedding(name), self.tokens_per_task
+        prompt, m = lora.prompt_embedding(name), self.options.tokens_per_task
         if task_index > 0:  # rows m.. are the previous task's whole stack, frozen by a zero gradient
             with torch.no_grad():
                 prompt[m:].copy_(lora.prompt_embedding(self.adapter_name(task_index - 1)))

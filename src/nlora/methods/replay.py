@@ -5,28 +5,37 @@ from __future__ import annotations
 
 import math
 import random
+from dataclasses import dataclass
 
 from . import register
 from .base import Method
+from .options import option
 
 
 @register
 class Replay(Method):
     name = "replay"
-    summary = "one LoRA through all tasks; mixes in --lambda (default 0.02) of each earlier task's training data"
+    summary = "one LoRA through all tasks; mixes in a kept fraction (2%) of each earlier task's training data"
     venue = "2019 NeurIPS"
     trains = "one LoRA through all tasks, on task data + memory"
     stored_per_task = "2% of the task's training examples: grows linearly"
     uses_replay = True
     source = "arXiv 1906.01076 (episodic memory)"
     fresh_adapter_per_task = False
-    default_lambda = 0.02  # the fraction of each earlier task's training examples kept in memory
+
+    @dataclass(frozen=True)
+    class Options:
+        fraction: float = option(
+            0.02,
+            "share of each earlier task's training examples kept in memory (at least one example)",
+            alias="lambda",
+            limit=(0, 1),
+        )
 
     def memory(self, task_index: int, split: list) -> list:
         """The examples kept from one earlier task: a fixed seeded sample, at least one example."""
-        fraction = self.lam(self.cfg.tasks[task_index])
-        k = min(len(split), max(1, math.ceil(fraction * len(split))))
-        rng = random.Random(self.cfg.seed * 7919 + task_index)
+        k = min(len(split), max(1, math.ceil(self.options.fraction * len(split))))
+        rng = random.Random(self.run.seed * 7919 + task_index)
         return [split[i] for i in sorted(rng.sample(range(len(split)), k))]
 
     def train_examples(self, task_index: int, train_splits: list[list]) -> list:

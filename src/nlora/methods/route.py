@@ -22,28 +22,28 @@ from __future__ import annotations
 
 import torch
 
-from ..adapters import ContinualLoRA
+from ..banks import LoraBank
 from ..config import TaskSettings
 from . import register
 from .base import Method, TaskContext
-from .inflora import is_seq2seq, model_device
+from .inflora import model_device, model_family
 from .pertask import PerTask
 
 POOL_BATCH = 32
 
 
 @torch.no_grad()
-def pooled_states(lora: ContinualLoRA, sources: list[list[int]], batch_size: int = POOL_BATCH) -> torch.Tensor:
+def pooled_states(lora: LoraBank, sources: list[list[int]], batch_size: int = POOL_BATCH) -> torch.Tensor:
     """Per prompt (token ids), the frozen base model's last hidden state averaged over its tokens (N x d, fp32).
     Right padding with an attention mask, so pads change nothing (causal attention never looks ahead)."""
-    base = lora.model.get_base_model()
-    seq2seq, device = is_seq2seq(lora), model_device(lora)
-    body = base.get_encoder() if seq2seq else base.base_model
+    base = lora.base_model
+    device = model_device(lora)
+    body = model_family(lora).prompt_reader(base)
     was_training = lora.model.training
     lora.model.eval()
     out = []
     try:
-        with lora.model.disable_adapter():
+        with lora.without_adapters():
             for start in range(0, len(sources), batch_size):
                 rows = sources[start : start + batch_size]
                 width = max(len(r) for r in rows)
@@ -57,8 +57,8 @@ def pooled_states(lora: ContinualLoRA, sources: list[list[int]], batch_size: int
     return torch.cat(out) if out else torch.zeros(0)
 
 
-def hidden_size(lora: ContinualLoRA) -> int:
-    return lora.model.get_base_model().get_input_embeddings().embedding_dim
+def hidden_size(lora: LoraBank) -> int:
+    return lora.base_model.get_input_embeddings().embedding_dim
 
 
 class Prototype(torch.nn.Module):
@@ -85,36 +85,34 @@ class Route(Method):
     foldable = False  # each adapter must stay separate to be chosen
     routes_by_input = True
 
-    def __init__(self, cfg):
-        super().__init__(cfg)
+    def __init__(self, options=None, run=None):
+        super().__init__(options, run)
         self._trained: int | None = None
 
-    def start(self, lora: ContinualLoRA, name: str) -> None:
+    def start(self, lora: LoraBank, name: str) -> None:
         super().start(lora, name)
         if name not in lora.extras:
             lora.attach_extra(name, Prototype(hidden_size(lora)))
 
-    def begin_task(self, lora: ContinualLoRA, task_index: int, settings: TaskSettings) -> str:
+    def begin_task(self, lora: LoraBank, task_index: int, settings: TaskSettings) -> str:
         name = super().begin_task(lora, task_index, settings)
         lora.activate([name])  # trained alone, as per-task
         return name
 
-    def before_training(self, lora: ContinualLoRA, task_index: int, settings: TaskSettings, ctx: TaskContext) -> None:
+    def before_training(self, lora: LoraBank, task_index: int, settings: TaskSettings, ctx: TaskContext) -> None:
         self._trained = task_index
 
-    def end_task(
-        self, lora: ContinualLoRA, task_index: int, settings: TaskSettings, ctx: TaskContext | None = None
-    ) -> None:
+    def end_task(self, lora: LoraBank, task_index: int, settings: TaskSettings, ctx: TaskContext | None = None) -> None:
         if self._trained == task_index and ctx is not None and ctx.examples:  # else: reloaded with its adapter
             pooled = pooled_states(lora, [e.source for e in ctx.examples])
             lora.extras[lora.current].prototype.copy_(pooled.mean(0))
         self._trained = None
 
-    def prototypes(self, lora: ContinualLoRA, task_index: int) -> tuple[list[str], torch.Tensor]:
+    def prototypes(self, lora: LoraBank, task_index: int) -> tuple[list[str], torch.Tensor]:
         names = [self.adapter_name(j) for j in range(task_index + 1)]
         return names, torch.stack([lora.extras[n].prototype.float() for n in names])
 
-    def route_examples(self, lora: ContinualLoRA, task_index: int, sources: list[list[int]]) -> list[list[str]]:
+    def route_examples(self, lora: LoraBank, task_index: int, sources: list[list[int]]) -> list[list[str]]:
         names, protos = self.prototypes(lora, task_index)
         queries = pooled_states(lora, sources)
         return [[names[i]] for i in nearest(queries, protos.to(queries.device))]

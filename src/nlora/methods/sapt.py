@@ -31,15 +31,17 @@ from __future__ import annotations
 import copy
 import math
 import random
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from ..adapters import ContinualLoRA
+from ..banks import LoraBank
 from ..config import TaskSettings
 from . import register
 from .base import Method, TaskContext
 from .gainlora import InputGates, prompt_embeddings
+from .options import option
 
 QUERY_HIDDEN = 100  # trans_input's bottleneck in the source
 
@@ -78,38 +80,42 @@ class SaptSals(Method):
     source = "arXiv 2401.08295; circle-hit/SAPT src/t5_prompt.py (trans_input, cal_attention), src/run_t5.py"
     foldable = False  # branches are weighted per example
 
-    def __init__(self, cfg):
-        super().__init__(cfg)
+    @dataclass(frozen=True)
+    class Options:
+        query_hidden: int = option(QUERY_HIDDEN, "bottleneck width of the shared query network", limit=(1, None))
+
+    def __init__(self, options=None, run=None):
+        super().__init__(options, run)
         self._gates: dict[int, InputGates] = {}
 
-    def start(self, lora: ContinualLoRA, name: str) -> None:
+    def start(self, lora: LoraBank, name: str) -> None:
         super().start(lora, name)
         if name not in lora.extras:
-            d = lora.model.get_base_model().get_input_embeddings().embedding_dim
+            d = lora.base_model.get_input_embeddings().embedding_dim
             lora.attach_extra(name, self.make_state(d))
         if id(lora) not in self._gates:
             self._gates[id(lora)] = InputGates(lora, lambda embeds, mask: self.gate_values(lora, embeds, mask))
         self._gates[id(lora)].add(lora, name)
 
     def make_state(self, d: int) -> torch.nn.Module:
-        return SaptState(d, QUERY_HIDDEN)
+        return SaptState(d, self.options.query_hidden)
 
-    def tasks_in(self, lora: ContinualLoRA) -> list[str]:
+    def tasks_in(self, lora: LoraBank) -> list[str]:
         return [n for n in lora.adapters if n in lora.extras]
 
-    def gate_values(self, lora: ContinualLoRA, embeds: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    def gate_values(self, lora: LoraBank, embeds: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
         names = self.tasks_in(lora)
         keys = torch.stack([lora.extras[n].key for n in names])
         weights = mixture_weights(keys, lora.extras[names[-1]].query, masked_max(embeds, mask))
         return {n: weights[:, i] for i, n in enumerate(names)}
 
-    def begin_task(self, lora: ContinualLoRA, task_index: int, settings: TaskSettings) -> str:
+    def begin_task(self, lora: LoraBank, task_index: int, settings: TaskSettings) -> str:
         name = super().begin_task(lora, task_index, settings)
         for p in lora.extras[name].parameters():
             p.requires_grad = True
         return name
 
-    def before_training(self, lora: ContinualLoRA, task_index: int, settings: TaskSettings, ctx: TaskContext) -> None:
+    def before_training(self, lora: LoraBank, task_index: int, settings: TaskSettings, ctx: TaskContext) -> None:
         if task_index > 0:  # the shared query network continues from where the previous task left it
             previous = lora.extras[self.adapter_name(task_index - 1)].query
             lora.extras[lora.current].query.load_state_dict(copy.deepcopy(previous.state_dict()))
@@ -164,38 +170,48 @@ class SaptReplay(SaptSals):
     stored_per_task = "as sapt-sals + pooled embeddings of 2% of its examples (d each) + its weights: grows linearly"
     uses_replay = True
     source = "arXiv 2401.08295; circle-hit/SAPT src/t5_prompt.py (cal_attention, memory_replay)"
-    default_lambda = 0.1  # kl_ratio of the Long T5 scripts
-    keep_fraction = 0.02
 
-    def __init__(self, cfg):
-        super().__init__(cfg)
+    @dataclass(frozen=True)
+    class Options(SaptSals.Options):
+        lam: float = option(
+            0.1,
+            "weight of the attention-replay KL (kl_ratio of the Long T5 scripts)",
+            key="lambda",
+            alias="lambda",
+            per_task=True,
+            limit=(0, None),
+        )
+        keep_fraction: float = option(
+            0.02, "share of each task's training prompts kept for the replay (at least one)", limit=(0, 1)
+        )
+
+    def __init__(self, options=None, run=None):
+        super().__init__(options, run)
         self._trained: int | None = None
 
     def make_state(self, d: int) -> torch.nn.Module:
-        return SaptReplayState(d, QUERY_HIDDEN)
+        return SaptReplayState(d, self.options.query_hidden)
 
-    def before_training(self, lora: ContinualLoRA, task_index: int, settings: TaskSettings, ctx: TaskContext) -> None:
+    def before_training(self, lora: LoraBank, task_index: int, settings: TaskSettings, ctx: TaskContext) -> None:
         super().before_training(lora, task_index, settings, ctx)
         self._trained = task_index
         names = self.tasks_in(lora)
         self._old = [lora.extras[n] for n in names[:-1]]
 
-    def penalty(self, lora: ContinualLoRA, settings: TaskSettings) -> torch.Tensor | None:
+    def penalty(self, lora: LoraBank, settings: TaskSettings) -> torch.Tensor | None:
         if not getattr(self, "_old", None):
             return None
         names = self.tasks_in(lora)
         keys = torch.stack([lora.extras[n].key for n in names]).float()
         kl = replay_kl(keys, lora.extras[names[-1]].query, [s.memory for s in self._old], [s.label for s in self._old])
-        return self.lam(settings) * kl
+        return self.task_options(settings).lam * kl
 
     def kept(self, task_index: int, n: int) -> list[int]:
-        k = min(n, max(1, math.ceil(self.keep_fraction * n)))
-        return sorted(random.Random(self.cfg.seed * 7919 + task_index).sample(range(n), k))
+        k = min(n, max(1, math.ceil(self.options.keep_fraction * n)))
+        return sorted(random.Random(self.run.seed * 7919 + task_index).sample(range(n), k))
 
     @torch.no_grad()
-    def end_task(
-        self, lora: ContinualLoRA, task_index: int, settings: TaskSettings, ctx: TaskContext | None = None
-    ) -> None:
+    def end_task(self, lora: LoraBank, task_index: int, settings: TaskSettings, ctx: TaskContext | None = None) -> None:
         self._old = []
         if self._trained != task_index or ctx is None or not ctx.examples:
             return  # reloaded with its adapter

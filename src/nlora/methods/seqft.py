@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from ..adapters import ContinualLoRA
+from ..banks import FullModel
 from ..config import TaskSettings
 from . import register
 from .base import Method
@@ -24,12 +24,12 @@ class SeqFT(Method):
     source = "the O-LoRA comparison (SeqFT)"
     fresh_adapter_per_task = False
     foldable = False
-    full_finetune = True
+    bank = "full"
 
     def check(self, model: torch.nn.Module, target_modules: list[str]) -> None:
         n = sum(p.numel() for p in model.parameters())
         if n > WARN_PARAMS:
-            from ..recipe import log
+            from ..console import log
 
             log(
                 f"warning: seq-ft trains all {n / 1e9:.1f} B parameters: about {16 * n / 2**30:.0f} GiB for "
@@ -39,9 +39,6 @@ class SeqFT(Method):
     def adapter_name(self, task_index: int) -> str:
         return "full"
 
-    def start(self, lora: ContinualLoRA, name: str) -> None:
-        lora.start_full(name)
-
-    def begin_task(self, lora: ContinualLoRA, task_index: int, settings: TaskSettings) -> str:
+    def begin_task(self, lora: FullModel, task_index: int, settings: TaskSettings) -> str:
         self.start(lora, self.adapter_name(task_index))
         return lora.current

@@ -5,11 +5,13 @@ without its generated pseudo-samples; combine with care: prompt tuning wants a l
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 
-from ..adapters import ContinualLoRA
+from ..banks import PromptBank
 from ..config import TaskSettings
 from . import register
 from .base import Method
+from .options import option
 
 # PEFT drops position ids under prompt tuning; with RoPE only relative positions matter, so this is harmless.
 warnings.filterwarnings("ignore", message="Position ids are not supported for parameter efficient tuning")
@@ -25,15 +27,18 @@ class SeqPrompt(Method):
     source = "arXiv 2104.08691; LFPT5 (arXiv 2110.07298) without replay"
     fresh_adapter_per_task = False
     foldable = False
-    prompt_tuning = True
-    virtual_tokens = 20
+    bank = "prompt"
+
+    @dataclass(frozen=True)
+    class Options:
+        virtual_tokens: int = option(20, "soft-prompt vectors before every input", limit=(1, None))
 
     def adapter_name(self, task_index: int) -> str:
         return "soft"
 
-    def start(self, lora: ContinualLoRA, name: str) -> None:
-        lora.start_prompt(name, self.virtual_tokens)
+    def start(self, lora: PromptBank, name: str) -> None:
+        lora.start(name, self.options.virtual_tokens)
 
-    def begin_task(self, lora: ContinualLoRA, task_index: int, settings: TaskSettings) -> str:
+    def begin_task(self, lora: PromptBank, task_index: int, settings: TaskSettings) -> str:
         self.start(lora, self.adapter_name(task_index))
         return lora.current

@@ -63,8 +63,8 @@ class SLAO(Method):
     stored_per_task = "nothing: one LoRA, constant memory"
     source = "arXiv 2512.23017 (secondary sources only, no code)"
 
-    def __init__(self, cfg):
-        super().__init__(cfg)
+    def __init__(self, options=None, run=None):
+        super().__init__(options, run)
         self.merged: list[torch.Tensor] | None = None  # B_merge,i per layer after the last finished task
         self.next_init: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # (A_i(0), B_i(0)) per layer
         self.steps = 0

@@ -1,0 +1,356 @@
+"""benchmarks/leaderboard.py: records, the table built from them (paired by seed, missing runs shown as missing,
+budgets never mixed), the validation split (disjoint by content from test and training rows), `run`, `select`
+and `plan`."""
+
+import importlib.util
+import json
+import re
+from pathlib import Path
+
+import pytest
+from conftest import CL_BENCHMARK, write_task
+
+ROOT = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load(name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def lb():
+    return load("leaderboard")
+
+
+TAG = "m-n8-t4-e1-b4-lr0.001-fp32"
+
+
+def put(records: Path, method: str, seed: int, aa, bwt, tag: str = TAG, seq: str = "4task", **extra) -> Path:
+    rec = {
+        "kind": "run",
+        "budget_tag": tag,
+        "sequence": seq,
+        "method": method,
+        "seed": seed,
+        "aa": aa,
+        "bwt": bwt,
+        "hyperparameter": {"name": "lambda", "value": None, "source": "no coefficient"},
+        "stored_bytes_per_task": [2048, 2048],
+        "wall_time_s": 120.0,
+        "acr": None,
+        "nuclear_norm_mean": None,
+        "routing": None,
+        **extra,
+    }
+    path = records / tag / seq / method / f"seed-{seed}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(rec))
+    return path
+
+
+def row_of(text: str, method: str, section: int = 0) -> list[str]:
+    """The cells of METHOD's row in the SECTION-th table of the markdown."""
+    tables = text.split("### ")[1:]
+    line = next(x for x in tables[section].splitlines() if x.startswith(f"| {method} |"))
+    return [c.strip() for c in line.strip("|").split("|")]
+
+
+# ------------------------------------------------------------------------------------------------ the table
+
+
+def test_table_pairs_by_seed_with_a_hand_computed_t(lb, tmp_path):
+    rec = tmp_path / "records"
+    for seed, aa, bwt in ((3, 52.0, -2.0), (1, 50.0, -4.0), (2, 48.0, -6.0)):  # seeds out of order on purpose
+        put(rec, "seq-lora", seed, aa, bwt)
+    for seed, aa, bwt in ((1, 46.0, -1.0), (2, 45.0, -3.0), (3, 47.0, None)):
+        put(rec, "o-lora", seed, aa, bwt)
+    for seed, aa in ((1, 60.0), (3, 58.0)):  # a higher mean, but only two seeds: not the best, marked
+        put(rec, "n-lora", seed, aa, -1.0)
+    text = lb.build_table(rec, tmp_path / "lb.md")
+    assert "Best by mean AA: **seq-lora**" in text  # the highest mean among the methods with all three seeds
+    # o-lora - seq-lora, seeds 1,2,3: -4, -3, -5 -> mean -4, sd 1, t = -4 / (1 / sqrt 3) = -6.93 (beyond 4.30)
+    o = row_of(text, "o-lora")
+    assert o[6] == "-4.00 (t -6.93*, n 3)"
+    # BWT: seed 3 has none for o-lora: paired over seeds 1 and 2 only: +3, +3 -> no spread, t undefined
+    assert o[7] == "+3.00 (t -, n 2)" and o[5] == "-2.00 ± 1.41"
+    # n-lora - seq-lora over the shared seeds 1 and 3 only: +10, +6 -> mean 8, sd 2.83, t = 8 / (2.83 / sqrt 2) = 4
+    n = row_of(text, "n-lora")
+    assert n[6] == "+8.00 (t 4.00, n 2)" and n[3] == "2 (missing 1) †" and n[4] == "59.00 ± 1.41"
+    assert "Below it beyond the seed spread (paired t, 5%): o-lora." in text
+    assert "Not distinguishable from it with these seeds: n-lora." in text
+    assert (tmp_path / "lb" / f"{TAG}-4task-aa-bwt.png").stat().st_size < 80_000  # the figure, small
+
+
+def test_paired_uses_only_shared_seeds_with_values(tmp_path):
+    common = load("common")
+    c = common.paired({1: 5.0, 2: 7.0, 4: 1.0}, {2: 4.0, 1: 1.0, 3: 9.0})
+    assert c["seeds"] == [1, 2] and c["diffs"] == [4.0, 3.0]
+    assert c["t"] == pytest.approx(3.5 / (0.5**0.5 / 2**0.5))  # sd of (4, 3) is sqrt(0.5)
+    assert common.paired({1: None}, {1: 2.0}) is None
+
+
+def test_missing_runs_are_missing_never_zero(lb, tmp_path):
+    rec = tmp_path / "records"
+    put(rec, "seq-lora", 1, 40.0, -10.0)
+    put(rec, "seq-lora", 2, 42.0, -8.0)
+    put(rec, "mtl", 1, 44.0, None)  # mtl has no BWT: shown as "-", not 0
+    expected = {"seq-lora": [1, 2, 3], "mtl": [1, 2, 3], "ewc": [1, 2, 3]}
+    lines, rows = lb.group_table(TAG, "4task", lb.load_runs(rec)[(TAG, "4task")], expected)
+    text = "\n".join(lines)
+    ewc = row_of(text, "ewc")
+    assert ewc[3] == "0 (missing 3)" and ewc[4] == ewc[5] == ewc[6] == "-"
+    assert row_of(text, "mtl")[5] == "-" and rows["mtl"]["bwt"] == (None, None)
+    assert row_of(text, "seq-lora")[3] == "2 (missing 1)"
+    assert rows["ewc"]["aa"] == (None, None) and "6 run(s) missing here" in text
+    assert "| 0.00" not in text
+
+
+def test_the_plan_puts_missing_methods_in_the_table(lb, tmp_path, monkeypatch):
+    rec = tmp_path / "records"
+    s = dict(lb.BUDGETS["main"])
+    tag = lb.budget_tag(s)
+    put(rec, "seq-lora", 1, 40.0, -10.0, tag=tag)
+    text = lb.build_table(rec, tmp_path / "lb.md", s)
+    four = text.split("### 4task")[1].split("### ")[0]
+    assert row_of("### " + four, "seq-lora")[3] == "1 (missing 2)"
+    assert row_of("### " + four, "ewc")[3] == "0 (missing 3)"  # every registered method appears
+    assert "### 10task" in text  # the 10-task table exists, all missing
+
+
+def test_budgets_never_mix(lb, tmp_path):
+    rec = tmp_path / "records"
+    other = TAG.replace("-e1-", "-e3-")
+    put(rec, "n-lora", 1, 50.0, -2.0)
+    put(rec, "n-lora", 1, 10.0, -30.0, tag=other)
+    put(rec, "o-lora", 1, 40.0, -3.0)
+    put(rec, "o-lora", 1, 20.0, -1.0, tag=other)
+    wrong = put(rec, "o-lora", 2, 99.0, 0.0)  # a record whose content names another budget than its folder
+    data = json.loads(wrong.read_text())
+    wrong.write_text(json.dumps({**data, "budget_tag": other}))
+    groups = lb.load_runs(rec)
+    assert sorted(groups) == [(TAG, "4task"), (other, "4task")]
+    assert sorted(r["aa"] for r in groups[(TAG, "4task")]) == [40.0, 50.0]  # the misfiled record is not read
+    text = lb.build_table(rec, tmp_path / "lb.md")
+    assert row_of(text, "n-lora", 0)[4] == "50.00" and row_of(text, "n-lora", 1)[4] == "10.00"  # one seed: no sd
+    assert "| 30.00 ±" not in text  # no mean across budgets
+    # the budget question: n-lora vs o-lora at each epoch count
+    budget = text.split("The budget question")[1]
+    assert re.search(r"\| 1 \| 50.00 \(1\) \| 40.00 \(1\) \| \+10.00 .*\| n-lora \|", budget)
+    assert re.search(r"\| 3 \| 10.00 \(1\) \| 20.00 \(1\) \| -10.00 .*\| o-lora \|", budget)
+
+
+def test_budget_tag_names_what_changes_training(lb):
+    s = dict(lb.BUDGETS["main"])
+    tags = {
+        lb.budget_tag(s),
+        lb.budget_tag(dict(s, epochs=3.0)),
+        lb.budget_tag(dict(s, max_train=500)),
+        lb.budget_tag(dict(s, max_test=100)),
+        lb.budget_tag(dict(s, lr=1e-3)),
+        lb.budget_tag(dict(s, precision="bf16")),
+        lb.budget_tag(dict(s, lora_r=16, lora_alpha=64.0)),
+        lb.budget_tag(dict(s, model="/some/where/other-model/")),
+    }
+    assert len(tags) == 8 and lb.budget_tag(s) == "smollm2-n1000-t200-e1-b8-lr0.002-fp32"
+
+
+# ---------------------------------------------------------------------------------------- validation split
+
+
+def _keys(common, path: Path) -> list[str]:
+    return [common.row_key(r) for r in json.loads(path.read_text())]
+
+
+def test_validation_rows_disjoint_from_test_and_training_rows_by_content(tmp_path):
+    common = load("common")
+    d = tmp_path / "cl" / "SC" / "mood"
+    d.mkdir(parents=True)
+    (d / "labels.json").write_text(json.dumps(["positive", "negative"]))
+    train = [{"sentence": f"nice day {i}", "label": "positive"} for i in range(20)]
+    train += [{"sentence": "Nice   day 3!", "label": "negative"}]  # same text as row 3, another spacing and label
+    train += [{"sentence": "awful, awful day", "label": "negative"}] * 3  # repeated three times
+    train += [{"sentence": "the test sentence.", "label": "positive"}]  # also a test row (other punctuation)
+    test = [{"sentence": "The test sentence", "label": "positive"}, {"sentence": "other", "label": "negative"}]
+    (d / "train.json").write_text(json.dumps(train))
+    (d / "test.json").write_text(json.dumps(test))
+    for seed in range(5):  # whichever rows the shuffle picks
+        out = common.carve_validation(tmp_path / "cl", ["mood"], tmp_path / f"val{seed}", n_val=8, seed=seed)
+        val, kept = _keys(common, out / "SC" / "mood" / "test.json"), _keys(common, out / "SC" / "mood" / "train.json")
+        assert len(val) >= 8 and not set(val) & set(kept)  # never trained on: duplicates went whole to one side
+        assert not (set(val) | set(kept)) & {common.row_key(r) for r in test}  # no test content on either side
+        assert len(val) + len(kept) == len(train) - 1  # only the row that is also a test row was left out
+        report = json.loads((out / "validation.json").read_text())["mood"]
+        assert report["left_out_same_text_as_test"] == 1 and report["duplicate_texts_in_train"] == 3
+    capped = common.carve_validation(tmp_path / "cl", ["mood"], tmp_path / "cap", n_val=200, seed=0, max_share=0.25)
+    assert len(json.loads((capped / "SC" / "mood" / "test.json").read_text())) in (6, 7, 8)  # ~25% of 25, whole groups
+
+
+@pytest.mark.skipif(not (CL_BENCHMARK / "SC" / "SST-2").is_dir(), reason="needs ../shared/CL_Benchmark")
+def test_validation_split_of_real_sst2_is_disjoint(tmp_path):
+    """SST-2's training file repeats 7 sentences: none lands on both sides; no validation text is a test text."""
+    common = load("common")
+    out = common.carve_validation(CL_BENCHMARK, ["SST-2"], tmp_path / "val", n_val=200, seed=0, max_share=0.25)
+    val, kept = _keys(common, out / "SC" / "SST-2" / "test.json"), _keys(common, out / "SC" / "SST-2" / "train.json")
+    test = {common.row_key(r) for r in json.loads((CL_BENCHMARK / "SC" / "SST-2" / "test.json").read_text())}
+    assert len(val) >= 200 and not set(val) & set(kept) and not set(val) & test
+    assert json.loads((out / "validation.json").read_text())["SST-2"]["duplicate_texts_in_train"] == 7
+
+
+# ----------------------------------------------------------------------------------- run, select and plan
+
+
+@pytest.fixture
+def toy(lb, tmp_path, monkeypatch, model_dirs):
+    """leaderboard.py pointed at the tiny LLaMA and toy tasks, records and runs in tmp_path."""
+    for name in ("topic", "mood"):
+        write_task(tmp_path / "CL", name, n_train=8, n_test=4)
+    monkeypatch.setattr(lb, "SEQUENCES", {"4task": "topic,mood", "10task": "mood,topic"})
+    budget = dict(model=str(model_dirs["llama"]), max_train=8, max_test=4, epochs=1.0, batch_size=4, lr=1e-3)
+    monkeypatch.setattr(lb, "BUDGETS", {"main": dict(budget, precision="fp32")})
+    flags = ["--records", str(tmp_path / "rec"), "--data-dir", str(tmp_path / "CL")]
+    return flags, ["--runs", str(tmp_path / "runs"), "--device", "cpu"]
+
+
+def test_run_skips_recorded_and_writes_a_record(lb, toy, tmp_path, capsys):
+    flags, running = toy
+    tag = lb.budget_tag(lb.BUDGETS["main"])
+    rec = tmp_path / "rec"
+    put(rec, "inc-lora", 1, 12.0, -1.0, tag=tag)
+    lb.main(["run", "--sequence", "4task", "--methods", "seq-lora,inc-lora", "--seeds", "1", *flags, *running])
+    assert "inc-lora seed 1: recorded, skipped" in capsys.readouterr().out
+    assert not (tmp_path / "runs" / tag / "4task" / "inc-lora").exists()  # nothing ran for it
+    r = json.loads((rec / tag / "4task" / "seq-lora" / "seed-1.json").read_text())
+    assert r["kind"] == "run" and r["budget_tag"] == tag and r["tasks"] == ["topic", "mood"] and r["seed"] == 1
+    assert len(r["accuracy_matrix"]) == 2 and r["aa"] is not None and r["bwt"] is not None
+    assert r["hyperparameter"]["source"] == "no coefficient" and r["settings"]["max_train"] == 8
+    assert len(r["stored_bytes_per_task"]) == 2 and all(b > 1000 for b in r["stored_bytes_per_task"])
+    assert r["acr"] is not None and r["nuclear_norm_mean"] is not None  # seq-lora: one update per task
+    assert r["wall_time_s"] > 0 and r["machine"] and r["torch"] and r["train_steps_per_task"] == [2, 2]
+    assert not any(p.suffix == ".safetensors" for p in rec.rglob("*"))  # no adapters in the records
+    # a second call finds both records and runs nothing
+    lb.main(["run", "--sequence", "4task", "--methods", "seq-lora,inc-lora", "--seeds", "1", *flags, *running])
+    assert capsys.readouterr().out.count("recorded, skipped") == 2
+
+
+def fake_run(calls: list):
+    """A stand-in for common.run_one: records its call, writes a minimal run directory, returns a summary whose AA
+    depends on lambda (the highest at 1e4)."""
+
+    def run_one(args, method, tasks, seed, out, data_dir, lam):
+        calls.append((method, seed, Path(data_dir), lam, args.epochs))
+        for i, t in enumerate(tasks.split(",")):
+            (out / "tasks" / f"0{i + 1}-{t}" / "adapter").mkdir(parents=True, exist_ok=True)
+            (out / "tasks" / f"0{i + 1}-{t}" / "adapter" / "w.bin").write_bytes(b"x" * 100)
+        aa = {1e3: 41.0, 1e4: 50.0, 1e5: 5.0}.get(lam, 30.0)
+        return {"tasks": tasks.split(","), "aa": aa, "bwt": -1.0, "accuracy_matrix": [[aa]], "wall_time_s": 1.0}
+
+    return run_one
+
+
+def test_select_on_validation_then_run_uses_the_choice(lb, toy, tmp_path, monkeypatch, capsys):
+    flags, running = toy
+    calls = []
+    monkeypatch.setattr(lb, "run_one", fake_run(calls))
+    monkeypatch.setattr(lb, "GRIDS", {"ewc": [1e3, 1e4, 1e5]})
+    lb.main(["select", "--methods", "ewc,seq-lora", *flags, *running])  # seq-lora has no knob: no selection
+    tag = lb.budget_tag(lb.BUDGETS["main"])
+    assert [(m, s, lam) for m, s, _, lam, _ in calls] == [("ewc", 1, 1e3), ("ewc", 1, 1e4), ("ewc", 1, 1e5)]
+    val_dir = tmp_path / "runs" / tag / "valdata" / "4task"
+    assert all(d == val_dir for _, _, d, _, _ in calls)  # trained and scored on the validation split only
+    choice = json.loads((tmp_path / "rec" / tag / "selection" / "4task" / "ewc" / "choice.json").read_text())
+    assert choice["chosen"] == 1e4 and [p["aa"] for p in choice["points"]] == [41.0, 50.0, 5.0]
+    point = json.loads((tmp_path / "rec" / tag / "selection" / "4task" / "ewc" / "lambda-1000.json").read_text())
+    assert point["kind"] == "selection" and point["validation"]["topic"]["validation_rows"] == 2  # 25% of 8
+    calls.clear()
+    lb.main(["select", "--methods", "ewc", *flags, *running])
+    assert calls == []  # every grid point recorded: nothing runs again
+    lb.main(["run", "--sequence", "4task", "--methods", "ewc", "--seeds", "1,2", "--epochs", "3", *flags, *running])
+    assert [(s, lam, e) for _, s, _, lam, e in calls] == [(1, 1e4, 3.0), (2, 1e4, 3.0)]  # the budget's choice
+    assert all(d == tmp_path / "CL" for _, _, d, _, _ in calls)  # the real tasks, not the validation split
+    r = json.loads((tmp_path / "rec" / tag.replace("-e1-", "-e3-") / "4task" / "ewc" / "seed-2.json").read_text())
+    assert r["hyperparameter"] == {"name": "lambda", "value": 1e4, "source": f"{tag}/selection/4task/ewc/choice.json"}
+    assert r["stored_bytes_per_task"] == [100, 100]
+    text = lb.build_table(tmp_path / "rec", tmp_path / "lb.md")
+    assert "| ewc | 1000: 41.00 / -1.00, 10000: 50.00 / -1.00, 100000: 5.00 / -1.00 | 10000 |" in text
+
+
+def test_run_without_a_selection_refuses_the_method(lb, toy, tmp_path, monkeypatch, capsys):
+    flags, running = toy
+    calls = []
+    monkeypatch.setattr(lb, "run_one", fake_run(calls))
+    lb.main(["run", "--sequence", "4task", "--methods", "ewc", "--seeds", "1", *flags, *running])
+    assert calls == [] and "no selection record" in capsys.readouterr().out
+
+
+def test_plan_lists_missing_records(lb, toy, tmp_path, capsys):
+    flags, _ = toy
+    tag = lb.budget_tag(lb.BUDGETS["main"])
+    put(tmp_path / "rec", "seq-lora", 2, 40.0, -1.0, tag=tag)
+    lb.main(["plan", "--verbose", *flags])
+    out = capsys.readouterr().out
+    n = 3 * len(lb.REGISTRY)
+    assert f"4task x every method: 1 of {n} recorded, {n - 1} missing" in out
+    assert f"missing {tag}/4task/seq-lora/seed-1.json" in out and f"{tag}/4task/seq-lora/seed-2.json" not in out
+    assert f"missing {tag}/selection/4task/n-lora/lambda-1e-05.json" in out
+    assert "budget: 4task at 3 epoch(s): 0 of 6 recorded" in out and "-e3-" in out
+
+
+def test_a_failing_run_is_reported_and_the_others_go_on(lb, toy, tmp_path, monkeypatch, capsys):
+    flags, running = toy
+    calls, ok = [], fake_run([])
+
+    def run_one(args, method, tasks, seed, out, data_dir, lam):
+        calls.append((method, seed))
+        if method == "seq-lora":
+            raise RuntimeError("broken")
+        return ok(args, method, tasks, seed, out, data_dir, lam)
+
+    monkeypatch.setattr(lb, "run_one", run_one)
+    with pytest.raises(SystemExit, match="1 run"):
+        lb.main(["run", "--sequence", "4task", "--methods", "seq-lora,inc-lora", "--seeds", "1", *flags, *running])
+    assert calls == [("seq-lora", 1), ("inc-lora", 1)] and "FAILED seq-lora seed 1" in capsys.readouterr().out
+    recs = sorted(p.relative_to(tmp_path / "rec").as_posix() for p in (tmp_path / "rec").rglob("seed-*.json"))
+    assert recs == [f"{lb.budget_tag(lb.BUDGETS['main'])}/4task/inc-lora/seed-1.json"]  # none for the failed run
+
+
+def test_commit_commits_only_the_record(lb, tmp_path, monkeypatch):
+    import subprocess
+
+    for k, v in (("GIT_AUTHOR_NAME", "t"), ("GIT_AUTHOR_EMAIL", "t@t"), ("GIT_COMMITTER_NAME", "t")):
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("GIT_COMMITTER_EMAIL", "t@t")
+    repo = tmp_path / "repo"
+    git = lambda *a: subprocess.run(["git", *a], cwd=repo, capture_output=True, text=True, check=True).stdout  # noqa: E731
+    repo.mkdir()
+    git("init", "-q")
+    (repo / "other.txt").write_text("staged, not to be committed")
+    git("add", "other.txt")
+    path = repo / "rec" / TAG / "4task" / "ewc" / "seed-1.json"
+    lb.save_record(path, {"budget_tag": TAG, "sequence": "4task", "method": "ewc", "aa": 1.0}, commit=True)
+    assert git("log", "--name-only", "--format=%s").split() == [
+        "leaderboard",
+        "record:",
+        TAG,
+        "4task",
+        "ewc",
+        "seed-1",
+        f"rec/{TAG}/4task/ewc/seed-1.json",
+    ]
+    assert "A  other.txt" in git("status", "--porcelain")  # still staged, not committed
+
+
+def test_a_run_another_process_holds_is_skipped_not_failed(lb, toy, tmp_path, monkeypatch, capsys):
+    from nlora.errors import NloraError
+
+    flags, running = toy
+
+    def busy(args, method, tasks, seed, out, data_dir, lam):
+        raise NloraError(f"{out} is in use by process 123 (an nlora run or eval holds it); wait for it to end")
+
+    monkeypatch.setattr(lb, "run_one", busy)
+    lb.main(["run", "--sequence", "4task", "--methods", "seq-lora", "--seeds", "1,2", *flags, *running])  # no exit
+    assert capsys.readouterr().out.count("another process is running it, skipped") == 2
+    assert not list((tmp_path / "rec").rglob("seed-*.json"))
