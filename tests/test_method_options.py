@@ -133,7 +133,10 @@ def test_options_of_a_replaced_method_are_dropped():
         (["--method-arg", "lambda=-1"], "command line: lambda (task topic) must be >= 0"),
         (["--method", "migu", "--lambda", "1"], "quantile (task topic) must be >= 0 and < 1"),
         (["--method", "l2p", "--method-arg", "top_k=11"], "top_k 11 exceeds pool_size 10"),
-        (["--lambda", "0.1", "--method-arg", "lambda=0.2"], "'lambda' and 'lambda' both set n-lora's option"),
+        (
+            ["--lambda", "0.1", "--method-arg", "lambda=0.2"],
+            "command line: --lambda and --method-arg lambda both set n-lora's option lambda",
+        ),
         (["--method-arg", "lambda"], "argument --method-arg: expected KEY=VALUE, got 'lambda'"),
         (["--method", "nope"], "unknown method 'nope'"),
     ],

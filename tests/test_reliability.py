@@ -411,12 +411,10 @@ def test_lock_holder_is_named(tmp_path):
 def test_disk_full_or_read_only_when_the_run_directory_is_made(
     model_dirs, data_dir, tmp_path, capsys, monkeypatch, code, expect
 ):
-    import nlora.recipe as recipe_mod
-
     def failing_save(cfg, path):
         raise OSError(code, os.strerror(code), str(path))
 
-    monkeypatch.setattr(recipe_mod, "save_config", failing_save)
+    monkeypatch.setattr(rundir, "save_config", failing_save)  # the run directory is made by rundir.make_run_dir
     out = tmp_path / "run"
     assert_refused(run_args(model_dirs["t5"], data_dir, out), capsys, expect, out)
     assert not out.exists()  # made by this run, so removed again

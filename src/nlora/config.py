@@ -445,9 +445,11 @@ def _layer_options(cls, layer: MethodLayer, with_options: bool = True) -> dict[s
                 )
             if layer.text:
                 value = _option_text(value, spec)
+        # how the user wrote it, for the error when one layer sets an option twice
+        written = repr(key) if not layer.text else f"--{key.replace('_', '-')}" if is_alias else f"--method-arg {key}"
         if spec.key in named:
-            raise NloraError(f"{layer.where}: '{named[spec.key]}' and '{key}' both set {cls.name}'s option {spec.key}")
-        named[spec.key] = key
+            raise NloraError(f"{layer.where}: {named[spec.key]} and {written} both set {cls.name}'s option {spec.key}")
+        named[spec.key] = written
         value = checked_value(value, spec.hint, key, layer.where)
         if spec.choices and value not in spec.choices:
             allowed = [str(c) for c in spec.choices]

@@ -26,7 +26,9 @@ class TaskContext:
 
 
 class Method:
-    """Base class. Subclasses set ``name``/``summary`` and override only the hooks they need.
+    """Base class. Subclasses set ``name``/``summary``, declare their settings in a nested ``Options`` dataclass
+    (methods/options.py: read as ``self.options`` / ``self.task_options(settings)``; ``self.run`` holds the
+    RunFacts), and override only the hooks they need.
 
     ``check(model, target_modules)`` runs once before any output is written: refuse impossible settings.
     Hooks, in the order the loop calls them for task ``t``:
