@@ -13,10 +13,10 @@ from pathlib import Path
 
 from . import rundir
 from .config import resolve
+from .console import log
 from .demo_tasks import DEMO_TASKS, write_demo_tasks
 from .errors import NloraError
 from .models import EMBEDDED, embedded_model_path, load_model
-from .console import log
 from .recipe import run
 
 # Settings chosen so that every task is learnt alone (100% on its own test set with either method) and the
