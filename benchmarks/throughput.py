@@ -55,7 +55,7 @@ import torch
 import nlora.evaluate as nlora_evaluate
 import nlora.recipe as nlora_recipe
 import nlora.train as nlora_train
-from nlora.adapters import ContinualLoRA
+from nlora.adapters import LoraBank
 from nlora.config import TaskSettings, resolve
 from nlora.data import Example, TaskData, load_tasks, resolve_task_dirs
 from nlora.dist import machine_name
@@ -343,13 +343,13 @@ def user_config(**overrides):
 
 
 class Ours:
-    """nlora's real code: ContinualLoRA + the default method (n-lora), train_task and predict_tasks."""
+    """nlora's real code: LoraBank + the default method (n-lora), train_task and predict_tasks."""
 
     def __init__(self, model, seq2seq: bool, tok, device, amp, earlier: int = 0, batch: int | None = None):
         self.cfg = cfg = user_config()
         self.tok, self.device, self.amp = tok, device, amp
         self.family = family_of(model)
-        self.lora = ContinualLoRA(model, cfg.lora, default_target_modules(model), seq2seq)
+        self.lora = LoraBank(model, cfg.lora, default_target_modules(model), seq2seq)
         self.method = build_method(cfg)
         base = cfg.tasks[0]
         self.settings = TaskSettings(

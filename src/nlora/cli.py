@@ -129,7 +129,7 @@ def cmd_methods(args) -> int:
 
 def cmd_analyze(args) -> int:
     from .analysis import analyze_run
-    from .recipe import log
+    from .console import log
     from .report import write_analysis
 
     # every run is read and checked before anything is written into any of them
@@ -145,7 +145,7 @@ def cmd_analyze(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from .recipe import log
+    from .console import log
     from .report import build_report
 
     path = build_report(args.run_dirs, args.out, args.threshold)

@@ -11,7 +11,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
-from .adapters import ContinualLoRA
+from .banks import Bank
 from .batching import Encoded, batch_order
 from .config import TaskSettings
 from .errors import NloraError
@@ -73,14 +73,14 @@ class _Trainee:
     """What each micro-step of a task works on."""
 
     forward: torch.nn.Module  # the model, compiled or not
-    lora: ContinualLoRA
+    lora: Bank
     method: Method
     settings: TaskSettings
     keep_logits: bool
 
 
 def train_task(
-    rt: Runtime, lora: ContinualLoRA, method: Method, data: list[Encoded], settings: TaskSettings, loop: TrainLoop
+    rt: Runtime, lora: Bank, method: Method, data: list[Encoded], settings: TaskSettings, loop: TrainLoop
 ) -> TrainStats:
     """Train the current adapter on one task; resumes from ``loop.checkpoint`` if it exists, saves it every
     ``loop.save_every`` optimizer steps (0: never). ``loop.log``: a line per optimizer step or logging interval."""

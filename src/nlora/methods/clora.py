@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..adapters import ContinualLoRA, LayerFactors
+from ..adapters import LayerFactors, LoraBank
 from ..config import TaskSettings
 from . import register
 from .base import Method
@@ -98,13 +98,13 @@ class CLoRA(Method):
             )
         return self.projections[f.module]
 
-    def begin_task(self, lora: ContinualLoRA, task_index: int, settings: TaskSettings) -> str:
+    def begin_task(self, lora: LoraBank, task_index: int, settings: TaskSettings) -> str:
         name = super().begin_task(lora, task_index, settings)
         self._factors = lora.factors(name)
         self._projections = [tuple(p.to(f.A.device) for p in self.projection(f)) for f in self._factors]
         return name
 
-    def penalty(self, lora: ContinualLoRA, settings: TaskSettings) -> torch.Tensor | None:
+    def penalty(self, lora: LoraBank, settings: TaskSettings) -> torch.Tensor | None:
         return self.task_options(settings).lam * subspace_penalty(self._factors, self._projections)
 
 

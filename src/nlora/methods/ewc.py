@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..adapters import ContinualLoRA
+from ..adapters import LoraBank
 from ..config import TaskSettings
 from . import register
 from .base import Method, TaskContext
@@ -61,20 +61,18 @@ class EWC(Method):
         self.fisher: list[torch.Tensor] | None = None
         self.anchor: list[torch.Tensor] | None = None
 
-    def begin_task(self, lora: ContinualLoRA, task_index: int, settings: TaskSettings) -> str:
+    def begin_task(self, lora: LoraBank, task_index: int, settings: TaskSettings) -> str:
         name = super().begin_task(lora, task_index, settings)
         self.params = lora.trainable_parameters()
         return name
 
-    def penalty(self, lora: ContinualLoRA, settings: TaskSettings) -> torch.Tensor | None:
+    def penalty(self, lora: LoraBank, settings: TaskSettings) -> torch.Tensor | None:
         if self.fisher is None:
             return None
         total = sum((f * (p.float() - a) ** 2).sum() for f, p, a in zip(self.fisher, self.params, self.anchor))
         return self.task_options(settings).lam / 2 * total
 
-    def end_task(
-        self, lora: ContinualLoRA, task_index: int, settings: TaskSettings, ctx: TaskContext | None = None
-    ) -> None:
+    def end_task(self, lora: LoraBank, task_index: int, settings: TaskSettings, ctx: TaskContext | None = None) -> None:
         was_training = lora.model.training
         lora.model.eval()  # Fisher of the model as it will be used, without dropout noise
         new = diagonal_fisher(self.params, ctx, self.options.fisher_batches)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..adapters import ContinualLoRA, LayerFactors
+from ..adapters import LayerFactors, LoraBank
 from ..config import TaskSettings
 from ..errors import NloraError
 from . import register
@@ -84,13 +84,13 @@ class NLoRA(Method):
             if isinstance(mod, torch.nn.Linear) and name.rsplit(".", 1)[-1] in target_modules:
                 _require_square(name, mod.out_features, mod.in_features)
 
-    def begin_task(self, lora: ContinualLoRA, task_index: int, settings: TaskSettings) -> str:
+    def begin_task(self, lora: LoraBank, task_index: int, settings: TaskSettings) -> str:
         name = super().begin_task(lora, task_index, settings)
         self._factors = lora.factors(name)  # same Parameter objects every step: collect once per task
         if self.options.form == "reference":
             check_reference_form(self._factors)
         return name
 
-    def penalty(self, lora: ContinualLoRA, settings: TaskSettings) -> torch.Tensor | None:
+    def penalty(self, lora: LoraBank, settings: TaskSettings) -> torch.Tensor | None:
         fn = l1_of_factor_product if self.options.form == "reference" else l1_of_updates
         return self.task_options(settings).lam * fn(self._factors)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..adapters import ContinualLoRA, LayerFactors
+from ..adapters import LayerFactors, LoraBank
 from ..config import TaskSettings
 from . import register
 from .base import Method
@@ -67,14 +67,14 @@ class OLoRA(Method):
             limit=(0, None),
         )
 
-    def begin_task(self, lora: ContinualLoRA, task_index: int, settings: TaskSettings) -> str:
+    def begin_task(self, lora: LoraBank, task_index: int, settings: TaskSettings) -> str:
         name = super().begin_task(lora, task_index, settings)
         self._current = lora.factors(name)
         self._old = [lora.factors(a) for a in lora.adapters[:-1]]
         self._stacked = stack_old(self._old)  # constants for the whole task: stacked once, not every step
         return name
 
-    def penalty(self, lora: ContinualLoRA, settings: TaskSettings) -> torch.Tensor | None:
+    def penalty(self, lora: LoraBank, settings: TaskSettings) -> torch.Tensor | None:
         options = self.task_options(settings)
         total = options.lam1 * orthogonality_penalty(self._current, self._old, self._stacked)
         lam2 = options.lam2

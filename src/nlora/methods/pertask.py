@@ -3,7 +3,7 @@ id is given). The upper bound without transfer: no forgetting by construction (B
 
 from __future__ import annotations
 
-from ..adapters import ContinualLoRA
+from ..adapters import LoraBank
 from ..config import TaskSettings
 from . import register
 from .base import Method
@@ -20,7 +20,7 @@ class PerTask(Method):
     source = "the O-LoRA comparison (PerTaskFT)"
     foldable = False  # every adapter must stay separate to be routed to
 
-    def begin_task(self, lora: ContinualLoRA, task_index: int, settings: TaskSettings) -> str:
+    def begin_task(self, lora: LoraBank, task_index: int, settings: TaskSettings) -> str:
         name = super().begin_task(lora, task_index, settings)
         lora.activate([name])  # trained alone: earlier adapters are not in its forward pass
         return name

@@ -26,7 +26,7 @@ import math
 
 import torch
 
-from ..adapters import ContinualLoRA
+from ..adapters import LoraBank
 from ..config import TaskSettings
 from . import register
 from .base import Method, TaskContext
@@ -69,7 +69,7 @@ class SLAO(Method):
         self.next_init: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # (A_i(0), B_i(0)) per layer
         self.steps = 0
 
-    def begin_task(self, lora: ContinualLoRA, task_index: int, settings: TaskSettings) -> str:
+    def begin_task(self, lora: LoraBank, task_index: int, settings: TaskSettings) -> str:
         name = super().begin_task(lora, task_index, settings)
         if task_index > 0 and self.next_init is not None:
             with torch.no_grad():
@@ -79,12 +79,10 @@ class SLAO(Method):
         self.steps = 0
         return name
 
-    def before_step(self, lora: ContinualLoRA, dist) -> None:
+    def before_step(self, lora: LoraBank, dist) -> None:
         self.steps += 1  # tells end_task that the adapter holds freshly fine-tuned factors
 
-    def end_task(
-        self, lora: ContinualLoRA, task_index: int, settings: TaskSettings, ctx: TaskContext | None = None
-    ) -> None:
+    def end_task(self, lora: LoraBank, task_index: int, settings: TaskSettings, ctx: TaskContext | None = None) -> None:
         i = task_index + 1
         factors = lora.factors(lora.current)
         prev = self.merged or [torch.zeros_like(f.B) for f in factors]
