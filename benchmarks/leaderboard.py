@@ -77,6 +77,7 @@ GRIDS = {
     "n-lora": [3e-6, 1e-5, 5e-5, 2e-4],  # L1 weight on s*B*A
     "o-lora": [0.1, 0.5, 1.0],  # lambda1, orthogonality of A_t to earlier A's (default 0.5)
     "ewc": [1e3, 1e4, 1e5],  # Fisher penalty weight (default 1e4)
+    "l2": [0.1, 1.0, 10.0],  # squared-distance pull weight (default 1)
     "lwf": [0.3, 1.0, 3.0],  # distillation weight (default 1)
     "replay": [0.01, 0.02, 0.05],  # share of each earlier task's training examples kept (default 0.02)
     "l2p": [0.1, 0.5, 1.0],  # key pull-together weight (default 0.5)

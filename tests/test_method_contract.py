@@ -152,6 +152,22 @@ def test_ewc_penalty_zero_at_anchor_and_grows_away(model_dirs, data_dir):
     assert 0 < values[0] < values[1] and values[1] / values[0] == pytest.approx(4.0, rel=1e-3)  # quadratic
 
 
+def test_l2_penalty_equals_the_formula_and_its_gradient(model_dirs, data_dir):
+    lora, method, _ = _fit("l2", "llama", model_dirs, data_dir, fold=False)
+    settings = TaskSettings(name="x", lr=1e-3, epochs=1, batch_size=4, grad_accum=1, method_options={"lambda": 3.0})
+    assert method.penalty(lora, settings).item() == 0.0  # at the anchor just set by end_task
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in method.params:
+            p.add_(1e-2 * torch.randn_like(p))
+    brute = 3.0 / 2 * sum(float(((p.double() - a.double()) ** 2).sum()) for p, a in zip(method.params, method.anchor))
+    value = method.penalty(lora, settings)
+    assert value.item() == pytest.approx(brute, rel=1e-5) and brute > 0
+    grads = torch.autograd.grad(value, method.params)
+    for g, p, a in zip(grads, method.params, method.anchor):  # d/dtheta = lambda (theta - theta*)
+        assert torch.allclose(g.float(), 3.0 * (p.detach().float() - a), rtol=1e-5, atol=1e-8)
+
+
 def test_mtl_sees_all_tasks_and_is_evaluated_once(model_dirs, data_dir, tmp_path):
     method = make_method("mtl", run=RunFacts(n_tasks=3))
     splits = [[Example(f"{t}{i}", "x") for i in range(5)] for t in "abc"]

@@ -33,14 +33,20 @@ def stats(root: Path) -> dict:
                 n_args = len(a.posonlyargs) + len(a.args) + len(a.kwonlyargs) + bool(a.vararg) + bool(a.kwarg)
                 if a.args and a.args[0].arg in ("self", "cls"):
                     n_args -= 1
-                functions.append({"name": f"{rel}:{node.name}", "lines": node.end_lineno - node.lineno + 1,
-                                  "args": n_args})
+                functions.append(
+                    {"name": f"{rel}:{node.name}", "lines": node.end_lineno - node.lineno + 1, "args": n_args}
+                )
             if isinstance(node, ast.If | ast.IfExp | ast.While) and _branches_on_family(node.test):
                 branches += 1
     longest = max(functions, key=lambda f: f["lines"])
     widest = max(functions, key=lambda f: f["args"])
-    return {"functions": len(functions), "longest_function": longest, "largest_argument_list": widest,
-            "family_branches": branches, "seq2seq_mentions": mentions}
+    return {
+        "functions": len(functions),
+        "longest_function": longest,
+        "largest_argument_list": widest,
+        "family_branches": branches,
+        "seq2seq_mentions": mentions,
+    }
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from . import (  # noqa: E402, F401
     gainlora,
     inclora,
     inflora,
+    l2,
     l2p,
     lwf,
     migu,
