@@ -31,19 +31,27 @@ def stats(root: Path) -> dict:
             if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
                 a = node.args
                 n_args = len(a.posonlyargs) + len(a.args) + len(a.kwonlyargs) + bool(a.vararg) + bool(a.kwarg)
+                n_positional = len(a.posonlyargs) + len(a.args)
                 if a.args and a.args[0].arg in ("self", "cls"):
-                    n_args -= 1
+                    n_args, n_positional = n_args - 1, n_positional - 1
                 functions.append(
-                    {"name": f"{rel}:{node.name}", "lines": node.end_lineno - node.lineno + 1, "args": n_args}
+                    {
+                        "name": f"{rel}:{node.name}",
+                        "lines": node.end_lineno - node.lineno + 1,
+                        "args": n_args,
+                        "positional": n_positional,
+                    }
                 )
             if isinstance(node, ast.If | ast.IfExp | ast.While) and _branches_on_family(node.test):
                 branches += 1
     longest = max(functions, key=lambda f: f["lines"])
     widest = max(functions, key=lambda f: f["args"])
+    most_positional = max(functions, key=lambda f: f["positional"])
     return {
         "functions": len(functions),
         "longest_function": longest,
         "largest_argument_list": widest,
+        "most_positional_arguments": most_positional,
         "family_branches": branches,
         "seq2seq_mentions": mentions,
     }

@@ -18,7 +18,7 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def _heatmap(matrix, rows, cols, title, path, fmt="{:.1f}", cmap="viridis", xlabel="", ylabel="", vrange=None):
+def _heatmap(matrix, rows, cols, title, path, *, fmt="{:.1f}", cmap="viridis", xlabel="", ylabel="", vrange=None):
     import numpy as np
 
     data = np.array([[float("nan") if v is None else v for v in r] for r in matrix], dtype=float)
