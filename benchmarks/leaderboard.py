@@ -458,6 +458,68 @@ def cmd_run(args) -> None:
             save_record(path, make_record("run", summary, out, s, tag, seq, method, seed, hp), args.commit)
 
 
+def run_dir_record(run_dir: Path, s: dict, tag: str, seq: str) -> dict:
+    """The record of a finished run made outside ``run`` (``nlora run`` or benchmarks/accuracy.py), after
+    checking that it was run at this budget on this sequence; a mismatch is one NloraError naming the field."""
+    import yaml
+
+    from nlora.config import RunConfig
+    from nlora.methods.options import option_specs
+
+    cfg_path, summary_path = run_dir / "config.yaml", run_dir / "summary.json"
+    if not cfg_path.is_file() or not summary_path.is_file():
+        raise NloraError(f"{run_dir}: not a finished run (config.yaml and summary.json needed)")
+    cfg = RunConfig.from_dict(yaml.safe_load(cfg_path.read_text("utf-8")))
+    first = cfg.tasks[0]
+    lora_r, lora_alpha = (s["lora_r"], s["lora_alpha"]) if s.get("lora_r") else (8, 32)
+    expected = {
+        "task names": (cfg.task_names, SEQUENCES[seq].split(",")),
+        "model": (cfg.model, s["model"]),
+        "max_train_per_task": (cfg.max_train_per_task, s["max_train"]),
+        "max_test_per_task": (cfg.max_test_per_task, s["max_test"]),
+        "epochs": ({t.epochs for t in cfg.tasks}, {float(s["epochs"])}),
+        "batch_size": ({t.batch_size * t.grad_accum for t in cfg.tasks}, {s["batch_size"]}),
+        "lr": ({t.lr for t in cfg.tasks}, {s["lr"]}),
+        "precision": (cfg.precision, s["precision"]),
+        "lora r / alpha": ((cfg.lora.r, cfg.lora.alpha), (lora_r, lora_alpha)),
+        "eval_scope": (cfg.eval_scope, "needed"),
+        "unknown_labels": (cfg.unknown_labels, "drop"),
+        "compat": (cfg.compat, "clean"),
+    }
+    for name, (got, want) in expected.items():
+        if got != want:
+            raise NloraError(f"{cfg_path}: {name} is {got}, budget {tag} needs {want}")
+    if cfg.method not in REGISTRY:
+        raise NloraError(f"{cfg_path}: method {cfg.method!r} is not registered")
+    if cfg.method == "n-lora" and cfg.method_options.get("form", "paper") != s.get("nlora_form", "paper"):
+        raise NloraError(f"{cfg_path}: n-lora form {cfg.method_options.get('form')}, budget {tag} needs paper")
+    summary = json.loads(summary_path.read_text("utf-8"))
+    if len(summary.get("per_task") or []) != len(cfg.tasks) or summary.get("aa") is None:
+        raise NloraError(f"{summary_path}: the run has not finished every task")
+    main_option = next((o for o in option_specs(REGISTRY[cfg.method].Options) if o.alias == "lambda"), None)
+    hp = {"name": "lambda", "value": None, "source": "no coefficient"}
+    if main_option is not None:
+        given = first.method_options.get(main_option.key, cfg.method_options.get(main_option.key))
+        value = main_option.default if given is None else given  # newer configs store the resolved value
+        source = "method default" if value == main_option.default else f"set for the run {run_dir}"
+        hp = {"name": "lambda", "value": value, "source": source + " (recorded from a run directory)"}
+    return make_record("run", summary, run_dir, s, tag, seq, cfg.method, cfg.seed, hp)
+
+
+def cmd_record(args) -> None:
+    s, seq = settings_of(args), args.sequence
+    tag = budget_tag(s)
+    for run_dir in args.run_dirs:
+        record = run_dir_record(Path(run_dir), s, tag, seq)
+        # made by another process, perhaps another checkout: the recorder's commit would say nothing of it
+        record.update(made_outside_runner=True, nlora_commit=args.run_commit, nlora_tree_dirty=None)
+        path = run_path(args.records, tag, seq, record["method"], record["seed"])
+        if path.is_file() and not args.replace:
+            print(f"[leaderboard] {path}: recorded already, kept (--replace to write it again)", flush=True)
+            continue
+        save_record(path, record, args.commit)
+
+
 # ------------------------------------------------------------------------------------------------------ plan
 
 
@@ -912,6 +974,12 @@ def main(argv=None) -> None:
     ru.add_argument("--seeds", default="1,2,3")
     ru.add_argument("--lambda", dest="fixed_lambda", action="append", default=[], metavar="METHOD=VALUE")
     ru.add_argument("--allow-default", action="store_true", help="without a selection record, the method default")
+    rec = sub.add_parser("record", parents=[common], help="record finished run directories made elsewhere")
+    rec.add_argument("run_dirs", nargs="+", help="finished `nlora run` directories at this budget")
+    rec.add_argument("--sequence", required=True, choices=sorted(SEQUENCES))
+    rec.add_argument("--commit", action="store_true", help="git-commit each record as it is written")
+    rec.add_argument("--replace", action="store_true", help="write a record that exists again")
+    rec.add_argument("--run-commit", help="the nlora commit the runs were made with (recorded; default: unknown)")
     ta = sub.add_parser("table", parents=[common], help="the leaderboard markdown from the records")
     ta.add_argument("--out", default=str(ROOT / "docs" / "leaderboard.md"))
     ta.add_argument("--no-plan", action="store_true", help="only what is recorded (no missing rows from the plan)")
@@ -921,7 +989,12 @@ def main(argv=None) -> None:
     if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
     args.failures = []
-    {"plan": cmd_plan, "select": cmd_select, "run": cmd_run, "table": cmd_table}[args.cmd](args)
+    commands = {"plan": cmd_plan, "select": cmd_select, "run": cmd_run, "record": cmd_record, "table": cmd_table}
+    try:
+        commands[args.cmd](args)
+    except NloraError as e:
+        print(f"[leaderboard] error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
     if args.failures:
         raise SystemExit(f"[leaderboard] {len(args.failures)} run(s) failed:\n  " + "\n  ".join(args.failures))
 

@@ -354,3 +354,30 @@ def test_a_run_another_process_holds_is_skipped_not_failed(lb, toy, tmp_path, mo
     lb.main(["run", "--sequence", "4task", "--methods", "seq-lora", "--seeds", "1,2", *flags, *running])  # no exit
     assert capsys.readouterr().out.count("another process is running it, skipped") == 2
     assert not list((tmp_path / "rec").rglob("seed-*.json"))
+
+
+def test_record_takes_a_run_made_elsewhere_only_at_its_budget(lb, toy, tmp_path, model_dirs, capsys):
+    from nlora.cli import main as nlora
+
+    flags, _ = toy
+    out = tmp_path / "elsewhere"
+    common = ["--model", str(model_dirs["llama"]), "--data-dir", str(tmp_path / "CL"), "--tasks", "topic,mood"]
+    args = ["--max-test-per-task", "4", "--batch-size", "4", "--lr", "1e-3", "--precision", "fp32", "--seed", "2"]
+    extra = ["--eval-scope", "needed", "--unknown-labels", "drop", "--device", "cpu", "--method", "o-lora"]
+    assert nlora(["run", *common, "--output-dir", str(out), "--max-train-per-task", "8", *args, *extra]) == 0
+    tag = lb.budget_tag(lb.BUDGETS["main"])
+    lb.main(["record", str(out), "--sequence", "4task", "--run-commit", "abc123", *flags])
+    r = json.loads((tmp_path / "rec" / tag / "4task" / "o-lora" / "seed-2.json").read_text())
+    summary = json.loads((out / "summary.json").read_text())
+    assert r["aa"] == summary["aa"] and r["accuracy_matrix"] == summary["accuracy_matrix"] and r["seed"] == 2
+    assert r["hyperparameter"]["value"] == 0.5 and r["hyperparameter"]["source"].startswith("method default")
+    assert r["made_outside_runner"] and r["nlora_commit"] == "abc123" and r["acr"] is not None
+    # a run at another budget is refused in one line naming the field, and nothing is written
+    other = tmp_path / "other"
+    assert nlora(["run", *common, "--output-dir", str(other), "--max-train-per-task", "6", *args, *extra]) == 0
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        lb.main(["record", str(other), "--sequence", "4task", "--replace", *flags])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and "max_train_per_task is 6" in err[0] and tag in err[0]
+    assert json.loads((tmp_path / "rec" / tag / "4task" / "o-lora" / "seed-2.json").read_text()) == r
