@@ -46,6 +46,34 @@ def write_task(root: Path, name: str, n_train: int = 24, n_test: int = 8, seed: 
     return d
 
 
+def toy_run_args(model_dir, data_dir, out, *extra):
+    """`nlora run` on the toy tasks topic then mood at a few steps: the arguments most CLI tests share."""
+    return [
+        "run",
+        "--model",
+        str(model_dir),
+        "--data-dir",
+        str(data_dir),
+        "--output-dir",
+        str(out),
+        "--tasks",
+        "topic,mood",
+        "--max-train-per-task",
+        "8",
+        "--max-test-per-task",
+        "4",
+        "--batch-size",
+        "4",
+        "--eval-batch-size",
+        "4",
+        "--max-target-length",
+        "6",
+        "--lr",
+        "0.01",
+        *extra,
+    ]
+
+
 @pytest.fixture
 def data_dir(tmp_path) -> Path:
     root = tmp_path / "CL"

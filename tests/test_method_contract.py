@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import toy_run_args
 
 from nlora.banks import make_bank
 from nlora.batching import encode
@@ -26,32 +27,14 @@ TASKS = ["01-topic", "02-mood"]
 
 
 def run_args(model_dir, data_dir, out, method):
-    return [
-        "run",
-        "--model",
-        str(model_dir),
-        "--data-dir",
-        str(data_dir),
-        "--output-dir",
-        str(out),
-        "--tasks",
-        "topic,mood",
-        "--max-train-per-task",
-        "8",
-        "--max-test-per-task",
-        "4",
-        "--batch-size",
-        "4",
-        "--eval-batch-size",
-        "4",
-        "--max-target-length",
-        "6",
-        "--lr",
-        "0.01",
+    return toy_run_args(
+        model_dir,
+        data_dir,
+        out,
         "--method",
         method,
         *(["--lambda", "0.5"] if method == "replay" else ["--lambda", "0.01"]),
-    ]
+    )
 
 
 def rows(path: Path) -> list[dict]:

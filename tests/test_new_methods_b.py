@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import toy_run_args
 from safetensors.torch import load_file
 
 import nlora.train as train_mod
@@ -375,33 +376,15 @@ def test_docs_table_has_a_row_per_method(capsys):
 
 
 def _args(model_dir, data_dir, out, method):
-    return [
-        "run",
-        "--model",
-        str(model_dir),
-        "--data-dir",
-        str(data_dir),
-        "--output-dir",
-        str(out),
-        "--tasks",
-        "topic,mood",
-        "--max-train-per-task",
-        "8",
-        "--max-test-per-task",
-        "4",
-        "--batch-size",
-        "4",
-        "--eval-batch-size",
-        "4",
-        "--max-target-length",
-        "6",
-        "--lr",
-        "0.01",
+    return toy_run_args(
+        model_dir,
+        data_dir,
+        out,
         "--method",
         method,
         "--save-every",
         "1",
-    ]
+    )
 
 
 @pytest.mark.parametrize("method,crash_at", [("slao", 3), ("l2p", 3), ("migu-lora", 4)])

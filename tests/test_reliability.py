@@ -10,36 +10,10 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import toy_run_args as run_args
 
 from nlora import rundir
 from nlora.cli import main
-
-
-def run_args(model_dir, data_dir, out, *extra):
-    return [
-        "run",
-        "--model",
-        str(model_dir),
-        "--data-dir",
-        str(data_dir),
-        "--output-dir",
-        str(out),
-        "--tasks",
-        "topic,mood",
-        "--max-train-per-task",
-        "8",
-        "--max-test-per-task",
-        "4",
-        "--batch-size",
-        "4",
-        "--eval-batch-size",
-        "4",
-        "--max-target-length",
-        "6",
-        "--lr",
-        "0.01",
-        *extra,
-    ]
 
 
 def snapshot(root: Path) -> dict | None:
