@@ -345,8 +345,11 @@ def user_config(**overrides):
 class Ours:
     """nlora's real code: LoraBank + the default method (n-lora), train_task and predict_tasks."""
 
-    def __init__(self, model, seq2seq: bool, tok, device, amp, earlier: int = 0, batch: int | None = None):
+    def __init__(
+        self, model, seq2seq: bool, tok, device, amp, earlier: int = 0, batch: int | None = None, compile=False
+    ):
         self.cfg = cfg = user_config()
+        self.compile = compile  # --compile: torch.compile the training forward
         self.tok, self.device, self.amp = tok, device, amp
         self.family = family_of(model)
         self.lora = LoraBank(model, cfg.lora, default_target_modules(model), seq2seq)
@@ -367,10 +370,10 @@ class Ours:
         cfg = self.cfg
         rt = self.runtime(cfg.max_target_length)
         data = rt.encode(examples)
-        loop = nlora_train.TrainLoop(seed=cfg.seed, max_grad_norm=cfg.max_grad_norm)
+        loop = nlora_train.TrainLoop(seed=cfg.seed, max_grad_norm=cfg.max_grad_norm, compile_model=self.compile)
         nlora_train.train_task(rt, self.lora, self.method, data, self.settings, loop)
 
-    def runtime(self, max_target: int, mode: str = "generate") -> Runtime:
+    def runtime(self, max_target: int, mode: str = "generate", share_prefix: bool = True) -> Runtime:
         """The Runtime the recipe would build for this config (``max_target``: the answer tokens trained on,
         or generated at most)."""
         cfg = self.cfg
@@ -384,13 +387,15 @@ class Ours:
             compat=cfg.compat,
             eval_mode=mode,
             eval_batch_size=cfg.eval_batch_size or default_eval_batch(self.device),
+            share_prefix=share_prefix,
         )
 
-    def predict(self, tasks: list[TaskData], mode: str, new_tokens: int) -> list:
-        """As the recipe's evaluate_and_write: predict_tasks on weights merged with the active adapters."""
+    def predict(self, tasks: list[TaskData], mode: str, new_tokens: int, share_prefix: bool = True) -> list:
+        """As the recipe's evaluate_and_write: predict_tasks on weights merged with the active adapters
+        (``share_prefix`` False: the ablation without the shared prompt prefix)."""
         cfg = self.cfg
         with self.lora.merged(self.lora.active()):
-            rt = self.runtime(new_tokens if mode == "generate" else cfg.max_target_length, mode)
+            rt = self.runtime(new_tokens if mode == "generate" else cfg.max_target_length, mode, share_prefix)
             return nlora_evaluate.predict_tasks(self.lora.model, rt, tasks)
 
 
@@ -560,11 +565,15 @@ def bench_train(args, device, tok, tasks, info, pad512: bool = False) -> None:
     ours_variants = {"ours": default_amp}
     if args.also_bf16 and default_amp is None:
         ours_variants["ours-bf16"] = torch.bfloat16
+    if args.also_compile:
+        ours_variants["ours-compile"] = default_amp
     for name, amp in ours_variants.items():
         model, seq2seq = build_model(args.shape, device, vocab)
-        o = Ours(model, seq2seq, tok, device, amp, batch=args.batch)
+        o = Ours(model, seq2seq, tok, device, amp, batch=args.batch, compile=name == "ours-compile")
         runners[name], warm[name] = (lambda o=o: o.train(examples)), (lambda o=o: o.train(examples[: args.batch]))
     base_variants = {"reference": None, "peft-bf16": torch.bfloat16}
+    if args.no_bf16_baseline:
+        del base_variants["peft-bf16"]
     if pad512:
         base_variants = {"reference-pad512": None}
     for name, amp in base_variants.items():
@@ -660,8 +669,11 @@ def bench_eval(args, device, tok, tasks, info) -> None:
         o = Ours(model, seq2seq, tok, device, amp)
         runners[f"ours-generate{suffix}"] = lambda o=o: o.predict(tasks, "generate", args.new_tokens)
         runners[f"ours-score{suffix}"] = lambda o=o: o.predict(tasks, "score", args.new_tokens)
+        if args.ablate_prefix and not suffix:  # the same code with the shared prompt prefix switched off
+            runners["ours-generate-noprefix"] = lambda o=o: o.predict(tasks, "generate", args.new_tokens, False)
+            runners["ours-score-noprefix"] = lambda o=o: o.predict(tasks, "score", args.new_tokens, False)
     ref_batch = REFERENCE_EVAL_BATCH[SHAPES[args.shape][0]]
-    for name, amp in (("reference", None), ("peft-bf16", torch.bfloat16)):
+    for name, amp in (("reference", None), ("peft-bf16", torch.bfloat16))[: 1 if args.no_bf16_baseline else 2]:
         model, seq2seq = build_model(args.shape, device, vocab)
         r = Reference(model, seq2seq, tok, device, amp)
         runners[name] = lambda r=r: r.predict(tasks, args.new_tokens, ref_batch)
@@ -686,6 +698,7 @@ def bench_eval(args, device, tok, tasks, info) -> None:
             for k, v in res.items()
             if k.startswith("ours")
             for b in ("reference", "peft-bf16")
+            if b in res
         },
         memory_field(device): {k: v["peak_mib"] for k, v in res.items()},
         "above_start_mib": {k: v["above_start_mib"] for k, v in res.items()},
@@ -884,6 +897,17 @@ def main(argv=None) -> None:
         "--also-bf16",
         action="store_true",
         help="where ours defaults to fp32 (CPU), also time ours with --precision bf16",
+    )
+    p.add_argument(
+        "--no-bf16-baseline",
+        action="store_true",
+        help="leave out peft-bf16 in train and eval (a CPU without bf16 instructions, where it is the slowest)",
+    )
+    p.add_argument("--also-compile", action="store_true", help="train case: also ours with --compile")
+    p.add_argument(
+        "--ablate-prefix",
+        action="store_true",
+        help="eval case: also ours with the shared prompt prefix switched off (Runtime.share_prefix)",
     )
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's, one per core)")
     p.add_argument("--profile", action="store_true", help="also the top operators of every variant")

@@ -103,8 +103,8 @@ def _generate_halving(model, rt: Runtime, encoded, prompts, chunk) -> dict[int, 
 
 def _generate_batch(model, rt: Runtime, encoded, prompts) -> list[tuple[str, int]]:
     tokenizer = rt.tokenizer
-    batch = rt.on_device(rt.family.collate_prompts(encoded, tokenizer.pad_token_id))
     with rt.autocast():
+        batch = rt.family.generation_inputs(model, encoded, tokenizer.pad_token_id, rt.device, rt.shares_prefix())
         # synced: sharded ranks keep stepping until all have finished (their weight gathers must match)
         gen = model.generate(
             **batch,
@@ -155,7 +155,8 @@ def score_labels(model, rt: Runtime, prompts: list[str], labels: list[str], desc
     for chunk, keep in tqdm(mine, desc=desc, unit="batch", leave=False, dynamic_ncols=True, disable=not dist.is_main):
         with rt.autocast():
             if cached:
-                scores = family.candidate_logprobs(model, [pairs[i * k] for i in chunk], candidates, pad_id, rt.device)
+                prompts_in = [pairs[i * k] for i in chunk]
+                scores = family.candidate_logprobs(model, prompts_in, candidates, pad_id, rt.device, rt.shares_prefix())
             else:
                 rows = [pairs[i * k + j] for i in chunk for j in range(k)]
                 batch = rt.on_device(family.collate_train(rows, pad_id))

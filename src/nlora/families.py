@@ -109,9 +109,15 @@ class ModelFamily:
         """The count a micro-batch's summed loss is divided by (the answer tokens, unless ``compat`` says)."""
         return count
 
-    def candidate_logprobs(self, model, prompts: list[Encoded], candidates: list[list[int]], pad_id: int, device):
+    def candidate_logprobs(
+        self, model, prompts: list[Encoded], candidates: list[list[int]], pad_id: int, device, share_prefix=True
+    ):
         """[prompts, candidates]: summed log-probability of each candidate after each prompt (``scoring``)."""
         raise NotImplementedError
+
+    def generation_inputs(self, model, prompts: list[Encoded], pad_id: int, device, share_prefix: bool = True) -> dict:
+        """``generate``'s inputs for a batch of prompts (decoder-only: their shared prefix already cached)."""
+        return {k: v.to(device) for k, v in self.collate_prompts(prompts, pad_id).items()}
 
     # -- generation ------------------------------------------------------------------------------------------
 
@@ -176,7 +182,7 @@ class EncoderDecoder(ModelFamily):
         inputs = {k: v for k, v in batch.items() if k != "labels"}
         return model(**inputs, labels=labels).logits, labels
 
-    def candidate_logprobs(self, model, prompts, candidates, pad_id, device):
+    def candidate_logprobs(self, model, prompts, candidates, pad_id, device, share_prefix=True):
         from .scoring import encoder_decoder_logprobs
 
         return encoder_decoder_logprobs(model, prompts, candidates, pad_id, device)
@@ -246,10 +252,15 @@ class DecoderOnly(ModelFamily):
         # the release's decoder loss divides by the sum of its whole loss mask
         return release_denominator(examples) if compat == "reference" else count
 
-    def candidate_logprobs(self, model, prompts, candidates, pad_id, device):
+    def candidate_logprobs(self, model, prompts, candidates, pad_id, device, share_prefix=True):
         from .scoring import decoder_only_logprobs
 
-        return decoder_only_logprobs(model, prompts, candidates, pad_id, device)
+        return decoder_only_logprobs(model, prompts, candidates, pad_id, device, share_prefix)
+
+    def generation_inputs(self, model, prompts, pad_id, device, share_prefix=True):
+        from .scoring import shared_prompt_inputs
+
+        return shared_prompt_inputs(model, [p.source for p in prompts], pad_id, device, share_prefix)
 
     def decode_answers(self, tokenizer, generated, prompt_width, prompts, compat):
         if compat == "reference":

@@ -29,6 +29,13 @@ class Runtime:
     compat: str = "clean"  # the encoding: nlora's or the release's (batching)
     eval_mode: str = "generate"  # or "score": the most likely label
     eval_batch_size: int = 32  # prompts per evaluation batch (halved on out-of-memory)
+    # run a batch's shared prompt prefix once in evaluation (scoring.py; same results up to float rounding)
+    share_prefix: bool = True
+
+    def shares_prefix(self) -> bool:
+        """Whether evaluation runs a batch's shared prompt prefix once: not under sharding (every rank must
+        make the same passes) nor under ``--compat reference`` (the release's batches, as it made them)."""
+        return self.share_prefix and not self.dist.sharded and self.compat != "reference"
 
     @property
     def pad_id(self) -> int:

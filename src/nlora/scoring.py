@@ -11,6 +11,14 @@ log p(candidate | prompt) is the same sum as the plain way's, up to float roundi
 It needs a model whose forward on [prompt; candidate] equals its forward on the prompt followed by the
 candidate over the cache: true of LoRA (folded, merged or live), not of soft prompts prepended by PEFT's
 prompt learning or of methods that gate branches from the whole input; ``cached_scoring_applies`` says so.
+
+Shared prefix (decoder-only, scoring and generation): the prompts of one task begin with the same tokens
+(BOS, ``Task:..``, ``Dataset:..``, the instruction and the option line: 30-50 SmolLM2 tokens, a quarter to
+two thirds of a CL_Benchmark prompt). A batch's common prefix is run once, as a batch of one, and its cache
+repeated for every row; each row's own tokens then run over it, padded in the middle
+(``[prefix][pads][own tokens]``, masked, positions continuing the prefix's), so the last position is still
+every row's last token. Same sums as the plain pass up to float rounding (tested against it). Only where no
+module has forward hooks (``prefix_sharing_applies``: a hook may read the whole input, as input gates do).
 """
 
 from __future__ import annotations
@@ -36,11 +44,61 @@ def _cache_argument(model) -> str:
     return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
 
-def _left_pad(rows: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+# Below this many shared tokens a separate prefix pass costs about what it saves.
+MIN_SHARED_PREFIX = 16
+
+
+def prefix_sharing_applies(model) -> bool:
+    """Whether a prompt pass may be split into its shared prefix (run once) and each row's rest: cached
+    scoring applies and no module has forward hooks (a hook may read the whole input or the batch, as
+    gainlora's input gates do; splitting the pass would show it a part)."""
+    if not cached_scoring_applies(model):
+        return False
+    return not any(m._forward_pre_hooks or m._forward_hooks for m in model.modules())
+
+
+def shared_prefix_length(rows: list[list[int]], minimum: int = MIN_SHARED_PREFIX) -> int:
+    """The number of leading tokens all ``rows`` share, leaving every row at least one token of its own;
+    0 for a single row or fewer than ``minimum`` shared tokens."""
+    if len(rows) < 2:
+        return 0
+    first, n = rows[0], min(len(r) for r in rows) - 1
+    for row in rows[1:]:
+        k = 0
+        while k < n and row[k] == first[k]:
+            k += 1
+        n = k
+    return n if n >= minimum else 0
+
+
+def prompt_rows(rows: list[list[int]], pad_id: int, prefix: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompts as one batch whose last column is every row's last token: ``[first prefix tokens][pads][the
+    rest]`` (``prefix`` 0: plain left padding), and its attention mask."""
     width = max(len(r) for r in rows)
-    ids = torch.tensor([[pad_id] * (width - len(r)) + r for r in rows], device=device)
-    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
+    ids = torch.tensor([r[:prefix] + [pad_id] * (width - len(r)) + r[prefix:] for r in rows], device=device)
+    mask = torch.tensor([[1] * prefix + [0] * (width - len(r)) + [1] * (len(r) - prefix) for r in rows], device=device)
     return ids, mask
+
+
+def prefix_cache(model, prefix_ids: torch.Tensor, rows: int):
+    """The key/value cache of ``prefix_ids`` ([1, prefix]), run once and repeated for ``rows`` rows."""
+    keep = {"logits_to_keep": 1} if accepts_logits_to_keep(model) else {}
+    out = model(input_ids=prefix_ids, use_cache=True, **keep)
+    cache = getattr(out, "cache", None) or out.past_key_values
+    cache.batch_repeat_interleave(rows)
+    return cache
+
+
+def shared_prompt_inputs(model, rows: list[list[int]], pad_id: int, device, share_prefix: bool = True) -> dict:
+    """``generate``/forward inputs for decoder-only prompts: the padded ids and mask, and, where a prefix is
+    shared (and ``prefix_sharing_applies``), the cache holding it (under the model's cache argument)."""
+    n = shared_prefix_length(rows) if share_prefix and prefix_sharing_applies(model) else 0
+    ids, mask = prompt_rows(rows, pad_id, n, device)
+    inputs = {"input_ids": ids, "attention_mask": mask}
+    if n:
+        cache_arg = _cache_argument(model)
+        inputs[cache_arg] = prefix_cache(model, ids[:1, :n], len(rows))
+    return inputs
 
 
 def _picked(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
@@ -50,26 +108,44 @@ def _picked(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def candidate_logprobs(
-    model, prompts: list[Encoded], candidates: list[list[int]], *, family, pad_id: int, device: torch.device
+    model,
+    prompts: list[Encoded],
+    candidates: list[list[int]],
+    *,
+    family,
+    pad_id: int,
+    device: torch.device,
+    share_prefix: bool = True,
 ) -> torch.Tensor:
     """[len(prompts), len(candidates)]: summed log-probability of each candidate's tokens after each prompt.
 
     ``prompts`` are encoded sources (``Encoded.source``: with BOS for decoder-only models, as training sees
     them); ``candidates`` the label token ids with EOS, the same for every prompt of a task. ``family``: the
-    model's ``families.ModelFamily`` (which calls one of the two functions below)."""
+    model's ``families.ModelFamily`` (which calls one of the two functions below). ``share_prefix``: run the
+    prompts' shared prefix once (decoder-only; off where ranks must make the same passes)."""
     from .families import as_family  # imported here: the families build on this module
 
-    return as_family(family).candidate_logprobs(model, prompts, candidates, pad_id, device)
+    return as_family(family).candidate_logprobs(model, prompts, candidates, pad_id, device, share_prefix)
 
 
-def decoder_only_logprobs(model, prompts, candidates, pad_id, device) -> torch.Tensor:
-    """``candidate_logprobs`` for a decoder-only model: candidates run over the prompts' key/value cache."""
-    ids, mask = _left_pad([p.source for p in prompts], pad_id, device)
+def decoder_only_logprobs(model, prompts, candidates, pad_id, device, share_prefix: bool = True) -> torch.Tensor:
+    """``candidate_logprobs`` for a decoder-only model: candidates run over the prompts' key/value cache (the
+    prompts' shared prefix run once, unless ``share_prefix`` is False)."""
+    cache_arg = _cache_argument(model)
+    inputs = shared_prompt_inputs(model, [p.source for p in prompts], pad_id, device, share_prefix)
+    ids, mask, prefix = inputs["input_ids"], inputs["attention_mask"], inputs.get(cache_arg)
+    done = prefix.get_seq_length() if prefix is not None else 0  # columns already in the cache
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     # only the last position's logits are needed from the prompt pass: not a vocabulary-wide row per token
     keep = {"logits_to_keep": 1} if accepts_logits_to_keep(model) else {}
-    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **keep)
-    cache_arg = _cache_argument(model)
+    out = model(
+        input_ids=ids[:, done:],
+        attention_mask=mask,
+        position_ids=positions[:, done:],
+        use_cache=True,
+        **({cache_arg: prefix} if prefix is not None else {}),
+        **keep,
+    )
     cache = getattr(out, "cache", None) or out.past_key_values
     first = torch.log_softmax(out.logits[:, -1].float(), -1)  # predicts every candidate's first token
     lengths = mask.sum(-1, keepdim=True)  # each prompt's real length: where its candidate's positions start
@@ -93,7 +169,8 @@ def decoder_only_logprobs(model, prompts, candidates, pad_id, device) -> torch.T
 
 
 def encoder_decoder_logprobs(model, prompts, candidates, pad_id, device) -> torch.Tensor:
-    """``candidate_logprobs`` for an encoder-decoder model: one encoder pass, a decoder pass per candidate."""
+    """``candidate_logprobs`` for an encoder-decoder model: one encoder pass, a decoder pass per candidate (the
+    encoder reads the whole prompt at once, so no prefix is shared)."""
     width = max(len(p.source) for p in prompts)
     ids = torch.tensor([p.source + [pad_id] * (width - len(p.source)) for p in prompts], device=device)
     mask = torch.tensor([[1] * len(p.source) + [0] * (width - len(p.source)) for p in prompts], device=device)
