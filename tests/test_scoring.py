@@ -67,3 +67,27 @@ def test_soft_prompts_use_the_per_candidate_path(model_dirs):
     assert cached_scoring_applies(loaded.model)
     lora.start("p0", 4)
     assert not cached_scoring_applies(lora.model)
+
+
+def test_last_logits_index_equals_the_int_slice(model_dirs):
+    """logits_to_keep as end-relative indices (a contiguous LM-head input) gives the int's logits; a model whose
+    forward takes only an int gets the int."""
+    from nlora.logits import last_logits
+
+    loaded = load_model(str(model_dirs["llama"]))
+    model = loaded.model.eval()
+    ids = torch.randint(3, 300, (4, 17))
+    keep = last_logits(model, 3, torch.device("cpu"))
+    assert torch.is_tensor(keep) and keep.tolist() == [-3, -2, -1]
+    with torch.no_grad():
+        by_index = model(input_ids=ids, logits_to_keep=keep).logits
+        by_int = model(input_ids=ids, logits_to_keep=3).logits
+        full = model(input_ids=ids).logits[:, -3:]
+    assert by_index.shape == by_int.shape == (4, 3, loaded.model.config.vocab_size)
+    assert torch.allclose(by_index, by_int, atol=1e-5) and torch.allclose(by_index, full, atol=1e-5)
+
+    class IntOnly(torch.nn.Module):
+        def forward(self, input_ids=None, logits_to_keep: int = 0):
+            return input_ids
+
+    assert last_logits(IntOnly(), 3, torch.device("cpu")) == 3

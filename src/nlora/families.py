@@ -30,7 +30,7 @@ from .batching import (
     with_target,
 )
 from .data import Example
-from .logits import accepts_logits_to_keep
+from .logits import accepts_logits_to_keep, last_logits
 from .prompts import ANSWER_MARKER, answer_from_generation
 
 
@@ -241,7 +241,7 @@ class DecoderOnly(ModelFamily):
         # Answers sit at the end (left padding): keep only the logits that predict them.
         answer_span = int((labels != -100).sum(-1).max()) + 1
         if keep_logits:
-            logits = model(**inputs, logits_to_keep=answer_span).logits
+            logits = model(**inputs, logits_to_keep=last_logits(model, answer_span, labels.device)).logits
         else:
             logits = model(**inputs).logits[:, -answer_span:]
         # (from the width, not -answer_span + 1: a batch with no answer token left, as --compat reference's cut

@@ -28,7 +28,7 @@ import inspect
 import torch
 
 from .batching import Encoded
-from .logits import accepts_logits_to_keep
+from .logits import accepts_logits_to_keep, last_logits
 
 
 def cached_scoring_applies(model) -> bool:
@@ -137,7 +137,7 @@ def decoder_only_logprobs(model, prompts, candidates, pad_id, device, share_pref
     done = prefix.get_seq_length() if prefix is not None else 0  # columns already in the cache
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     # only the last position's logits are needed from the prompt pass: not a vocabulary-wide row per token
-    keep = {"logits_to_keep": 1} if accepts_logits_to_keep(model) else {}
+    keep = {"logits_to_keep": last_logits(model, 1, device)} if accepts_logits_to_keep(model) else {}
     out = model(
         input_ids=ids[:, done:],
         attention_mask=mask,
