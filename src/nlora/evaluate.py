@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from . import metrics
 from .data import Example, TaskData
-from .logits import answer_logits
+from .logits import accepts_logits_to_keep, answer_logits, last_logits
 from .prompts import ANSWER_MARKER
 from .runtime import Runtime
 from .scoring import cached_scoring_applies
@@ -105,6 +105,9 @@ def _generate_batch(model, rt: Runtime, encoded, prompts) -> list[tuple[str, int
     tokenizer = rt.tokenizer
     with rt.autocast():
         batch = rt.family.generation_inputs(model, encoded, tokenizer.pad_token_id, rt.device, rt.shares_prefix())
+        keep = last_logits(model, 1, rt.device) if accepts_logits_to_keep(model) else None
+        if torch.is_tensor(keep):  # each step's last position by index (contiguous for the LM head), not HF's int 1
+            batch["logits_to_keep"] = keep
         # synced: sharded ranks keep stepping until all have finished (their weight gathers must match)
         gen = model.generate(
             **batch,
