@@ -46,8 +46,9 @@ def write_task(root: Path, name: str, n_train: int = 24, n_test: int = 8, seed: 
     return d
 
 
-def toy_run_args(model_dir, data_dir, out, *extra):
-    """`nlora run` on the toy tasks topic then mood at a few steps: the arguments most CLI tests share."""
+def toy_run_args(model_dir, data_dir, out, *extra, tasks="topic,mood"):
+    """`nlora run` on the toy tasks (topic then mood unless ``tasks`` says) at a few steps: the arguments most
+    CLI tests share."""
     return [
         "run",
         "--model",
@@ -57,7 +58,7 @@ def toy_run_args(model_dir, data_dir, out, *extra):
         "--output-dir",
         str(out),
         "--tasks",
-        "topic,mood",
+        tasks,
         "--max-train-per-task",
         "8",
         "--max-test-per-task",

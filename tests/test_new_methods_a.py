@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from conftest import toy_run_args
 
 from nlora.adapters import ContinualLoRA
 from nlora.batching import encode
@@ -52,34 +53,7 @@ def snapshot(lora):
 
 
 def run_cli(model_dir, data_dir, out, method, *extra):
-    return main(
-        [
-            "run",
-            "--model",
-            str(model_dir),
-            "--data-dir",
-            str(data_dir),
-            "--output-dir",
-            str(out),
-            "--tasks",
-            ",".join(NAMES),
-            "--max-train-per-task",
-            "8",
-            "--max-test-per-task",
-            "4",
-            "--batch-size",
-            "4",
-            "--eval-batch-size",
-            "4",
-            "--max-target-length",
-            "6",
-            "--lr",
-            "0.01",
-            "--method",
-            method,
-            *extra,
-        ]
-    )
+    return main(toy_run_args(model_dir, data_dir, out, "--method", method, *extra, tasks=",".join(NAMES)))
 
 
 # ---------------------------------------------------------------- inflora

@@ -44,6 +44,11 @@ def _cache_argument(model) -> str:
     return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
 
+def _cache_of(out):
+    """The key/value cache a forward returned (``cache`` in transformers 5.x, ``past_key_values`` before)."""
+    return getattr(out, "cache", None) or out.past_key_values
+
+
 # Below this many shared tokens a separate prefix pass costs about what it saves.
 MIN_SHARED_PREFIX = 16
 
@@ -84,7 +89,7 @@ def prefix_cache(model, prefix_ids: torch.Tensor, rows: int):
     """The key/value cache of ``prefix_ids`` ([1, prefix]), run once and repeated for ``rows`` rows."""
     keep = {"logits_to_keep": 1} if accepts_logits_to_keep(model) else {}
     out = model(input_ids=prefix_ids, use_cache=True, **keep)
-    cache = getattr(out, "cache", None) or out.past_key_values
+    cache = _cache_of(out)
     cache.batch_repeat_interleave(rows)
     return cache
 
@@ -146,7 +151,7 @@ def decoder_only_logprobs(model, prompts, candidates, pad_id, device, share_pref
         **({cache_arg: prefix} if prefix is not None else {}),
         **keep,
     )
-    cache = getattr(out, "cache", None) or out.past_key_values
+    cache = _cache_of(out)
     first = torch.log_softmax(out.logits[:, -1].float(), -1)  # predicts every candidate's first token
     lengths = mask.sum(-1, keepdim=True)  # each prompt's real length: where its candidate's positions start
     scores = torch.empty(len(prompts), len(candidates), device=device)
