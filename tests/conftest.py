@@ -16,6 +16,23 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # converted GGUF models go to a folder of this test session, not the user's cache
 os.environ.setdefault("NLORA_CACHE", tempfile.mkdtemp(prefix="nlora-test-cache-"))
 
+
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    """Benchmarks' ``--threads`` sets torch's thread count for the whole process. A CPU run's floats depend on it
+    (the matmul and reduction splits differ), so a test that left it changed would make later tests' in-process
+    runs differ bit for bit from the same runs in a subprocess. Every test ends with the count it started with."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def child_env() -> dict[str, str]:
+    """Environment for an nlora subprocess whose results a test compares with in-process runs: unbuffered output,
+    and this process's torch thread count (torch reads OMP_NUM_THREADS at start)."""
+    return {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(torch.get_num_threads())}
+
+
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 CL_BENCHMARK = SHARED / "CL_Benchmark"
 

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import child_env
 from conftest import toy_run_args as run_args
 
 from nlora import rundir
@@ -124,7 +125,7 @@ def start_slow_run(script_dir: Path, args: list[str], ready) -> subprocess.Popen
         [sys.executable, str(script), *args],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        env=child_env(),
     )
     deadline = time.time() + 180
     while not ready() and proc.poll() is None and time.time() < deadline:

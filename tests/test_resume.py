@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import child_env
 from safetensors.torch import load_file
 
 import nlora.evaluate as evaluate_mod
@@ -166,7 +167,7 @@ def test_sigkill_at_several_points_then_resume(reference, model_dirs, tmp_path, 
     out = tmp_path / "run"
     script = tmp_path / "slow_nlora.py"
     script.write_text(WRAPPER)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = child_env()  # the same thread count as the in-process reference: equal floats
     for point, reached in KILL_POINTS.items():
         proc = subprocess.Popen(
             [sys.executable, str(script), *args_for(model_dirs[kind], data, out)],

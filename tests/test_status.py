@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import child_env
 
 from nlora.cli import main
 from nlora.status import describe, estimate_left, read_status
@@ -91,7 +92,7 @@ def test_running_then_killed_then_resumed(model_dirs, data_dir, tmp_path, capsys
         [sys.executable, str(script), *run_args(model_dirs["llama"], data_dir, out)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        env=child_env(),
     )
     try:
         deadline = time.time() + 240

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import child_env
 
 from nlora.cli import main
 from nlora.trainlog import read_log
@@ -166,7 +167,7 @@ def killed_when(script: Path, args: list[str], reached, what: str) -> None:
         [sys.executable, str(script), *args],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        env=child_env(),
     )
     deadline = time.time() + 240
     while not reached() and proc.poll() is None and time.time() < deadline:
