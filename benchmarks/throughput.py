@@ -290,7 +290,15 @@ def bench_tasks(
     """The tasks' train and test examples as nlora reads them (same prompts as a run); synthetic prompts of
     CL_Benchmark-like lengths when the data is absent."""
     if data_dir is not None and data_dir.is_dir():
-        tasks = load_tasks(data_dir, names, load_instructions(None), n_train, n_test, seed, "drop")
+        tasks = load_tasks(
+            data_dir,
+            names,
+            load_instructions(None),
+            max_train=n_train,
+            max_test=n_test,
+            seed=seed,
+            unknown_labels="drop",
+        )
         return [tasks[n] for n in names], str(data_dir)
     rng = random.Random(seed)
     words = [
@@ -346,7 +354,16 @@ class Ours:
     """nlora's real code: LoraBank + the default method (n-lora), train_task and predict_tasks."""
 
     def __init__(
-        self, model, seq2seq: bool, tok, device, amp, earlier: int = 0, batch: int | None = None, compile=False
+        self,
+        model,
+        seq2seq: bool,
+        tok,
+        device,
+        amp,
+        earlier: int = 0,
+        batch: int | None = None,
+        compile=False,
+        cast_frozen=True,
     ):
         self.cfg = cfg = user_config()
         self.compile = compile  # --compile: torch.compile the training forward
@@ -365,6 +382,8 @@ class Ours:
         )
         for t in range(earlier + 1):  # as the recipe: begin_task folds the finished tasks' adapters
             self.method.begin_task(self.lora, t, self.settings)
+        if cast_frozen:  # as the recipe: under bf16 autocast, frozen linear weights stored in bf16 (False: ablation)
+            nlora_recipe.store_frozen_weights(self.runtime(cfg.max_target_length), self.method, self.lora)
 
     def train(self, examples: list[Example]) -> None:
         cfg = self.cfg
@@ -565,11 +584,22 @@ def bench_train(args, device, tok, tasks, info, pad512: bool = False) -> None:
     ours_variants = {"ours": default_amp}
     if args.also_bf16 and default_amp is None:
         ours_variants["ours-bf16"] = torch.bfloat16
+    if args.ablate_frozen_cast:  # the same code keeping frozen weights in fp32, where autocast is on
+        ours_variants.update({f"{k}-nocast": amp for k, amp in ours_variants.items() if amp is not None})
     if args.also_compile:
         ours_variants["ours-compile"] = default_amp
     for name, amp in ours_variants.items():
         model, seq2seq = build_model(args.shape, device, vocab)
-        o = Ours(model, seq2seq, tok, device, amp, batch=args.batch, compile=name == "ours-compile")
+        o = Ours(
+            model,
+            seq2seq,
+            tok,
+            device,
+            amp,
+            batch=args.batch,
+            compile=name == "ours-compile",
+            cast_frozen=not name.endswith("-nocast"),
+        )
         runners[name], warm[name] = (lambda o=o: o.train(examples)), (lambda o=o: o.train(examples[: args.batch]))
     base_variants = {"reference": None, "peft-bf16": torch.bfloat16}
     if args.no_bf16_baseline:
@@ -663,10 +693,12 @@ def bench_eval(args, device, tok, tasks, info) -> None:
     ours_amps = {"": default_amp}
     if args.also_bf16 and default_amp is None:
         ours_amps["-bf16"] = torch.bfloat16
+    if args.ablate_frozen_cast:
+        ours_amps.update({f"{k}-nocast": amp for k, amp in ours_amps.items() if amp is not None})
     runners = {}
     for suffix, amp in ours_amps.items():
         model, seq2seq = build_model(args.shape, device, vocab)
-        o = Ours(model, seq2seq, tok, device, amp)
+        o = Ours(model, seq2seq, tok, device, amp, cast_frozen=not suffix.endswith("-nocast"))
         runners[f"ours-generate{suffix}"] = lambda o=o: o.predict(tasks, "generate", args.new_tokens)
         runners[f"ours-score{suffix}"] = lambda o=o: o.predict(tasks, "score", args.new_tokens)
         if args.ablate_prefix and not suffix:  # the same code with the shared prompt prefix switched off
@@ -735,7 +767,9 @@ def reference_run(
 
     start = time.perf_counter()
     # the same sample as the run's (MNLI's test set has '-' labels: dropped by both)
-    tasks = load_tasks(data_dir, names, load_instructions(None), n_train, n_test, seed, "drop")
+    tasks = load_tasks(
+        data_dir, names, load_instructions(None), max_train=n_train, max_test=n_test, seed=seed, unknown_labels="drop"
+    )
     loaded = load_model(model_name)
     ref = Reference(loaded.model.to(device), loaded.seq2seq, loaded.tokenizer, device, None)
     ordered = [tasks[n] for n in names]
@@ -908,6 +942,11 @@ def main(argv=None) -> None:
         "--ablate-prefix",
         action="store_true",
         help="eval case: also ours with the shared prompt prefix switched off (Runtime.share_prefix)",
+    )
+    p.add_argument(
+        "--ablate-frozen-cast",
+        action="store_true",
+        help="train and eval: also every bf16 variant of ours with its frozen weights kept in fp32 (nlora.frozen)",
     )
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's, one per core)")
     p.add_argument("--profile", action="store_true", help="also the top operators of every variant")

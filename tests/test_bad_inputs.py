@@ -664,7 +664,7 @@ def test_a_dataset_under_two_categories_is_chosen_by_its_category(data_dir):
 
     shutil.copytree(data_dir / "TC" / "topic", data_dir / "SC" / "topic")
     (data_dir / "SC" / "topic" / "labels.json").write_text('["World", "Sports", "Other"]')
-    tasks = load_tasks(data_dir, ["SC/topic", "TC/topic"], load_instructions(), None, None, 0)
+    tasks = load_tasks(data_dir, ["SC/topic", "TC/topic"], load_instructions())
     sc, tc = tasks["SC/topic"], tasks["TC/topic"]
     assert sc.name == "SC/topic" and sc.category == "SC" and sc.labels == ["World", "Sports", "Other"]
     assert tc.category == "TC" and tc.labels == ["World", "Sports"]

@@ -116,8 +116,11 @@ def test_throughput_times_the_real_train_task_and_predict_tasks(toy_cl, monkeypa
     import nlora.train
 
     tp = load("throughput")
+    import nlora.recipe
+
     trained = _counting(monkeypatch, nlora.train, "train_task")
     predicted = _counting(monkeypatch, nlora.evaluate, "predict_tasks")
+    cast = _counting(monkeypatch, nlora.recipe, "cast_frozen_linears")
     tp.main(
         [
             "--shape",
@@ -139,6 +142,7 @@ def test_throughput_times_the_real_train_task_and_predict_tasks(toy_cl, monkeypa
             "--threads",
             "1",
             "--also-bf16",
+            "--ablate-frozen-cast",
         ]
     )
     train, scaling, evals = _lines(capsys)
@@ -146,7 +150,8 @@ def test_throughput_times_the_real_train_task_and_predict_tasks(toy_cl, monkeypa
     for rec in (train, scaling, evals):
         assert rec["device"] and rec["threads"] == 1 and len(rec["load_avg"]) == 3
         assert rec["prompts"] == str(toy_cl)  # the prompts came from the data folder given
-    variants = {"ours", "ours-bf16", "reference", "peft-bf16"}  # CPU: the default is fp32, bf16 asked for
+    # CPU: the default is fp32, bf16 asked for, and bf16 with the frozen weights left in fp32
+    variants = {"ours", "ours-bf16", "ours-bf16-nocast", "reference", "peft-bf16"}
     assert set(train["s_per_step"]) == set(train["peak_rss_mib"]) == set(train["pass_times_s"]) == variants
     assert all(len(ts) == 2 for ts in train["pass_times_s"].values())  # every variant timed in each round
     assert all(m > 0 for m in train["peak_rss_mib"].values())
@@ -156,15 +161,18 @@ def test_throughput_times_the_real_train_task_and_predict_tasks(toy_cl, monkeypa
     assert train["speedup"]["ours vs reference"] == pytest.approx(med["reference"] / med["ours"], rel=0.02, abs=0.01)
     assert set(scaling["ratio_task16_vs_task1"]) == {"ours (folded)", "reference (stacked, live)"}
     assert {"ours-generate", "ours-score", "reference", "peft-bf16"} <= set(evals["prompts_per_s"])
+    assert {"ours-generate-bf16-nocast", "ours-score-bf16-nocast"} <= set(evals["prompts_per_s"])
     assert evals["test_prompts"] == 4 and evals["ours_batch"] == 32 and evals["reference_batch"] == 16
     # "ours" is nlora's own code: train_task ran for every ours pass (train: 2 variants x (warm-up + 2 rounds);
     # scaling: 2 x 3), predict_tasks in both modes, both precisions, on every pass
-    assert len(trained) == 2 * 3 + 2 * 3
+    assert len(trained) == 3 * 3 + 2 * 3
     # (train_task and predict_tasks take the run's Runtime: train_task first, predict_tasks second)
     assert {args[0].amp_dtype for args, _ in trained} == {None, torch.bfloat16}
     assert sorted((args[1].eval_mode, str(args[1].amp_dtype)) for args, _ in predicted) == sorted(
-        [(m, str(a)) for m in ("generate", "score") for a in (None, torch.bfloat16)] * 3
+        [(m, str(a)) for m in ("generate", "score") for a in (None, torch.bfloat16, torch.bfloat16)] * 3
     )
+    # the frozen weights were stored in bf16 once per bf16 "ours" that casts (train and eval), never for -nocast
+    assert [str(args[1]) for args, _ in cast] == ["torch.bfloat16"] * 2
 
 
 def test_throughput_e2e_runs_nlora_recipe_against_the_reference_loop(toy_cl, model_dirs, monkeypatch, capsys):

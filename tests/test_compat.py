@@ -113,7 +113,7 @@ def long_task(root, n=6, words=400):
     rows = [{"label": ["positive", "negative"][i % 2], "sentence": " ".join(["word"] * (words + i))} for i in range(n)]
     for split in ("train", "test"):
         (d / f"{split}.json").write_text(json.dumps(rows))
-    return load_tasks(root, ["longmood"], load_instructions(), None, None, 0)["longmood"]
+    return load_tasks(root, ["longmood"], load_instructions())["longmood"]
 
 
 def test_over_long_causal_reference_keeps_the_first_tokens_and_loses_the_label(ltok, tmp_path, model_dirs):
@@ -202,7 +202,7 @@ def one_step_gradients(model_dirs, data_dir, max_grad_norm, monkeypatch):
     torch.manual_seed(0)
     lora = ContinualLoRA(loaded.model, LoraSettings(dropout=0.0), default_target_modules(loaded.model), False)
     method = get_method("seq-lora")()
-    tasks = load_tasks(data_dir, ["topic"], load_instructions(), 4, 4, 0)
+    tasks = load_tasks(data_dir, ["topic"], load_instructions(), max_train=4, max_test=4)
     data = encode(loaded.tokenizer, tasks["topic"].splits["train"], False, 256, 8)
     settings = TaskSettings(name="topic", lr=1e-2, epochs=1, batch_size=4, grad_accum=1)
     method.begin_task(lora, 0, settings)

@@ -9,15 +9,7 @@ from nlora.prompts import load_instructions
 
 
 def load(data_dir, tasks, **kw):
-    return load_tasks(
-        data_dir,
-        tasks,
-        load_instructions(),
-        kw.pop("max_train", None),
-        kw.pop("max_test", None),
-        kw.pop("seed", 0),
-        **kw,
-    )
+    return load_tasks(data_dir, tasks, load_instructions(), **kw)
 
 
 def test_reads_layout_and_builds_prompts(data_dir):

@@ -14,7 +14,7 @@ def test_demo_tasks_are_deterministic_and_valid(tmp_path):
     a, b = write_demo_tasks(tmp_path / "a", 30, 10, seed=0), write_demo_tasks(tmp_path / "b", 30, 10, seed=0)
     for rel in (p.relative_to(a) for p in a.rglob("*.json")):
         assert (a / rel).read_bytes() == (b / rel).read_bytes()
-    tasks = load_tasks(a, list(DEMO_TASKS), load_instructions(a / "instructions.json"), None, None, 0)
+    tasks = load_tasks(a, list(DEMO_TASKS), load_instructions(a / "instructions.json"))
     label_sets = [tuple(t.labels) for t in tasks.values()]
     assert len(set(label_sets)) == len(label_sets)  # every task has its own labels
     for name, task in tasks.items():

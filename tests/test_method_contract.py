@@ -68,7 +68,7 @@ def _fit(method_name, kind, model_dirs, data_dir, fold):
         bank, loaded.model, LoraSettings(dropout=0.0), default_target_modules(loaded.model), loaded.seq2seq
     )
     method = make_method(method_name, {"lambda": 0.01}, RunFacts(n_tasks=2, fold_adapters=fold))
-    tasks = load_tasks(data_dir, ["topic", "mood"], load_instructions(), 8, 4, 0)
+    tasks = load_tasks(data_dir, ["topic", "mood"], load_instructions(), max_train=8, max_test=4)
     splits = [tasks[n].splits["train"] for n in ("topic", "mood")]
     snapshots = []
     for t, name in enumerate(["topic", "mood"]):
@@ -187,7 +187,7 @@ def test_lwf_distillation_is_zero_before_the_task_moves_the_adapter(model_dirs, 
     settings = TaskSettings(name="third", lr=1e-3, epochs=1, batch_size=4, grad_accum=1, method_options={"lambda": 1.0})
     method.begin_task(lora, 2, settings)  # the teacher is the adapter as it is now
     loaded = load_model(str(model_dirs["llama"]))
-    tasks = load_tasks(data_dir, ["topic"], load_instructions(), 4, 4, 0)
+    tasks = load_tasks(data_dir, ["topic"], load_instructions(), max_train=4, max_test=4)
     batch = collate_train(encode(loaded.tokenizer, tasks["topic"].splits["train"], False, 256, 8), 0, False)
 
     def penalty():  # as the training step calls it: with the task loss's own answer logits

@@ -44,7 +44,7 @@ def settings(lam=None, name="mood"):
 
 
 def train_batches(loaded, data_dir, n=8, per_batch=4, task="topic"):
-    tasks = load_tasks(data_dir, [task], load_instructions(), n, 4, 0)
+    tasks = load_tasks(data_dir, [task], load_instructions(), max_train=n, max_test=4)
     enc = encode(loaded.tokenizer, tasks[task].splits["train"], loaded.seq2seq, 256, 8)
     return [
         collate_train(enc[s : s + per_batch], loaded.tokenizer.pad_token_id, loaded.seq2seq)
@@ -113,7 +113,7 @@ def test_migu_one_step_leaves_masked_rows_unchanged(model_dirs, data_dir):
     the rows of every Linear are bit-identical (a zero gradient on a fresh optimizer moves nothing)."""
     loaded, lora, method, _ = setup("llama", model_dirs, "migu")
     method.begin_task(lora, 1, settings())
-    tasks = load_tasks(data_dir, ["mood"], load_instructions(), 4, 4, 0)
+    tasks = load_tasks(data_dir, ["mood"], load_instructions(), max_train=4, max_test=4)
     data = encode(loaded.tokenizer, tasks["mood"].splits["train"], False, 256, 8)
     linears = [m for m in lora.model.modules() if isinstance(m, torch.nn.Linear)]
     start = [m.weight.detach().clone() for m in linears]
@@ -326,7 +326,7 @@ def test_l2p_selects_the_top_k_keys_and_reads_them_first(model_dirs, model_kind,
     for m in range(M):
         assert bool(pool.grad[m * L : (m + 1) * L].any()) == (m in chosen)
     # generation selects from the prompt alone, the same way
-    tasks = load_tasks(data_dir, ["mood"], load_instructions(), 4, 4, 0)
+    tasks = load_tasks(data_dir, ["mood"], load_instructions(), max_train=4, max_test=4)
     enc = encode(
         loaded.tokenizer, [Example(e.prompt, "") for e in tasks["mood"].splits["test"]], loaded.seq2seq, 256, 2
     )

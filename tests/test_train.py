@@ -20,7 +20,7 @@ def trained_adapter(model_dirs, data_dir, compile_model):
     loaded = load_model(str(model_dirs["llama"]))
     lora = ContinualLoRA(loaded.model, LoraSettings(dropout=0.0), default_target_modules(loaded.model), False)
     method = make_method("n-lora", {"lambda": 0.01})
-    tasks = load_tasks(data_dir, ["topic"], load_instructions(), 12, 4, 0)
+    tasks = load_tasks(data_dir, ["topic"], load_instructions(), max_train=12, max_test=4)
     data = encode(loaded.tokenizer, tasks["topic"].splits["train"], False, 256, 8)
     settings = TaskSettings(
         name="topic", lr=1e-2, epochs=1, batch_size=4, grad_accum=1, method_options={"lambda": 0.01}

@@ -159,13 +159,15 @@ def load_tasks(
     data_dir,
     tasks: list[str],
     instructions: dict[str, str],
-    max_train: int | None,
-    max_test: int | None,
-    seed: int,
+    *,
+    max_train: int | None = None,
+    max_test: int | None = None,
+    seed: int = 0,
     unknown_labels: str = "error",
     splits=SPLITS,
 ) -> dict[str, TaskData]:
-    """Check all files first, then read and validate every task; raises NloraError on any problem."""
+    """Check all files first, then read and validate every task; raises NloraError on any problem.
+    ``max_train``/``max_test``: rows kept per split (None: all), drawn with ``seed``."""
     dirs = resolve_task_dirs(data_dir, tasks, splits)
     caps = {"train": max_train, "test": max_test}
     return {t: load_task(d, instructions, caps, seed, splits, unknown_labels, name=t) for t, d in dirs.items()}

@@ -24,6 +24,7 @@ from .dist import Dist, fit_global_batch, machine_name
 from .dist import setup as dist_setup
 from .errors import NloraError
 from .evaluate import TaskPredictions, predict_tasks, prediction_rows, release_prediction_rows, results_dict
+from .frozen import cast_frozen_linears, frozen_cast_applies
 from .io import read_json, write_json, write_jsonl
 from .logits import task_loss
 from .methods import build_method
@@ -217,6 +218,15 @@ def route_positions(method, task_index: int, evaluated: list[int]):
 # -- training ------------------------------------------------------------------------------------------------
 
 
+def store_frozen_weights(rt: Runtime, method: Method, lora: Bank) -> None:
+    """Under bf16 autocast, the base model's frozen linear weights are stored in bf16 from the first adapter on
+    (nlora.frozen: the same results, no cast per call). Once done, later calls find nothing left to cast."""
+    if lora.model is not None and frozen_cast_applies(rt.amp_dtype, method, rt.dist.sharded):
+        done = cast_frozen_linears(lora.model, rt.amp_dtype)
+        if done.layers:
+            log(done.describe(rt.amp_dtype))
+
+
 def task_context(rt: Runtime, lora: Bank, examples, settings) -> TaskContext:
     """What a method's hooks get to compute the task loss on batches of its own choosing."""
     keep = rt.keeps_logits(lora.model)
@@ -250,6 +260,7 @@ def train_or_reuse(run: RunSession, t: int) -> dict:
     examples = method.train_examples(t, [run.tasks[s.name].splits["train"] for s in cfg.tasks])
     train_data = rt.encode(examples)
     adapter = method.begin_task(lora, t, settings)
+    store_frozen_weights(rt, method, lora)
     ctx = task_context(rt, lora, train_data, settings)
     stats_path = tdir / "train_stats.json"
     done = stats_path.is_file()
@@ -369,10 +380,10 @@ def _run(cfg: RunConfig, overwrite: bool, held: ExitStack) -> dict:
         cfg.data_dir,
         cfg.task_names,
         load_instructions(cfg.instructions),
-        cfg.max_train_per_task,
-        cfg.max_test_per_task,
-        cfg.seed,
-        cfg.unknown_labels,
+        max_train=cfg.max_train_per_task,
+        max_test=cfg.max_test_per_task,
+        seed=cfg.seed,
+        unknown_labels=cfg.unknown_labels,
     )
     resuming = rundir.plan_run_dir(cfg, overwrite, dist, held)
     dist.barrier()  # every rank looks at the directory before rank 0 changes it, so all agree on resuming
@@ -535,10 +546,9 @@ def _evaluate_run(run_dir: Path, request: EvalRequest) -> tuple[Path, dict]:
         request.data_dir or cfg.data_dir,
         task_names,
         load_instructions(cfg.instructions),
-        None,
-        max_test if max_test is not None else cfg.max_test_per_task,
-        cfg.seed,
-        cfg.unknown_labels,
+        max_test=max_test if max_test is not None else cfg.max_test_per_task,
+        seed=cfg.seed,
+        unknown_labels=cfg.unknown_labels,
         splits=("test",),
     )
     for i in needed:  # damaged adapter files are found before the model loads
@@ -554,6 +564,7 @@ def _evaluate_run(run_dir: Path, request: EvalRequest) -> tuple[Path, dict]:
             raise NloraError(f"{adapter_dir}: does not fit model {cfg.model} ({error_line(e)})") from None
     lora.model.to(dev)
     rt = make_runtime(cfg, built.loaded, dev, eval_batch_size=request.eval_batch_size)
+    store_frozen_weights(rt, method, lora)
     index = {s.name: i for i, s in enumerate(cfg.tasks)}
     evaluated = [min(index.get(name, k - 1), k - 1) for name in task_names]  # unseen tasks: the newest model
     dest = run_dir / "eval" / f"after-{k:02d}" / re.sub(r"[^A-Za-z0-9_.+-]", "_", "+".join(task_names))

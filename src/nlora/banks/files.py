@@ -32,6 +32,9 @@ def write_folder(dest: Path, fill: Callable[[Path], Path]) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+EXTRAS_MODULE = "cl_extras"  # the submodule of the model that holds the methods' own modules
+
+
 class MethodState:
     """Method-owned modules that belong to an adapter: registered under the model as ``cl_extras.<adapter>``
     (so they move and checkpoint with it), frozen unless the method says otherwise, and saved/loaded with the
@@ -41,10 +44,10 @@ class MethodState:
         self.modules: dict[str, torch.nn.Module] = {}
 
     def attach(self, model: torch.nn.Module, adapter: str, module: torch.nn.Module) -> torch.nn.Module:
-        if "cl_extras" not in model._modules:
-            model.add_module("cl_extras", torch.nn.ModuleDict())
+        if EXTRAS_MODULE not in model._modules:
+            model.add_module(EXTRAS_MODULE, torch.nn.ModuleDict())
         device = next(model.parameters()).device
-        model.cl_extras[adapter] = module.to(device)
+        model.get_submodule(EXTRAS_MODULE)[adapter] = module.to(device)
         self.modules[adapter] = module
         for p in module.parameters():
             p.requires_grad = False

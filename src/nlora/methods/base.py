@@ -57,6 +57,9 @@ class Method:
     foldable: bool = True  # earlier adapters may be folded into the base weights (needs them all active)
     routes_by_input: bool = False  # evaluation asks route_examples which adapters answer each prompt (route)
     bank: str = "lora"  # what trains (nlora.banks): "lora" adapters, a soft "prompt", or the "full" model
+    # runs forwards of its own outside autocast (fp32 statistics of the frozen model): the frozen weights then stay
+    # in fp32 under bf16 autocast (nlora.frozen)
+    fp32_forwards: bool = False
     # The method's settings (methods/options.py): a dataclass of ``option(...)`` fields, read as self.options;
     # per-task ones through task_options(settings).
     Options: type = NoOptions

@@ -168,6 +168,7 @@ class BasisStore(torch.nn.Module):
 @register
 class InfLoRA(Method):
     name = "inflora"
+    fp32_forwards = True  # the input covariances are taken in fp32 outside autocast
     summary = "fresh LoRA per task, A designed from input covariance outside earlier tasks' GPM subspace, only B trains"
     venue = "2024 CVPR"
     trains = "B of the new task's LoRA (A designed, frozen)"

@@ -75,6 +75,7 @@ def nearest(queries: torch.Tensor, prototypes: torch.Tensor) -> list[int]:
 @register
 class Route(Method):
     name = "route"
+    fp32_forwards = True  # the prompts' pooled base-model states are taken in fp32 outside autocast
     summary = "per-task LoRAs trained alone; each test prompt answered by the adapter of the nearest task prototype"
     venue = "ours"
     trains = "the new task's LoRA (alone)"
