@@ -114,6 +114,13 @@ def test_a_bf16_run_is_bit_for_bit_the_same_with_frozen_weights_cast(
         m.setattr(recipe_mod, "frozen_cast_applies", lambda *a, **k: False)
         assert main(toy_run_args(model_dirs[kind], data_dir, tmp_path / "fp32", *extra)) == 0
         assert "frozen linear layers" not in capsys.readouterr().out
+    # `nlora eval` rebuilds the final model from the saved files (frozen weights cast again) and answers the same
+    assert main(["eval", str(tmp_path / "cast"), "--tasks", "topic,mood"]) == 0
+    assert "frozen linear layers stored in bfloat16" in capsys.readouterr().out
+    again = tmp_path / "cast" / "eval" / "after-02" / "topic+mood" / "predictions.jsonl"
+    last = sorted((tmp_path / "cast" / "tasks").glob("*/predictions.jsonl"))[-1]
+    answers = [(r["task"], r["prediction"]) for r in map(json.loads, again.read_text().splitlines())]
+    assert answers == [(r["task"], r["prediction"]) for r in map(json.loads, last.read_text().splitlines())]
     cast, kept = run_files(tmp_path / "cast"), run_files(tmp_path / "fp32")
     assert cast.keys() == kept.keys()
     assert any(k.endswith("predictions.jsonl") for k in cast) and any(k.endswith(".safetensors") for k in cast)
