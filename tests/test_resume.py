@@ -121,7 +121,7 @@ def crash_after(monkeypatch, module, name, calls: int):
 
 
 @pytest.mark.parametrize("where", ["mid task 1", "mid task 2", "between tasks", "during evaluation"])
-def test_interrupted_then_resumed_equals_uninterrupted(reference, model_dirs, tmp_path, monkeypatch, where):
+def test_interrupted_then_resumed_equals_uninterrupted(reference, model_dirs, tmp_path, monkeypatch, capsys, where):
     data, runs = reference
     out = tmp_path / "run"
     target = {
@@ -137,9 +137,28 @@ def test_interrupted_then_resumed_equals_uninterrupted(reference, model_dirs, tm
     assert not (out / "summary.json").exists()
     if where.startswith("mid task"):
         assert list(out.glob("tasks/*/checkpoint/state.pt"))  # a step checkpoint was there to resume from
+    capsys.readouterr()
     assert main(args_for(model_dirs["t5"], data, out)) == 0
+    assert "CPU thread(s)" not in capsys.readouterr().out  # the same thread count: nothing to warn about
     assert json.loads((out / "summary.json").read_text())["resumed"] is True
     assert_same_run(runs["t5"], out)
+
+
+def test_resume_with_another_cpu_thread_count_says_results_will_differ(
+    reference, model_dirs, tmp_path, monkeypatch, capsys
+):
+    data, _ = reference
+    out = tmp_path / "run"
+    with monkeypatch.context() as m:
+        crash_after(m, train_mod, "_micro_step", 4)
+        with pytest.raises(Crash):
+            main(args_for(model_dirs["t5"], data, out))
+    capsys.readouterr()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(threads + 1)  # conftest puts it back after the test
+    assert main(args_for(model_dirs["t5"], data, out)) == 0
+    said = capsys.readouterr().out
+    assert f"written with {threads} CPU thread(s), resumed with {threads + 1}" in said
 
 
 WRAPPER = """

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from .console import log
 from .dist import Dist
 from .errors import NloraError
 from .io import atomic_write
@@ -50,6 +51,7 @@ def save(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, s
         "seconds": state.seconds,
         "rng": rng,
         "world": dist.world,
+        "cpu_threads": torch.get_num_threads(),
     }
     atomic_write(path, lambda tmp: torch.save(blob, tmp))
 
@@ -76,6 +78,14 @@ def load(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, d
             f"{dist.world}; resume with the same number or delete it to restart the task"
         )
     optimizer.load_state_dict(blob["optimizer"])
+    threads = blob.get("cpu_threads")  # absent in checkpoints of earlier versions
+    on_cpu = next(iter(params.values())).device.type == "cpu" if params else False
+    if on_cpu and threads is not None and threads != torch.get_num_threads():
+        # CPU kernels split their sums by thread, so the floats change in their last bits
+        log(
+            f"{path}: written with {threads} CPU thread(s), resumed with {torch.get_num_threads()}: the rest "
+            "of the task will not match an uninterrupted run bit for bit (set OMP_NUM_THREADS to match)"
+        )
     rng = blob["rng"][dist.rank]
     torch.set_rng_state(rng["torch"])
     random.setstate(_as_tuple(rng["python"]))
