@@ -59,13 +59,11 @@ def castable_linears(model: torch.nn.Module) -> dict[str, torch.nn.Linear]:
 
 def cast_frozen_linears(model: torch.nn.Module, dtype: torch.dtype) -> FrozenCast:
     """Store the weights (and biases) of ``castable_linears(model)`` in ``dtype``, in place."""
-    layers, saved = 0, 0
-    for module in castable_linears(model).values():
-        for p in module.parameters(recurse=False):
-            saved += p.numel() * (p.element_size() - torch.empty((), dtype=dtype).element_size())
+    layers = list(castable_linears(model).values())
+    saved = sum(p.numel() * (p.element_size() - dtype.itemsize) for m in layers for p in m.parameters(recurse=False))
+    for module in layers:
         module.to(dtype)
-        layers += 1
-    return FrozenCast(layers, saved)
+    return FrozenCast(len(layers), saved)
 
 
 def frozen_cast_applies(amp_dtype: torch.dtype | None, method, sharded: bool) -> bool:
