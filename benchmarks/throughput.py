@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import dataclasses
 import gc
 import json
 import math
@@ -63,9 +64,9 @@ from nlora.errors import NloraError
 from nlora.families import family_of
 from nlora.methods import build_method
 from nlora.metrics import exact_match
-from nlora.models import autocast_dtype, default_target_modules
+from nlora.models import LoadedModel, autocast_dtype, default_target_modules
 from nlora.prompts import ANSWER_MARKER, build_prompt, load_instructions
-from nlora.runtime import Runtime, default_eval_batch
+from nlora.runtime import Runtime, default_eval_batch, make_runtime
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "CL_Benchmark"
 SHAPES = {
@@ -393,21 +394,16 @@ class Ours:
         nlora_train.train_task(rt, self.lora, self.method, data, self.settings, loop)
 
     def runtime(self, max_target: int, mode: str = "generate", share_prefix: bool = True) -> Runtime:
-        """The Runtime the recipe would build for this config (``max_target``: the answer tokens trained on,
-        or generated at most)."""
-        cfg = self.cfg
-        return Runtime(
-            tokenizer=self.tok,
-            family=self.family,
-            device=self.device,
-            amp_dtype=self.amp,
-            max_source=cfg.max_source_length,
-            max_target=max_target,
-            compat=cfg.compat,
+        """The recipe's own Runtime for this config (``make_runtime``), at this benchmark's precision;
+        ``max_target``: the answer tokens trained on, or generated at most."""
+        cfg = dataclasses.replace(
+            self.cfg,
+            precision="bf16" if self.amp == torch.bfloat16 else "fp32",
+            max_target_length=max_target,
             eval_mode=mode,
-            eval_batch_size=cfg.eval_batch_size or default_eval_batch(self.device),
-            share_prefix=share_prefix,
         )
+        loaded = LoadedModel(model=self.lora.model, tokenizer=self.tok, family=self.family, name="benchmark")
+        return dataclasses.replace(make_runtime(cfg, loaded, self.device), share_prefix=share_prefix)
 
     def predict(self, tasks: list[TaskData], mode: str, new_tokens: int, share_prefix: bool = True) -> list:
         """As the recipe's evaluate_and_write: predict_tasks on weights merged with the active adapters
