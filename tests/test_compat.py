@@ -181,7 +181,7 @@ def test_reference_prediction_is_empty_when_the_prompt_lost_its_answer_marker(tm
 
 def one_step_gradients(model_dirs, data_dir, max_grad_norm, monkeypatch):
     """The gradients AdamW steps with, and the parameters it leaves, after one step of train_task."""
-    from nlora.adapters import ContinualLoRA
+    from nlora.adapters import LoraBank
     from nlora.config import LoraSettings
     from nlora.methods import get_method
     from nlora.models import default_target_modules
@@ -200,7 +200,7 @@ def one_step_gradients(model_dirs, data_dir, max_grad_norm, monkeypatch):
     monkeypatch.setattr(torch.optim.AdamW, "step", spy)
     loaded = load_model(str(model_dirs["llama"]))
     torch.manual_seed(0)
-    lora = ContinualLoRA(loaded.model, LoraSettings(dropout=0.0), default_target_modules(loaded.model), False)
+    lora = LoraBank(loaded.model, LoraSettings(dropout=0.0), default_target_modules(loaded.model), False)
     method = get_method("seq-lora")()
     tasks = load_tasks(data_dir, ["topic"], load_instructions(), max_train=4, max_test=4)
     data = encode(loaded.tokenizer, tasks["topic"].splits["train"], False, 256, 8)

@@ -56,7 +56,7 @@ def test_devices():
 )
 def test_embedded_gguf_model_loads_and_saves(tmp_path):
     """The real SmolLM2-135M GGUF: a GQA LLaMA, dequantised, with its quantizer removed so PEFT can train it."""
-    from nlora.adapters import ContinualLoRA
+    from nlora.adapters import LoraBank
     from nlora.config import LoraSettings
 
     loaded = load_model("smollm2")
@@ -64,7 +64,7 @@ def test_embedded_gguf_model_loads_and_saves(tmp_path):
     assert not loaded.seq2seq and m.config.model_type == "llama"
     assert m.config.num_key_value_heads == 3 and m.config.num_attention_heads == 9
     assert getattr(m, "hf_quantizer", None) is None and not hasattr(m.config, "quantization_config")
-    lora = ContinualLoRA(m, LoraSettings(), default_target_modules(m), seq2seq=False)
+    lora = LoraBank(m, LoraSettings(), default_target_modules(m), seq2seq=False)
     lora.start("task0")
     lora.save("task0", tmp_path / "a")
     assert (tmp_path / "a" / "adapter_model.safetensors").is_file()

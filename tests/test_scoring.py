@@ -4,7 +4,7 @@ model and through PEFT LoRA, for T5 and GQA LLaMA."""
 import pytest
 import torch
 
-from nlora.adapters import ContinualLoRA
+from nlora.adapters import LoraBank
 from nlora.banks import PromptBank
 from nlora.batching import collate_train, encode
 from nlora.config import LoraSettings
@@ -29,7 +29,7 @@ def test_one_prompt_pass_equals_per_candidate_likelihood(model_dirs, model_kind,
     loaded = load_model(str(model_dirs[model_kind]))
     model = loaded.model
     if with_lora:  # a trained-looking adapter: B non-zero, so the LoRA branch changes the scores
-        lora = ContinualLoRA(model, LoraSettings(dropout=0.0), default_target_modules(model), loaded.seq2seq)
+        lora = LoraBank(model, LoraSettings(dropout=0.0), default_target_modules(model), loaded.seq2seq)
         lora.start("task0")
         torch.manual_seed(1)
         for f in lora.factors("task0"):
