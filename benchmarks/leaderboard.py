@@ -8,15 +8,16 @@
 
 Every finished run (and every grid point of a selection) leaves one small JSON record under
 benchmarks/records/<budget tag>/<sequence>/<method>/seed-<n>.json (selection: .../<budget tag>/selection/
-<sequence>/<method>/lambda-<value>.json and choice.json): settings, the hyperparameter and where it came from,
-AA, BWT, FWT, the accuracy matrix, ACR and nuclear norm where they apply, routing accuracy, bytes saved per task,
-machine, wall time, nlora commit, torch version. No adapters. The budget tag names everything that changes what
-is trained (model, examples, epochs, batch, lr, precision, rank), so different budgets never mix. `run` and
+<sequence>/<method>/<knob>-<value>.json and choice.json; the knob is the method's main coefficient, lambda, or for
+prompt and full fine-tuning methods the learning rate, LR_KNOB): settings, the hyperparameter and where it came
+from, AA, BWT, FWT, the accuracy matrix, ACR and nuclear norm where they apply, routing accuracy, bytes saved per
+task, machine, wall time, nlora commit, torch version. No adapters. The budget tag names everything that changes
+what is trained (model, examples, epochs, batch, lr, precision, rank), so different budgets never mix. `run` and
 `select` run only what has no record yet; their run directories (under runs/leaderboard/, ignored by git) are
-ordinary `nlora run` directories, so an interrupted run resumes where it stopped. `table` reads only the
-records. Commit the records as they appear (or pass --commit), and the next session continues from them.
-Two copies of one `run` or `select` command (e.g. --threads 1 each on 2 cores) share its runs: a run directory
-another process holds is skipped. A run that fails is reported at the end and the others go on.
+ordinary `nlora run` directories, so an interrupted run resumes where it stopped. `table` reads only the records.
+Commit the records as they appear (or pass --commit), and the next session continues from them. Two copies of one
+`run` or `select` command (e.g. --threads 1 each on 2 cores) share its runs: a run directory another process holds
+is skipped. A run that fails is reported at the end and the others go on.
 
 Hyperparameters are chosen on seed 1 of the 4-task sequence, on a validation split carved from each task's
 training data (common.carve_validation: compared by content, never a test row, never a row that is also
@@ -80,12 +81,26 @@ GRIDS = {
     "l2": [0.1, 1.0, 10.0],  # squared-distance pull weight (default 1)
     "lwf": [0.3, 1.0, 3.0],  # distillation weight (default 1)
     "replay": [0.01, 0.02, 0.05],  # share of each earlier task's training examples kept (default 0.02)
-    "l2p": [0.1, 0.5, 1.0],  # key pull-together weight (default 0.5)
+    "l2p": [2e-3, 2e-2, 2e-1],  # learning rate (LR_KNOB)
     "clora": [0.3, 1.0, 3.0],  # subspace penalty weight (default 1)
-    "migu": [0.5, 0.7, 0.9],  # output-magnitude quantile below which rows are masked (default 0.7)
+    "migu": [2e-5, 1e-4, 5e-4],  # learning rate (LR_KNOB); its quantile at the paper's 0.7
     "migu-lora": [0.5, 0.7, 0.9],
     "sapt-arm": [0.03, 0.1, 0.3],  # KL weight of the generated-replay gate loss (default 0.1)
+    "seq-ft": [2e-5, 1e-4, 5e-4],  # learning rate (LR_KNOB)
+    "progprompt": [2e-3, 2e-2, 2e-1],
+    "seq-prompt": [2e-3, 2e-2, 2e-1],
 }
+# Methods whose grid is the learning rate instead of a coefficient. The budget's lr (2e-3) suits LoRA; soft
+# prompts barely move at it (l2p stayed near its start in docs/leaderboard.md's pilot) and are commonly trained
+# at 1e-2..3e-1, while full fine-tuning of every weight at 2e-3 wrecks a pretrained model (its sources use
+# 1e-4 and below). A single lr for all would make straw men of them; the same data and steps stay fixed.
+LR_KNOB = {"l2p", "progprompt", "seq-prompt", "seq-ft", "migu"}
+
+
+def knob_of(method: str) -> str:
+    """What a method's grid varies: "lr" (LR_KNOB) or "lambda" (its main coefficient)."""
+    return "lr" if method in LR_KNOB else "lambda"
+
 
 # issue 18's plan
 PLAN_SEEDS = {"4task": [1, 2, 3], "10task": [1, 2]}
@@ -154,6 +169,16 @@ def run_args(s: dict, args) -> SimpleNamespace:
     )
 
 
+def run_inputs(s: dict, args, hp: dict) -> tuple[SimpleNamespace, float | None]:
+    """common.run_one's namespace and lambda for a run at hyperparameter ``hp``: an "lr" sets the run's learning
+    rate (the method's coefficient at its default), a "lambda" the coefficient (the budget's lr)."""
+    ns = run_args(s, args)
+    if hp["name"] == "lr":
+        ns.lr = hp["value"]
+        return ns, None
+    return ns, hp["value"]
+
+
 def run_path(records: Path, tag: str, seq: str, method: str, seed: int) -> Path:
     return records / tag / seq / method / f"seed-{seed}.json"
 
@@ -163,7 +188,7 @@ def selection_dir(records: Path, tag: str, seq: str, method: str) -> Path:
 
 
 def point_path(records: Path, tag: str, seq: str, method: str, value: float) -> Path:
-    return selection_dir(records, tag, seq, method) / f"lambda-{value:g}.json"
+    return selection_dir(records, tag, seq, method) / f"{knob_of(method)}-{value:g}.json"
 
 
 def read(path: Path) -> dict | None:
@@ -336,18 +361,18 @@ def cmd_select(args) -> None:
     methods = [m for m in expand_methods(args.methods, args.records, tag) if m in GRIDS]
     val = None
     for method in methods:
+        knob = knob_of(method)
         for value in GRIDS[method]:
             path = point_path(args.records, tag, seq, method, value)
             rec = read(path)
             if rec is None:
                 val = val or validation_data(args, s, tag, seq)
-                out = Path(args.runs) / tag / "selection" / seq / method / f"lambda-{value:g}"
-                summary = attempt(
-                    args, run_one, run_args(s, args), method, SEQUENCES[seq], SELECT_SEED, out, val, value
-                )
+                out = Path(args.runs) / tag / "selection" / seq / method / f"{knob}-{value:g}"
+                hp = {"name": knob, "value": value, "source": "grid point"}
+                ns, lam = run_inputs(s, args, hp)
+                summary = attempt(args, run_one, ns, method, SEQUENCES[seq], SELECT_SEED, out, val, lam)
                 if summary is None:
                     continue
-                hp = {"name": "lambda", "value": value, "source": "grid point"}
                 rec = make_record("selection", summary, out, s, tag, seq, method, SELECT_SEED, hp)
                 rec["validation"] = read(val / "validation.json")
                 save_record(path, rec, args.commit)
@@ -368,13 +393,14 @@ def cmd_select(args) -> None:
             "seed": SELECT_SEED,
             "rule": "highest validation AA, then BWT, then the earlier grid value",
             "validation": {"rows_per_task": VAL_ROWS, "max_share": VAL_MAX_SHARE, "split_seed": VAL_SPLIT_SEED},
+            "knob": knob,
             "points": points,
             "chosen": chosen,
         }
         path = selection_dir(args.records, tag, seq, method) / "choice.json"
         save_record(path, {**choice, "kind": "choice"}, args.commit)
         print(
-            f"[leaderboard] {method}: lambda {chosen:g} ("
+            f"[leaderboard] {method}: {knob} {chosen:g} ("
             + ", ".join(f"{p['value']:g} -> AA {p['aa']:.2f}" for p in points)
             + ")",
             flush=True,
@@ -382,9 +408,11 @@ def cmd_select(args) -> None:
 
 
 def hyperparameter(args, s: dict, tag: str, seq: str, method: str) -> dict | None:
-    """The lambda a run uses and where it came from; None when a selection is needed and missing."""
+    """The knob value a run uses (its lambda, or its lr for LR_KNOB methods) and where it came from; None when a
+    selection is needed and missing."""
+    knob = knob_of(method)
     if method in args.fixed_lambda:
-        return {"name": "lambda", "value": args.fixed_lambda[method], "source": "command line"}
+        return {"name": knob, "value": args.fixed_lambda[method], "source": "command line"}
     if method not in GRIDS:
         default = default_lambda(method)
         src = "no coefficient" if default is None else "method default (no grid)"
@@ -396,12 +424,13 @@ def hyperparameter(args, s: dict, tag: str, seq: str, method: str) -> dict | Non
             choice = read(path)
             if choice:
                 return {
-                    "name": "lambda",
+                    "name": knob,
                     "value": choice["chosen"],
                     "source": str(path.relative_to(args.records)),
                 }
     if args.allow_default:
-        return {"name": "lambda", "value": default_lambda(method), "source": "method default (no selection)"}
+        value = s["lr"] if knob == "lr" else default_lambda(method)
+        return {"name": knob, "value": value, "source": "method default (no selection)"}
     return None
 
 
@@ -450,9 +479,8 @@ def cmd_run(args) -> None:
                 )
                 break
             out = Path(args.runs) / tag / seq / method / f"seed-{seed}"
-            summary = attempt(
-                args, run_one, run_args(s, args), method, tasks, seed, out, Path(args.data_dir), hp["value"]
-            )
+            ns, lam = run_inputs(s, args, hp)
+            summary = attempt(args, run_one, ns, method, tasks, seed, out, Path(args.data_dir), lam)
             if summary is None:
                 continue
             save_record(path, make_record("run", summary, out, s, tag, seq, method, seed, hp), args.commit)
@@ -479,7 +507,7 @@ def run_dir_record(run_dir: Path, s: dict, tag: str, seq: str) -> dict:
         "max_test_per_task": (cfg.max_test_per_task, s["max_test"]),
         "epochs": ({t.epochs for t in cfg.tasks}, {float(s["epochs"])}),
         "batch_size": ({t.batch_size * t.grad_accum for t in cfg.tasks}, {s["batch_size"]}),
-        "lr": ({t.lr for t in cfg.tasks}, {s["lr"]}),
+        "lr": ({t.lr for t in cfg.tasks}, {t.lr for t in cfg.tasks} if cfg.method in LR_KNOB else {s["lr"]}),
         "precision": (cfg.precision, s["precision"]),
         "lora r / alpha": ((cfg.lora.r, cfg.lora.alpha), (lora_r, lora_alpha)),
         "eval_scope": (cfg.eval_scope, "needed"),
@@ -498,7 +526,11 @@ def run_dir_record(run_dir: Path, s: dict, tag: str, seq: str) -> dict:
         raise NloraError(f"{summary_path}: the run has not finished every task")
     main_option = next((o for o in option_specs(REGISTRY[cfg.method].Options) if o.alias == "lambda"), None)
     hp = {"name": "lambda", "value": None, "source": "no coefficient"}
-    if main_option is not None:
+    if cfg.method in LR_KNOB:
+        (lr,) = {t.lr for t in cfg.tasks}
+        source = "the budget's lr" if lr == s["lr"] else f"set for the run {run_dir}"
+        hp = {"name": "lr", "value": lr, "source": source + " (recorded from a run directory)"}
+    elif main_option is not None:
         given = first.method_options.get(main_option.key, cfg.method_options.get(main_option.key))
         value = main_option.default if given is None else given  # newer configs store the resolved value
         source = "method default" if value == main_option.default else f"set for the run {run_dir}"
@@ -726,7 +758,8 @@ def _hp(hp: dict | None) -> str:
         return "-"
     src = hp.get("source", "")
     mark = " (chosen)" if "choice.json" in src else " (default)" if "default" in src else ""
-    return f"{hp['value']:g}{mark}"
+    name = "lr " if hp.get("name") == "lr" else ""
+    return f"{name}{hp['value']:g}{mark}"
 
 
 def _task_id(r: dict) -> str:
@@ -763,7 +796,7 @@ def group_table(tag: str, seq: str, recs: list[dict], expected: dict[str, list[i
         f"Best by mean AA: **{best or '-'}**. Differences are method minus {best or 'the best'}, paired by seed "
         "(only seeds both have); * marks |t| above the two-sided 5% value for that n.",
         "",
-        "| method | task id | λ | seeds | AA | BWT | ΔAA vs best | ΔBWT vs best | ACR (%) | nuclear norm "
+        "| method | task id | λ or lr | seeds | AA | BWT | ΔAA vs best | ΔBWT vs best | ACR (%) | nuclear norm "
         "| saved per task (KiB) | wall time (min) |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -825,14 +858,16 @@ def selection_table(choices: list[dict]) -> list[str]:
     lines = [
         "### Hyperparameter selection (seed 1, validation split carved from training data)",
         "",
-        "| budget | sequence | method | λ: validation AA / BWT | chosen |",
+        "| budget | sequence | method | knob value: validation AA / BWT | chosen |",
         "|---|---|---|---|---|",
     ]
     for c in choices:
+        name = "lr " if c.get("knob") == "lr" else ""  # choices written before the knob was recorded: lambda
         pts = ", ".join(
-            f"{p['value']:g}: {p['aa']:.2f} / " + ("-" if p["bwt"] is None else f"{p['bwt']:.2f}") for p in c["points"]
+            f"{name}{p['value']:g}: {p['aa']:.2f} / " + ("-" if p["bwt"] is None else f"{p['bwt']:.2f}")
+            for p in c["points"]
         )
-        lines.append(f"| {c['budget_tag']} | {c['sequence']} | {c['method']} | {pts} | {c['chosen']:g} |")
+        lines.append(f"| {c['budget_tag']} | {c['sequence']} | {c['method']} | {pts} | {name}{c['chosen']:g} |")
     return lines + [""]
 
 
@@ -967,12 +1002,21 @@ def main(argv=None) -> None:
 
     pl = sub.add_parser("plan", parents=[common], help="records present and missing for issue 18's plan")
     pl.add_argument("--verbose", action="store_true")
-    se = sub.add_parser("select", parents=[common, running], help="choose each method's lambda on validation")
+    se = sub.add_parser(
+        "select", parents=[common, running], help="choose each method's lambda (lr: LR_KNOB methods) on validation"
+    )
     se.add_argument("--sequence", default=SELECT_SEQUENCE, choices=sorted(SEQUENCES))
     ru = sub.add_parser("run", parents=[common, running], help="run what has no record yet")
     ru.add_argument("--sequence", required=True, choices=sorted(SEQUENCES))
     ru.add_argument("--seeds", default="1,2,3")
-    ru.add_argument("--lambda", dest="fixed_lambda", action="append", default=[], metavar="METHOD=VALUE")
+    ru.add_argument(
+        "--lambda",
+        dest="fixed_lambda",
+        action="append",
+        default=[],
+        metavar="METHOD=VALUE",
+        help="the method's knob without a selection: its lambda, or its lr for " + ", ".join(sorted(LR_KNOB)),
+    )
     ru.add_argument("--allow-default", action="store_true", help="without a selection record, the method default")
     rec = sub.add_parser("record", parents=[common], help="record finished run directories made elsewhere")
     rec.add_argument("run_dirs", nargs="+", help="finished `nlora run` directories at this budget")

@@ -277,6 +277,53 @@ def test_select_on_validation_then_run_uses_the_choice(lb, toy, tmp_path, monkey
     assert "| ewc | 1000: 41.00 / -1.00, 10000: 50.00 / -1.00, 100000: 5.00 / -1.00 | 10000 |" in text
 
 
+def test_prompt_and_full_finetuning_methods_select_their_learning_rate(lb, toy, tmp_path, monkeypatch):
+    """LR_KNOB methods: the grid varies the run's lr (the method's coefficient stays at its default, lambda None),
+    the records say "lr", and the runs after it use the chosen lr within the same budget tag."""
+    flags, running = toy
+    calls = []
+
+    def run_one(args, method, tasks, seed, out, data_dir, lam):
+        calls.append((method, seed, args.lr, lam))
+        (out / "tasks" / "01-topic" / "adapter").mkdir(parents=True, exist_ok=True)
+        aa = {2e-3: 20.0, 2e-2: 45.0, 2e-1: 30.0}.get(args.lr, 0.0)
+        return {"tasks": tasks.split(","), "aa": aa, "bwt": -2.0, "accuracy_matrix": [[aa]], "wall_time_s": 1.0}
+
+    monkeypatch.setattr(lb, "run_one", run_one)
+    monkeypatch.setattr(lb, "GRIDS", {"seq-prompt": [2e-3, 2e-2, 2e-1]})
+    assert lb.knob_of("seq-prompt") == "lr" and lb.knob_of("seq-ft") == "lr" and lb.knob_of("ewc") == "lambda"
+    lb.main(["select", "--methods", "seq-prompt", *flags, *running])
+    assert calls == [("seq-prompt", 1, 2e-3, None), ("seq-prompt", 1, 2e-2, None), ("seq-prompt", 1, 2e-1, None)]
+    tag = lb.budget_tag(lb.BUDGETS["main"])
+    sel = tmp_path / "rec" / tag / "selection" / "4task" / "seq-prompt"
+    assert sorted(p.name for p in sel.iterdir()) == ["choice.json", "lr-0.002.json", "lr-0.02.json", "lr-0.2.json"]
+    assert json.loads((sel / "lr-0.02.json").read_text())["hyperparameter"]["name"] == "lr"
+    choice = json.loads((sel / "choice.json").read_text())
+    assert choice["knob"] == "lr" and choice["chosen"] == 2e-2
+    calls.clear()
+    lb.main(["run", "--sequence", "4task", "--methods", "seq-prompt", "--seeds", "1", *flags, *running])
+    assert calls == [("seq-prompt", 1, 2e-2, None)]
+    r = json.loads((tmp_path / "rec" / tag / "4task" / "seq-prompt" / "seed-1.json").read_text())
+    assert r["hyperparameter"]["name"] == "lr" and r["hyperparameter"]["value"] == 2e-2
+    text = lb.build_table(tmp_path / "rec", tmp_path / "lb.md")
+    assert "| seq-prompt | lr 0.002: 20.00 / -2.00, lr 0.02: 45.00 / -2.00, lr 0.2: 30.00 / -2.00 | lr 0.02 |" in text
+    assert "| seq-prompt | no | lr 0.02 (chosen) | 1 |" in text
+
+
+def test_a_learning_rate_knob_reaches_the_real_run(lb, toy, tmp_path):
+    """Through common.run_one: the lr given for an LR_KNOB method is the lr the run's config trains with."""
+    import yaml
+
+    flags, running = toy
+    args = ["run", "--sequence", "4task", "--methods", "seq-prompt", "--seeds", "1", "--lambda", "seq-prompt=0.05"]
+    lb.main([*args, *flags, *running])
+    tag = lb.budget_tag(lb.BUDGETS["main"])
+    cfg = yaml.safe_load((tmp_path / "runs" / tag / "4task" / "seq-prompt" / "seed-1" / "config.yaml").read_text())
+    assert {t["lr"] for t in cfg["tasks"]} == {0.05}
+    r = json.loads((tmp_path / "rec" / tag / "4task" / "seq-prompt" / "seed-1.json").read_text())
+    assert r["hyperparameter"] == {"name": "lr", "value": 0.05, "source": "command line"}
+
+
 def test_run_without_a_selection_refuses_the_method(lb, toy, tmp_path, monkeypatch, capsys):
     flags, running = toy
     calls = []
