@@ -33,6 +33,20 @@ def child_env() -> dict[str, str]:
     return {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(torch.get_num_threads())}
 
 
+def nlora_in_subprocess(args: list[str]) -> None:
+    """``nlora ARGS`` to the end in a fresh process (child_env); fails the test with its last error lines.
+
+    Tests that compare a run's floats bit for bit with another run's made in a subprocess make both in
+    subprocesses: whatever earlier tests left in the pytest process then cannot enter the comparison."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "nlora.cli", *args], capture_output=True, env=child_env(), timeout=600, check=False
+    )
+    assert done.returncode == 0, done.stderr.decode()[-800:]
+
+
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 CL_BENCHMARK = SHARED / "CL_Benchmark"
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import child_env
+from conftest import child_env, nlora_in_subprocess
 from safetensors.torch import load_file
 
 import nlora.evaluate as evaluate_mod
@@ -180,17 +180,11 @@ KILL_POINTS = {  # name -> condition on the run directory at which the process g
 }
 
 
-def nlora_subprocess(args: list[str], script: Path | None = None) -> subprocess.Popen:
-    """``nlora`` in a fresh process (through ``script`` when given), with this process's thread count."""
-    command = [str(script)] if script is not None else ["-m", "nlora.cli"]
+def slow_subprocess(args: list[str], script: Path) -> subprocess.Popen:
+    """``nlora`` through the slowed-down ``script`` in a fresh process, with this process's thread count."""
     return subprocess.Popen(
-        [sys.executable, *command, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=child_env()
+        [sys.executable, str(script), *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=child_env()
     )
-
-
-def finish(proc: subprocess.Popen) -> None:
-    _, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0, err.decode()[-800:]
 
 
 def adapter_differences(a: Path, b: Path) -> dict[str, float]:
@@ -218,12 +212,12 @@ def test_sigkill_at_several_points_then_resume(model_dirs, tmp_path, kind):
     for name in ("topic", "mood"):
         write_task(data, name)
     reference, out = tmp_path / "reference", tmp_path / "run"
-    finish(nlora_subprocess(args_for(model_dirs[kind], data, reference)))
+    nlora_in_subprocess(args_for(model_dirs[kind], data, reference))
     script = tmp_path / "slow_nlora.py"
     script.write_text(WRAPPER)
     kills = []  # what the run directory held at each kill, for the failure message
     for point, reached in KILL_POINTS.items():
-        proc = nlora_subprocess(args_for(model_dirs[kind], data, out), script)
+        proc = slow_subprocess(args_for(model_dirs[kind], data, out), script)
         deadline = time.time() + 180
         while not reached(out) and proc.poll() is None and time.time() < deadline:
             time.sleep(0.01)
@@ -232,11 +226,11 @@ def test_sigkill_at_several_points_then_resume(model_dirs, tmp_path, kind):
         proc.wait()
         assert not (out / "summary.json").exists(), point
         kills.append((point, sorted(str(p.relative_to(out)) for p in out.glob("tasks/*/*"))))
-    finish(nlora_subprocess(args_for(model_dirs[kind], data, out)))
+    nlora_in_subprocess(args_for(model_dirs[kind], data, out))
     differences = adapter_differences(reference, out)
     if any(differences.values()):
         again = tmp_path / "reference-again"
-        finish(nlora_subprocess(args_for(model_dirs[kind], data, again)))
+        nlora_in_subprocess(args_for(model_dirs[kind], data, again))
         repeat = adapter_differences(reference, again)
         assert any(repeat.values()), (
             f"the resumed run differs from the uninterrupted one ({differences}), which repeats bit for bit; "

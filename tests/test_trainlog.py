@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import child_env
+from conftest import child_env, nlora_in_subprocess
 
 from nlora.cli import main
 from nlora.trainlog import read_log
@@ -183,7 +183,7 @@ def test_sigkill_then_resume_keeps_every_step_once(model_dirs, data_dir, tmp_pat
     equals an uninterrupted run's, line for line (TensorBoard's too, when installed)."""
     extra = ["--save-every", "2", *(["--report-to", "tensorboard"] if HAS_TENSORBOARD else [])]
     ref, out = tmp_path / "ref", tmp_path / "run"
-    assert main(run_args(model_dirs["llama"], data_dir, ref, *extra)) == 0
+    nlora_in_subprocess(run_args(model_dirs["llama"], data_dir, ref, *extra))  # processes against processes
     script = tmp_path / "slow_nlora.py"
     script.write_text(SLOW)
     log1, log2 = out / "tasks/01-topic/train_log.jsonl", out / "tasks/02-mood/train_log.jsonl"
@@ -194,7 +194,7 @@ def test_sigkill_then_resume_keeps_every_step_once(model_dirs, data_dir, tmp_pat
     killed_when(script, run_args(model_dirs["llama"], data_dir, out, *extra), ahead_of_checkpoint(log1), "task 1")
     assert len(read_log(log1)) in (3, 5)  # one line past the checkpoint (at step 2 or 4)
     killed_when(script, run_args(model_dirs["llama"], data_dir, out, *extra), ahead_of_checkpoint(log2), "task 2")
-    assert main(run_args(model_dirs["llama"], data_dir, out, *extra)) == 0
+    nlora_in_subprocess(run_args(model_dirs["llama"], data_dir, out, *extra))
     done, expected = logs(out), logs(ref)
     assert [r["step"] for r in done["01-topic"]] == [1, 2, 3, 4, 5, 6]
     assert stable(done["01-topic"]) == stable(expected["01-topic"])
