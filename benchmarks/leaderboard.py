@@ -663,7 +663,27 @@ def load_runs(records: Path) -> dict[tuple[str, str], list[dict]]:
 
 
 def load_choices(records: Path) -> list[dict]:
-    return [c for c in (read(p) for p in sorted(Path(records).glob("*/selection/*/*/choice.json"))) if c]
+    """Every selection: its choice.json, or, for one still running, its grid points so far (``chosen`` None)."""
+    out = []
+    for folder in sorted(p for p in Path(records).glob("*/selection/*/*") if p.is_dir()):
+        choice = read(folder / "choice.json")
+        if choice:
+            out.append(choice)
+            continue
+        points = []
+        for path in sorted(folder.glob("*.json")):
+            rec = read(path)
+            if rec and rec.get("kind") == "selection":
+                hp = rec["hyperparameter"]
+                points.append({"value": hp["value"], "aa": rec["aa"], "bwt": rec["bwt"], "knob": hp["name"]})
+        if points:
+            tag, _, seq, method = folder.relative_to(records).parts
+            points.sort(key=lambda q: q["value"])
+            out.append(
+                {"method": method, "budget_tag": tag, "sequence": seq, "knob": points[0]["knob"], "points": points}
+                | {"chosen": None, "grid_size": len(GRIDS.get(method, []))}
+            )
+    return out
 
 
 def mean_sd1(values: list) -> tuple[float | None, float | None]:
@@ -867,7 +887,12 @@ def selection_table(choices: list[dict]) -> list[str]:
             f"{name}{p['value']:g}: {p['aa']:.2f} / " + ("-" if p["bwt"] is None else f"{p['bwt']:.2f}")
             for p in c["points"]
         )
-        lines.append(f"| {c['budget_tag']} | {c['sequence']} | {c['method']} | {pts} | {name}{c['chosen']:g} |")
+        chosen = (
+            f"{name}{c['chosen']:g}"
+            if c["chosen"] is not None
+            else f"running: {len(c['points'])} of {c.get('grid_size') or '?'} points"
+        )
+        lines.append(f"| {c['budget_tag']} | {c['sequence']} | {c['method']} | {pts} | {chosen} |")
     return lines + [""]
 
 

@@ -324,6 +324,26 @@ def test_a_learning_rate_knob_reaches_the_real_run(lb, toy, tmp_path):
     assert r["hyperparameter"] == {"name": "lr", "value": 0.05, "source": "command line"}
 
 
+def test_a_selection_still_running_shows_its_points_so_far(lb, toy, tmp_path, monkeypatch):
+    flags, running = toy
+    calls = []
+    fake = fake_run(calls)
+
+    def run_one(args, method, tasks, seed, out, data_dir, lam):
+        if lam == 1e5:
+            raise RuntimeError("not finished")
+        return fake(args, method, tasks, seed, out, data_dir, lam)
+
+    monkeypatch.setattr(lb, "run_one", run_one)
+    monkeypatch.setattr(lb, "GRIDS", {"ewc": [1e3, 1e4, 1e5]})
+    with pytest.raises(SystemExit, match="1 run\\(s\\) failed"):  # the third point has not finished
+        lb.main(["select", "--methods", "ewc", *flags, *running])
+    tag = lb.budget_tag(lb.BUDGETS["main"])
+    assert not (tmp_path / "rec" / tag / "selection" / "4task" / "ewc" / "choice.json").exists()
+    text = lb.build_table(tmp_path / "rec", tmp_path / "lb.md")
+    assert "| ewc | 1000: 41.00 / -1.00, 10000: 50.00 / -1.00 | running: 2 of 3 points |" in text
+
+
 def test_run_without_a_selection_refuses_the_method(lb, toy, tmp_path, monkeypatch, capsys):
     flags, running = toy
     calls = []
