@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import child_env, nlora_in_subprocess
+from conftest import child_env, nlora_in_subprocess, toy_run_args
 from safetensors.torch import load_file
 
 import nlora.evaluate as evaluate_mod
@@ -27,34 +27,9 @@ VOLATILE = {"wall_time_s", "resumed", "train_seconds", "eval_seconds", "predict_
 
 
 def args_for(model_dir, data_dir, out, *extra):
-    return [
-        "run",
-        "--model",
-        str(model_dir),
-        "--data-dir",
-        str(data_dir),
-        "--output-dir",
-        str(out),
-        "--tasks",
-        "topic,mood",
-        "--max-train-per-task",
-        "12",
-        "--max-test-per-task",
-        "6",
-        "--batch-size",
-        "2",
-        "--eval-batch-size",
-        "2",
-        "--max-target-length",
-        "6",
-        "--lr",
-        "0.01",
-        "--method",
-        "o-lora",
-        "--save-every",
-        "1",
-        *extra,
-    ]
+    """Six steps per task (12 examples, batch 2), o-lora, a step checkpoint after every step."""
+    small = ["--max-train-per-task", "12", "--max-test-per-task", "6", "--batch-size", "2", "--eval-batch-size", "2"]
+    return toy_run_args(model_dir, data_dir, out, *small, "--method", "o-lora", "--save-every", "1", *extra)
 
 
 def stable(obj):

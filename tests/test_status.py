@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import child_env
+from conftest import child_env, toy_run_args
 
 from nlora.cli import main
 from nlora.status import describe, estimate_left, read_status
@@ -26,33 +26,9 @@ sys.exit(main(sys.argv[1:]))
 
 
 def run_args(model_dir, data_dir, out):
-    return [
-        "run",
-        "--model",
-        str(model_dir),
-        "--data-dir",
-        str(data_dir),
-        "--output-dir",
-        str(out),
-        "--tasks",
-        "topic,mood",
-        "--max-train-per-task",
-        "12",
-        "--max-test-per-task",
-        "4",
-        "--batch-size",
-        "2",
-        "--eval-batch-size",
-        "4",
-        "--max-target-length",
-        "4",
-        "--lr",
-        "0.01",
-        "--method",
-        "seq-lora",
-        "--save-every",
-        "2",
-    ]
+    """Six steps per task (12 examples, batch 2), seq-lora, a checkpoint every 2 steps."""
+    small = ["--max-train-per-task", "12", "--batch-size", "2", "--max-target-length", "4"]
+    return toy_run_args(model_dir, data_dir, out, *small, "--method", "seq-lora", "--save-every", "2")
 
 
 def snapshot(root: Path) -> dict:

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import child_env, nlora_in_subprocess
+from conftest import child_env, nlora_in_subprocess, toy_run_args
 
 from nlora.cli import main
 from nlora.trainlog import read_log
@@ -22,34 +22,9 @@ VOLATILE = {"examples_per_s", "elapsed_s", "time"}  # measured, not computed
 
 
 def run_args(model_dir, data_dir, out, *extra, tasks="topic,mood"):
-    return [
-        "run",
-        "--model",
-        str(model_dir),
-        "--data-dir",
-        str(data_dir),
-        "--output-dir",
-        str(out),
-        "--tasks",
-        tasks,
-        "--max-train-per-task",
-        "12",
-        "--max-test-per-task",
-        "4",
-        "--batch-size",
-        "2",
-        "--eval-batch-size",
-        "4",
-        "--max-target-length",
-        "4",
-        "--lr",
-        "0.01",
-        "--method",
-        "n-lora",
-        "--lambda",
-        "1e-3",
-        *extra,
-    ]
+    """Six steps per task (12 examples, batch 2), n-lora."""
+    small = ["--max-train-per-task", "12", "--batch-size", "2", "--max-target-length", "4"]
+    return toy_run_args(model_dir, data_dir, out, *small, "--method", "n-lora", "--lambda", "1e-3", *extra, tasks=tasks)
 
 
 def logs(out: Path) -> dict[str, list[dict]]:
