@@ -301,7 +301,12 @@ def make_record(kind: str, summary: dict, run_dir: Path, s: dict, tag: str, seq:
         "load_avg_at_end": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "precision_used": summary.get("precision"),
         "nlora_commit": commit or None,
-        "nlora_tree_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")) if commit else None,
+        # changed tracked files outside the records (a record rewritten by this very runner is not a code change)
+        "nlora_tree_dirty": bool(
+            _git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)benchmarks/records")
+        )
+        if commit
+        else None,
         "torch": torch.__version__,
         "python": platform.python_version(),
         "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
