@@ -208,6 +208,13 @@ def _git(*cmd: str) -> str | None:
         return None
 
 
+def code_changed() -> bool | None:
+    """Whether tracked files of the checkout differ from its commit, records aside (a choice.json this very runner
+    rewrote is not a code change); None without git."""
+    out = _git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)benchmarks/records")
+    return None if out is None else bool(out)
+
+
 def stored_bytes(task_dir: Path) -> int:
     """What a task directory keeps for the method (adapter, method state), without evaluation files, logs and
     step checkpoints."""
@@ -301,12 +308,7 @@ def make_record(kind: str, summary: dict, run_dir: Path, s: dict, tag: str, seq:
         "load_avg_at_end": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "precision_used": summary.get("precision"),
         "nlora_commit": commit or None,
-        # changed tracked files outside the records (a record rewritten by this very runner is not a code change)
-        "nlora_tree_dirty": bool(
-            _git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)benchmarks/records")
-        )
-        if commit
-        else None,
+        "nlora_tree_dirty": code_changed() if commit else None,
         "torch": torch.__version__,
         "python": platform.python_version(),
         "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -409,6 +409,27 @@ def test_commit_commits_only_the_record(lb, tmp_path, monkeypatch):
     assert "A  other.txt" in git("status", "--porcelain")  # still staged, not committed
 
 
+def test_tree_is_dirty_for_code_changes_not_for_records(lb, tmp_path, monkeypatch):
+    import subprocess
+
+    repo = tmp_path / "repo"
+    git = lambda *a: subprocess.run(["git", *a], cwd=repo, capture_output=True, text=True, check=True)  # noqa: E731
+    record, code = repo / "benchmarks" / "records" / "choice.json", repo / "src" / "code.py"
+    for path in (record, code):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("first\n")
+    git("init", "-q")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "start")
+    monkeypatch.setattr(lb, "ROOT", repo)
+    assert lb.code_changed() is False
+    record.write_text("rewritten by the runner\n")
+    (repo / "benchmarks" / "records" / "new.json").write_text("{}")
+    assert lb.code_changed() is False
+    code.write_text("changed\n")
+    assert lb.code_changed() is True
+
+
 def test_a_run_another_process_holds_is_skipped_not_failed(lb, toy, tmp_path, monkeypatch, capsys):
     from nlora.errors import NloraError
 
