@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import random
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -38,13 +40,17 @@ def nlora_in_subprocess(args: list[str]) -> None:
 
     Tests that compare a run's floats bit for bit with another run's made in a subprocess make both in
     subprocesses: whatever earlier tests left in the pytest process then cannot enter the comparison."""
-    import subprocess
-    import sys
-
     done = subprocess.run(
         [sys.executable, "-m", "nlora.cli", *args], capture_output=True, env=child_env(), timeout=600, check=False
     )
     assert done.returncode == 0, done.stderr.decode()[-800:]
+
+
+def start_script(script: Path, args: list[str]) -> subprocess.Popen:
+    """``python SCRIPT ARGS`` in the background (a test's slowed-down nlora), stderr kept for failure messages."""
+    return subprocess.Popen(
+        [sys.executable, str(script), *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=child_env()
+    )
 
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import child_env
+from conftest import start_script
 from conftest import toy_run_args as run_args
 
 from nlora import rundir
@@ -121,12 +121,7 @@ sys.exit(main(sys.argv[1:]))
 def start_slow_run(script_dir: Path, args: list[str], ready) -> subprocess.Popen:
     script = script_dir / "slow_nlora.py"
     script.write_text(SLOW)
-    proc = subprocess.Popen(
-        [sys.executable, str(script), *args],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        env=child_env(),
-    )
+    proc = start_script(script, args)
     deadline = time.time() + 180
     while not ready() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.02)

@@ -4,15 +4,13 @@ import hashlib
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 import warnings
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import child_env, nlora_in_subprocess, toy_run_args
+from conftest import nlora_in_subprocess, start_script, toy_run_args
 from safetensors.torch import load_file
 
 import nlora.evaluate as evaluate_mod
@@ -155,13 +153,6 @@ KILL_POINTS = {  # name -> condition on the run directory at which the process g
 }
 
 
-def slow_subprocess(args: list[str], script: Path) -> subprocess.Popen:
-    """``nlora`` through the slowed-down ``script`` in a fresh process, with this process's thread count."""
-    return subprocess.Popen(
-        [sys.executable, str(script), *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=child_env()
-    )
-
-
 def adapter_differences(a: Path, b: Path) -> dict[str, float]:
     """Per task, the largest absolute difference between the two runs' adapter tensors (0.0: equal bit for bit)."""
     out = {}
@@ -192,7 +183,7 @@ def test_sigkill_at_several_points_then_resume(model_dirs, tmp_path, kind):
     script.write_text(WRAPPER)
     kills = []  # what the run directory held at each kill, for the failure message
     for point, reached in KILL_POINTS.items():
-        proc = slow_subprocess(args_for(model_dirs[kind], data, out), script)
+        proc = start_script(script, args_for(model_dirs[kind], data, out))
         deadline = time.time() + 180
         while not reached(out) and proc.poll() is None and time.time() < deadline:
             time.sleep(0.01)

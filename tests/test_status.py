@@ -3,13 +3,11 @@
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from conftest import child_env, toy_run_args
+from conftest import start_script, toy_run_args
 
 from nlora.cli import main
 from nlora.status import describe, estimate_left, read_status
@@ -64,12 +62,7 @@ def test_running_then_killed_then_resumed(model_dirs, data_dir, tmp_path, capsys
     script = tmp_path / "slow_nlora.py"
     script.write_text(SLOW)
     log = out / "tasks/01-topic/train_log.jsonl"
-    proc = subprocess.Popen(
-        [sys.executable, str(script), *run_args(model_dirs["llama"], data_dir, out)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        env=child_env(),
-    )
+    proc = start_script(script, run_args(model_dirs["llama"], data_dir, out))
     try:
         deadline = time.time() + 240
         while len(read_log(log)) < 2 and proc.poll() is None and time.time() < deadline:

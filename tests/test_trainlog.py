@@ -6,13 +6,11 @@ import json
 import math
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from conftest import child_env, nlora_in_subprocess, toy_run_args
+from conftest import nlora_in_subprocess, start_script, toy_run_args
 
 from nlora.cli import main
 from nlora.trainlog import read_log
@@ -138,12 +136,7 @@ sys.exit(main(sys.argv[1:]))
 
 def killed_when(script: Path, args: list[str], reached, what: str) -> None:
     """Run nlora in a subprocess (each micro-step slowed down) and SIGKILL it once ``reached()`` holds."""
-    proc = subprocess.Popen(
-        [sys.executable, str(script), *args],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        env=child_env(),
-    )
+    proc = start_script(script, args)
     deadline = time.time() + 240
     while not reached() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.01)
