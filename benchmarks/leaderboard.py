@@ -507,6 +507,9 @@ def run_dir_record(run_dir: Path, s: dict, tag: str, seq: str) -> dict:
     cfg = RunConfig.from_dict(yaml.safe_load(cfg_path.read_text("utf-8")))
     first = cfg.tasks[0]
     lora_r, lora_alpha = (s["lora_r"], s["lora_alpha"]) if s.get("lora_r") else (8, 32)
+    lrs = {t.lr for t in cfg.tasks}
+    # LR_KNOB methods choose their lr: any one lr for the whole run; the others train at the budget's
+    lr_wanted = lrs if cfg.method in LR_KNOB and len(lrs) == 1 else {s["lr"]}
     expected = {
         "task names": (cfg.task_names, SEQUENCES[seq].split(",")),
         "model": (cfg.model, s["model"]),
@@ -514,7 +517,7 @@ def run_dir_record(run_dir: Path, s: dict, tag: str, seq: str) -> dict:
         "max_test_per_task": (cfg.max_test_per_task, s["max_test"]),
         "epochs": ({t.epochs for t in cfg.tasks}, {float(s["epochs"])}),
         "batch_size": ({t.batch_size * t.grad_accum for t in cfg.tasks}, {s["batch_size"]}),
-        "lr": ({t.lr for t in cfg.tasks}, {t.lr for t in cfg.tasks} if cfg.method in LR_KNOB else {s["lr"]}),
+        "lr": (lrs, lr_wanted),
         "precision": (cfg.precision, s["precision"]),
         "lora r / alpha": ((cfg.lora.r, cfg.lora.alpha), (lora_r, lora_alpha)),
         "eval_scope": (cfg.eval_scope, "needed"),
@@ -534,7 +537,7 @@ def run_dir_record(run_dir: Path, s: dict, tag: str, seq: str) -> dict:
     main_option = next((o for o in option_specs(REGISTRY[cfg.method].Options) if o.alias == "lambda"), None)
     hp = {"name": "lambda", "value": None, "source": "no coefficient"}
     if cfg.method in LR_KNOB:
-        (lr,) = {t.lr for t in cfg.tasks}
+        (lr,) = lrs
         source = "the budget's lr" if lr == s["lr"] else f"set for the run {run_dir}"
         hp = {"name": "lr", "value": lr, "source": source + " (recorded from a run directory)"}
     elif main_option is not None:
@@ -682,12 +685,12 @@ def load_choices(records: Path) -> list[dict]:
             rec = read(path)
             if rec and rec.get("kind") == "selection":
                 hp = rec["hyperparameter"]
-                points.append({"value": hp["value"], "aa": rec["aa"], "bwt": rec["bwt"], "knob": hp["name"]})
+                points.append({"value": hp["value"], "aa": rec["aa"], "bwt": rec["bwt"]})
         if points:
             tag, _, seq, method = folder.relative_to(records).parts
             points.sort(key=lambda q: q["value"])
             out.append(
-                {"method": method, "budget_tag": tag, "sequence": seq, "knob": points[0]["knob"], "points": points}
+                {"method": method, "budget_tag": tag, "sequence": seq, "knob": knob_of(method), "points": points}
                 | {"chosen": None, "grid_size": len(GRIDS.get(method, []))}
             )
     return out
