@@ -405,7 +405,8 @@ def cmd_select(args) -> None:
             "chosen": chosen,
         }
         path = selection_dir(args.records, tag, seq, method) / "choice.json"
-        save_record(path, {**choice, "kind": "choice"}, args.commit)
+        if read(path) != {**choice, "kind": "choice"}:  # an unchanged choice is not rewritten (nor recommitted)
+            save_record(path, {**choice, "kind": "choice"}, args.commit)
         print(
             f"[leaderboard] {method}: {knob} {chosen:g} ("
             + ", ".join(f"{p['value']:g} -> AA {p['aa']:.2f}" for p in points)

@@ -265,8 +265,12 @@ def test_select_on_validation_then_run_uses_the_choice(lb, toy, tmp_path, monkey
     point = json.loads((tmp_path / "rec" / tag / "selection" / "4task" / "ewc" / "lambda-1000.json").read_text())
     assert point["kind"] == "selection" and point["validation"]["topic"]["validation_rows"] == 2  # 25% of 8
     calls.clear()
+    choice_file = tmp_path / "rec" / tag / "selection" / "4task" / "ewc" / "choice.json"
+    before = choice_file.stat().st_mtime_ns
+    capsys.readouterr()
     lb.main(["select", "--methods", "ewc", *flags, *running])
     assert calls == []  # every grid point recorded: nothing runs again
+    assert choice_file.stat().st_mtime_ns == before and "record" not in capsys.readouterr().out  # nor is rewritten
     lb.main(["run", "--sequence", "4task", "--methods", "ewc", "--seeds", "1,2", "--epochs", "3", *flags, *running])
     assert [(s, lam, e) for _, s, _, lam, e in calls] == [(1, 1e4, 3.0), (2, 1e4, 3.0)]  # the budget's choice
     assert all(d == tmp_path / "CL" for _, _, d, _, _ in calls)  # the real tasks, not the validation split
