@@ -179,13 +179,15 @@ def test_reference_prediction_is_empty_when_the_prompt_lost_its_answer_marker(tm
 # ---- item 2: gradient clipping ----
 
 
-def one_step_gradients(model_dirs, data_dir, max_grad_norm, monkeypatch):
-    """The gradients AdamW steps with, and the parameters it leaves, after one step of train_task."""
+def one_step_gradients(model_dirs, data_dir, max_grad_norm, monkeypatch, log_path=None):
+    """The gradients AdamW steps with, and the parameters it leaves, after one step of train_task (its
+    train_log.jsonl line at LOG_PATH, if given)."""
     from nlora.adapters import LoraBank
     from nlora.config import LoraSettings
     from nlora.methods import get_method
     from nlora.models import default_target_modules
     from nlora.train import TrainLoop, train_task
+    from nlora.trainlog import TaskLog
 
     seen = {}
     original = ADAMW_STEP
@@ -207,15 +209,19 @@ def one_step_gradients(model_dirs, data_dir, max_grad_norm, monkeypatch):
     settings = TaskSettings(name="topic", lr=1e-2, epochs=1, batch_size=4, grad_accum=1)
     method.begin_task(lora, 0, settings)
     rt = Runtime(loaded.tokenizer, loaded.family, torch.device("cpu"))
-    train_task(rt, lora, method, data, settings, TrainLoop(seed=0, max_grad_norm=max_grad_norm))
+    log = None if log_path is None else TaskLog(log_path, 1, None, 0, "topic")
+    train_task(rt, lora, method, data, settings, TrainLoop(seed=0, max_grad_norm=max_grad_norm, log=log))
     return seen
 
 
-def test_clipping_changes_a_step_exactly_as_clip_grad_norm(model_dirs, data_dir, monkeypatch):
+def test_clipping_changes_a_step_exactly_as_clip_grad_norm(model_dirs, data_dir, monkeypatch, tmp_path):
     free = one_step_gradients(model_dirs, data_dir, None, monkeypatch)
     norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in free["grads"]])))
     limit = norm / 4
-    clipped = one_step_gradients(model_dirs, data_dir, limit, monkeypatch)
+    log_path = tmp_path / "train_log.jsonl"
+    clipped = one_step_gradients(model_dirs, data_dir, limit, monkeypatch, log_path)
+    logged = [json.loads(line)["grad_norm"] for line in log_path.read_text().splitlines()]
+    assert logged == [pytest.approx(norm, rel=1e-4)]  # the log keeps the norm before clipping
     expected = [g.clone() for g in free["grads"]]
     params = [torch.nn.Parameter(p.clone()) for p in free["before"]]
     for p, g in zip(params, expected):

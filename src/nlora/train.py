@@ -134,9 +134,12 @@ def train_task(
         if (micro + 1) % settings.grad_accum == 0 or micro + 1 == len(schedule):
             dist.sum_gradients(params)
             method.before_step(lora, dist)
-            grad_norm = _grad_norm(params) if log is not None and log.wants(step) else None  # before any clipping
+            logs_norm = log is not None and log.wants(step)
             if loop.max_grad_norm:  # the release clips at 1.0 (HF max_grad_norm); the LoRA gradients summed over ranks
-                torch.nn.utils.clip_grad_norm_(params, loop.max_grad_norm)
+                total = torch.nn.utils.clip_grad_norm_(params, loop.max_grad_norm)  # returns the norm before clipping
+                grad_norm = float(total) if logs_norm else None
+            else:
+                grad_norm = _grad_norm(params) if logs_norm else None
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             bar.update(1)
@@ -169,7 +172,7 @@ def train_task(
 
 
 def _grad_norm(params: list[torch.nn.Parameter]) -> float:
-    """L2 norm of all gradients together (the figure clip_grad_norm_ compares with its maximum)."""
+    """L2 norm of all gradients together (the figure clip_grad_norm_ returns), for runs that do not clip."""
     norms = [torch.linalg.vector_norm(p.grad.detach().float()) for p in params if p.grad is not None]
     return float(torch.linalg.vector_norm(torch.stack(norms))) if norms else 0.0
 
