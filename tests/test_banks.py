@@ -182,11 +182,14 @@ def test_a_snapshot_runs_as_it_was_taken(model_dirs, model_kind, kind):
     moved = outputs(bank, batch)
     assert not torch.equal(moved, taken)
     bank.model.train()
+    params = list(bank.model.parameters())  # what an optimizer holds
     with torch.no_grad(), bank.using("teacher"):
         assert not bank.model.training
         assert torch.equal(bank.model(**batch).logits, taken)
     assert bank.model.training  # mode, active parts, what trains and the weights all come back
-    assert trainable(bank) == trains
+    assert trainable(bank) == trains and all(a is b for a, b in zip(bank.model.parameters(), params, strict=True))
+    with torch.no_grad(), bank.using("teacher"):  # the snapshot itself is unchanged by its use
+        assert torch.equal(bank.model(**batch).logits, taken)
     assert torch.equal(outputs(bank, batch), moved)
 
 

@@ -69,20 +69,20 @@ class FullModel:
     @contextmanager
     def using(self, name: str) -> Iterator[None]:
         """Run the model with snapshot ``name``'s weights, in eval mode; the weights (bit for bit) and the mode
-        come back afterwards."""
+        come back afterwards. The parameters point at the snapshot's tensors meanwhile instead of copying them
+        in, so a whole-model teacher costs no third copy of the weights; nothing may write to the weights inside
+        (no optimizer step), or the snapshot would change with them."""
         params = dict(self.model.named_parameters())
-        kept = {n: p.detach().clone() for n, p in params.items()}
+        live = {n: params[n].data for n in self.snapshots[name]}
         was_training = self.model.training
-        with torch.no_grad():
-            for n, value in self.snapshots[name].items():
-                params[n].copy_(value)
+        for n, value in self.snapshots[name].items():
+            params[n].data = value
         self.model.eval()
         try:
             yield
         finally:
-            with torch.no_grad():
-                for n, value in kept.items():
-                    params[n].copy_(value)
+            for n, value in live.items():
+                params[n].data = value
             self.model.train(was_training)
 
     def save(self, adapter: str, dest: Path) -> None:
