@@ -300,6 +300,8 @@ def make_record(kind: str, summary: dict, run_dir: Path, s: dict, tag: str, seq:
         # a resumed run's summary times only its last session: then the per-task seconds (a lower bound) count
         "wall_time_s": summary["wall_time_s"] if not resumed else round(train_s + eval_s, 2),
         "wall_time_basis": "summary" if not resumed else "sum of per-task train and eval seconds (run resumed)",
+        # the process CPU time of training and evaluation across resumes: pauses and other load do not count
+        "cpu_time_s": summary.get("cpu_time_s"),
         "train_seconds": round(train_s, 2),
         "eval_seconds": round(eval_s, 2),
         "resumed": resumed,
@@ -739,6 +741,10 @@ def group_rows(recs: list[dict], expected: dict[str, list[int]] | None = None) -
                 ]
             ),
             "wall_min": mean_sd1([r["wall_time_s"] / 60 for r in runs.values() if r.get("wall_time_s") is not None]),
+            # CPU time only when every seed has it (records of earlier versions do not): never a mix of the two
+            "cpu_min": mean_sd1([r["cpu_time_s"] / 60 for r in runs.values()])
+            if runs and all(r.get("cpu_time_s") is not None for r in runs.values())
+            else (None, None),
             "routing": mean_sd1([(r.get("routing") or {}).get("accuracy") for r in runs.values()]),
             "hp": hp,
             "needs_task_id": cls.needs_task_id if cls else None,
@@ -793,6 +799,13 @@ def _hp(hp: dict | None) -> str:
     return f"{name}{hp['value']:g}{mark}"
 
 
+def _time(r: dict) -> str:
+    """The row's CPU time, or its wall time marked as such where a seed's record has no CPU time."""
+    if r["cpu_min"][0] is not None:
+        return _ms(r["cpu_min"], 1)
+    return "-" if r["wall_min"][0] is None else f"{_ms(r['wall_min'], 1)} (wall)"
+
+
 def _task_id(r: dict) -> str:
     if r["needs_task_id"]:
         return "yes"
@@ -828,7 +841,7 @@ def group_table(tag: str, seq: str, recs: list[dict], expected: dict[str, list[i
         "(only seeds both have); * marks |t| above the two-sided 5% value for that n.",
         "",
         "| method | task id | λ or lr | seeds | AA | BWT | ΔAA vs best | ΔBWT vs best | ACR (%) | nuclear norm "
-        "| saved per task (KiB) | wall time (min) |",
+        "| saved per task (KiB) | CPU time (min) |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     order = sorted(rows.values(), key=lambda r: (r["aa"][0] is None, -(r["aa"][0] or 0.0), r["method"]))
@@ -841,14 +854,17 @@ def group_table(tag: str, seq: str, recs: list[dict], expected: dict[str, list[i
             f"| {'(best)' if r['method'] == best else _diff(c.get('aa'))} "
             f"| {'(best)' if r['method'] == best else _diff(c.get('bwt'))} "
             f"| {_ms(r['acr'], 1, 100)} | {_ms(r['nuclear_norm'], 3)} | {_ms(r['stored_kib'], 0)} "
-            f"| {_ms(r['wall_min'], 1)} |"
+            f"| {_time(r)} |"
         )
     missing = sum(len(r["missing"]) for r in rows.values())
     lines += [
         "",
         "Mean ± sd over seeds; `-`: no record (a missing run is never a zero); † fewer seeds than the most in this "
         f"table; {missing} run(s) missing here. ‡ CL_Benchmark prompts name their task (`Dataset:agnews`), so a "
-        "method that routes or gates by input gets the task id nearly free.",
+        "method that routes or gates by input gets the task id nearly free. CPU time: the run's process time in "
+        "training and evaluation, across resumes, at the record's thread count (pauses, other load on the machine "
+        "and work lost to an interruption do not count); `(wall)`: records made before nlora measured it, their "
+        "wall time instead.",
     ]
     routed = [r for r in rows.values() if r["routing"][0] is not None]
     if routed:

@@ -84,6 +84,18 @@ def test_table_pairs_by_seed_with_a_hand_computed_t(lb, tmp_path):
     assert (tmp_path / "lb" / f"{TAG}-4task-aa-bwt.png").stat().st_size < 80_000  # the figure, small
 
 
+def test_time_column_is_cpu_time_never_mixed_with_wall_time(lb, tmp_path):
+    rec = tmp_path / "records"
+    put(rec, "seq-lora", 1, 40.0, -1.0, cpu_time_s=600.0)  # wall time 120 s in put(): paused or not, CPU counts
+    put(rec, "seq-lora", 2, 41.0, -1.0, cpu_time_s=720.0)
+    put(rec, "o-lora", 1, 42.0, -1.0, cpu_time_s=600.0)
+    put(rec, "o-lora", 2, 43.0, -1.0)  # a record of an earlier version: no CPU time
+    text = lb.build_table(rec, tmp_path / "lb.md")
+    assert "| saved per task (KiB) | CPU time (min) |" in text
+    assert row_of(text, "seq-lora")[-1] == "11.0 ± 1.4"  # (10 + 12) / 2 minutes
+    assert row_of(text, "o-lora")[-1] == "2.0 ± 0.0 (wall)"  # both seeds' wall time, marked, rather than a mix
+
+
 def test_paired_uses_only_shared_seeds_with_values(tmp_path):
     common = load("common")
     c = common.paired({1: 5.0, 2: 7.0, 4: 1.0}, {2: 4.0, 1: 1.0, 3: 9.0})
@@ -229,6 +241,7 @@ def test_run_skips_recorded_and_writes_a_record(lb, toy, tmp_path, capsys):
     assert len(r["stored_bytes_per_task"]) == 2 and all(b > 1000 for b in r["stored_bytes_per_task"])
     assert r["acr"] is not None and r["nuclear_norm_mean"] is not None  # seq-lora: one update per task
     assert r["wall_time_s"] > 0 and r["machine"] and r["torch"] and r["train_steps_per_task"] == [2, 2]
+    assert 0 < r["cpu_time_s"] <= r["wall_time_s"] * (r["threads"] + 1)  # the run's own process time
     assert not any(p.suffix == ".safetensors" for p in rec.rglob("*"))  # no adapters in the records
     # a second call finds both records and runs nothing
     lb.main(["run", "--sequence", "4task", "--methods", "seq-lora,inc-lora", "--seeds", "1", *flags, *running])

@@ -21,7 +21,16 @@ from nlora.errors import NloraError
 from nlora.runtime import Runtime
 
 TASKS = ["01-topic", "02-mood"]
-VOLATILE = {"wall_time_s", "resumed", "train_seconds", "eval_seconds", "predict_runtime"}
+VOLATILE = {
+    "wall_time_s",
+    "cpu_time_s",
+    "resumed",
+    "train_seconds",
+    "train_cpu_seconds",
+    "eval_seconds",
+    "eval_cpu_seconds",
+    "predict_runtime",
+}
 
 
 def args_for(model_dir, data_dir, out, *extra):
@@ -133,6 +142,36 @@ def test_resume_with_another_cpu_thread_count_says_results_will_differ(
     assert main(args_for(model_dirs["t5"], data, out)) == 0
     said = capsys.readouterr().out
     assert f"written with {threads} CPU thread(s), resumed with {threads + 1}" in said
+
+
+@pytest.mark.parametrize("kept", [1000.0, "absent"])
+def test_cpu_time_carries_across_a_resume(reference, model_dirs, tmp_path, monkeypatch, kept):
+    """The checkpoint keeps the task's CPU time so far and the resumed run adds to it; a checkpoint of an earlier
+    version (no CPU time) leaves that task's and the run's CPU time unknown, not undercounted."""
+    data, _ = reference
+    out = tmp_path / "run"
+    with monkeypatch.context() as m:
+        crash_after(m, train_mod, "_micro_step", 4)
+        with pytest.raises(Crash):
+            main(args_for(model_dirs["t5"], data, out))
+    state_file = out / "tasks/01-topic/checkpoint/state.pt"
+    blob = torch.load(state_file, weights_only=True)
+    assert blob["cpu_seconds"] > 0
+    if kept == "absent":
+        del blob["cpu_seconds"]
+    else:
+        blob["cpu_seconds"] = kept
+    torch.save(blob, state_file)
+    assert main(args_for(model_dirs["t5"], data, out)) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    first, second = summary["per_task"]
+    assert second["train_cpu_seconds"] > 0 and second["eval_cpu_seconds"] > 0
+    if kept == "absent":
+        assert first["train_cpu_seconds"] is None and summary["cpu_time_s"] is None
+    else:
+        assert kept < first["train_cpu_seconds"] < kept + summary["wall_time_s"] * (torch.get_num_threads() + 1)
+        parts = [p[k] for p in (first, second) for k in ("train_cpu_seconds", "eval_cpu_seconds")]
+        assert summary["cpu_time_s"] == pytest.approx(sum(parts), abs=0.02)
 
 
 WRAPPER = """

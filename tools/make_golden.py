@@ -73,7 +73,17 @@ NO_DEFAULT_LAMBDA = ["--lambda", "0.01"]
 # Tensors of files bigger than this are not recorded (every tiny-model file is far smaller).
 MAX_FILE_BYTES = 8 * 2**20
 # Summary entries that measure the machine, not the result.
-VOLATILE = {"wall_time_s", "train_seconds", "eval_seconds", "machine", "model", "nlora_version"}
+VOLATILE = {
+    "wall_time_s",
+    "cpu_time_s",
+    "train_seconds",
+    "train_cpu_seconds",
+    "eval_seconds",
+    "eval_cpu_seconds",
+    "machine",
+    "model",
+    "nlora_version",
+}
 
 
 def method_flags(method: str) -> list[str]:

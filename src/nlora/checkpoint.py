@@ -27,6 +27,9 @@ class TrainState:
     losses: list[float] = field(default_factory=list)
     penalties: list[float] = field(default_factory=list)
     seconds: float = 0.0  # training time before the interruption
+    # the process CPU time of that training (not counting pauses or other load on the machine); None when
+    # resumed from a checkpoint of an earlier version, which did not keep it
+    cpu_seconds: float | None = 0.0
 
 
 def _rng_state() -> dict:
@@ -49,6 +52,7 @@ def save(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, s
         "losses": state.losses,
         "penalties": state.penalties,
         "seconds": state.seconds,
+        "cpu_seconds": state.cpu_seconds,
         "rng": rng,
         "world": dist.world,
         "cpu_threads": torch.get_num_threads(),
@@ -91,7 +95,14 @@ def load(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, d
     random.setstate(_as_tuple(rng["python"]))
     if rng["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(rng["cuda"])
-    return TrainState(blob["micro"], list(blob["losses"]), list(blob["penalties"]), float(blob["seconds"]))
+    cpu = blob.get("cpu_seconds")  # absent in checkpoints of earlier versions
+    return TrainState(
+        blob["micro"],
+        list(blob["losses"]),
+        list(blob["penalties"]),
+        float(blob["seconds"]),
+        None if cpu is None else float(cpu),
+    )
 
 
 def _as_tuple(x):

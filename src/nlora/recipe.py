@@ -97,7 +97,7 @@ def evaluate_and_write(
     dist = rt.dist
     if reuse and (dest / "predict_results.json").is_file():
         return read_json(dest / "predict_results.json")
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     lora = answerers.lora if answerers is not None else None
     if lora is None or lora.model is None:
         preds = predict_tasks(model, rt, tasks)
@@ -118,6 +118,7 @@ def evaluate_and_write(
         if answerers.router is not None and dist.is_main:
             write_json(dest / "routing.json", routing_summary(routing))
     results = results_dict(preds, time.perf_counter() - start)
+    results["predict_cpu_seconds"] = round(time.process_time() - cpu_start, 3)  # nlora's; not a release key
     if dist.is_main:
         write_jsonl(dest / "predictions.jsonl", prediction_rows(preds))
         write_jsonl(dest / "predict_eval_predictions.jsonl", release_prediction_rows(preds, [t.labels for t in tasks]))
@@ -282,6 +283,7 @@ def train_or_reuse(run: RunSession, t: int) -> dict:
         "train_loss": None,
         "mean_penalty": None,
         "train_seconds": 0.0,
+        "train_cpu_seconds": 0.0,
         "train_truncated": sum(e.truncated for e in train_data),
     }  # over the length limit, cut (--compat)
     if train_data:
@@ -308,6 +310,7 @@ def train_or_reuse(run: RunSession, t: int) -> dict:
             train_loss=round(stats.final_loss, 6),
             mean_penalty=round(stats.mean_penalty, 6),
             train_seconds=round(stats.seconds, 2),
+            train_cpu_seconds=None if stats.cpu_seconds is None else round(stats.cpu_seconds, 2),
         )
     else:
         log(f"task {t + 1}/{len(cfg.tasks)} {task.name}: nothing to train at this point for {cfg.method}")
@@ -348,6 +351,7 @@ def evaluate_after_task(run: RunSession, t: int, matrix: list[list[float | None]
     return {
         **entry,
         "eval_seconds": results["predict_runtime"],
+        "eval_cpu_seconds": results.get("predict_cpu_seconds"),  # absent from evaluations of earlier versions
         **({"routing_accuracy": routed["accuracy"]} if routed else {}),
     }
 
@@ -413,12 +417,13 @@ def _run(cfg: RunConfig, overwrite: bool, held: ExitStack) -> dict:
         entry = train_or_reuse(session, t)
         session.runlog.task_finished(entry["train_steps"])
         if not method.evaluate_after(t, n):
-            per_task.append({**entry, "eval_seconds": None})
+            per_task.append({**entry, "eval_seconds": None, "eval_cpu_seconds": None})
             continue
         per_task.append(evaluate_after_task(session, t, matrix, entry))
 
     summary = run_summary(cfg, rt, matrix, zero_shot, per_task)
     summary["wall_time_s"] = round(time.perf_counter() - started, 2)
+    summary["cpu_time_s"] = cpu_time(per_task)
     summary["resumed"] = bool(resuming)
     session.runlog.finish(summary)
     if dist.is_main:
@@ -444,8 +449,17 @@ def _log_start(cfg: RunConfig, rt: Runtime, built: BuiltModel, resuming: bool) -
     )
 
 
+def cpu_time(per_task: list[dict]) -> float | None:
+    """The process CPU time of the run's training and evaluation, across resumes: unlike the wall time it does
+    not count pauses, other load on the machine or work lost to an interruption. None where a part was made by
+    an earlier version, which did not measure it."""
+    parts = [p.get("train_cpu_seconds") for p in per_task]
+    parts += [p.get("eval_cpu_seconds") for p in per_task if p.get("eval_seconds") is not None]
+    return None if any(x is None for x in parts) else round(sum(parts), 2)
+
+
 def run_summary(cfg: RunConfig, rt: Runtime, matrix, zero_shot, per_task: list[dict]) -> dict:
-    """summary.json (its wall time and resumed flag are set by the caller, in their places)."""
+    """summary.json (its wall time, CPU time and resumed flag are set by the caller, in their places)."""
     device, dist = rt.device, rt.dist
     return {
         "tasks": cfg.task_names,
@@ -458,6 +472,7 @@ def run_summary(cfg: RunConfig, rt: Runtime, matrix, zero_shot, per_task: list[d
         "fwt": metrics.forward_transfer(matrix, zero_shot) if zero_shot else None,
         "zero_shot": zero_shot,
         "wall_time_s": None,
+        "cpu_time_s": None,
         "resumed": None,
         "per_task": per_task,
         "seed": cfg.seed,

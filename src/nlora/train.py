@@ -28,7 +28,8 @@ class TrainStats:
     final_loss: float
     mean_loss: float
     mean_penalty: float
-    seconds: float
+    seconds: float  # wall time, across resumes
+    cpu_seconds: float | None  # process CPU time, across resumes (None: resumed from an older checkpoint)
 
 
 def build_schedule(
@@ -106,6 +107,11 @@ def train_task(
     if checkpoint is not None and checkpoint.is_file():
         state = ckpt.load(checkpoint, model, optimizer, dist)
     start = time.perf_counter() - state.seconds
+    cpu_start, cpu_before = time.process_time(), state.cpu_seconds
+
+    def cpu_seconds() -> float | None:
+        return None if cpu_before is None else cpu_before + time.process_time() - cpu_start
+
     if log is not None:
         log.begin(
             state.micro // settings.grad_accum,
@@ -156,7 +162,7 @@ def train_task(
                     time.perf_counter() - start,
                 )
             if checkpoint is not None and loop.save_every and step % loop.save_every == 0 and micro + 1 < len(schedule):
-                state.seconds = time.perf_counter() - start
+                state.seconds, state.cpu_seconds = time.perf_counter() - start, cpu_seconds()
                 ckpt.save(checkpoint, model, optimizer, state, dist)
     bar.close()
     per_epoch = math.ceil(len(data) / settings.batch_size)
@@ -168,6 +174,7 @@ def train_task(
         mean_loss=sum(state.losses) / len(state.losses),
         mean_penalty=sum(state.penalties) / len(state.penalties),
         seconds=time.perf_counter() - start,
+        cpu_seconds=cpu_seconds(),
     )
 
 
