@@ -42,11 +42,14 @@ def rows(path: Path) -> list[dict]:
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_method_contract(model_dirs, model_kind, data_dir, tmp_path, method):
+def test_method_contract(model_dirs, model_kind, data_dir, tmp_path, method, capsys):
     """Trains, saves, evaluates; `nlora eval` rebuilds the final model from the saved files alone and gives
     the same predictions as the run."""
     out = tmp_path / "run"
     assert main(run_args(model_dirs[model_kind], data_dir, out, method)) == 0
+    said = "".join(capsys.readouterr())
+    trains = {"prompt": "soft prompts (the model frozen)", "full": "every weight (full fine-tuning)", "lora": "LoRA r="}
+    assert trains[REGISTRY[method].bank] in said  # the start line names what trains
     summary = json.loads((out / "summary.json").read_text())
     m = summary["accuracy_matrix"]
     assert summary["method"] == method and len(m) == 2 and all(isinstance(v, float) for v in m[1])

@@ -445,8 +445,16 @@ def _log_start(cfg: RunConfig, rt: Runtime, built: BuiltModel, resuming: bool) -
         f"{'resuming ' if resuming else ''}{cfg.method} on {len(cfg.tasks)} tasks ({', '.join(cfg.task_names)}), "
         f"model {cfg.model}, device {rt.device}"
         f"{f' x {dist.world} processes' + (f' ({dist.sharder})' if dist.sharded else '') if dist.active else ''}, "
-        f"{'bf16 autocast' if rt.amp_dtype else 'fp32'}, LoRA r={cfg.lora.r} on {built.targets}"
+        f"{'bf16 autocast' if rt.amp_dtype else 'fp32'}, {_what_trains(cfg, built)}"
     )
+
+
+def _what_trains(cfg: RunConfig, built: BuiltModel) -> str:
+    if built.lora.kind == "prompt":
+        return "soft prompts (the model frozen)"
+    if built.lora.kind == "full":
+        return "every weight (full fine-tuning)"
+    return f"LoRA r={cfg.lora.r} on {built.targets}"
 
 
 def cpu_time(per_task: list[dict]) -> float | None:
