@@ -83,3 +83,16 @@ def load_extra(module: torch.nn.Module, path: Path) -> None:
         module.load_state_dict(state, strict=True)
     except RuntimeError as e:
         raise NloraError(f"{path}: does not fit this method's state ({str(e).splitlines()[0]})") from None
+
+
+def save_peft_adapter(model, state: MethodState, adapter: str, dest: Path) -> None:
+    """Write one adapter of a PEFT model (LoRA or prompt) in PEFT format, with the method state kept for it, as
+    the folder ``dest``, atomically."""
+
+    def fill(tmp: Path) -> Path:
+        model.save_pretrained(str(tmp), selected_adapters=[adapter], safe_serialization=True)
+        saved = tmp / adapter if (tmp / adapter).is_dir() else tmp  # PEFT nests adapters other than "default"
+        state.save(adapter, saved)
+        return saved
+
+    write_folder(dest, fill)

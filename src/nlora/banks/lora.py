@@ -14,7 +14,7 @@ from peft.tuners.lora import LoraLayer
 
 from ..config import LoraSettings
 from ..errors import NloraError
-from .files import MethodState, write_folder
+from .files import MethodState, save_peft_adapter
 
 
 @dataclass
@@ -231,13 +231,7 @@ class LoraBank:
     def save(self, adapter: str, dest: Path) -> None:
         """Write ``adapter`` in PEFT format (adapter_config.json + adapter_model.safetensors), atomically."""
 
-        def fill(tmp: Path) -> Path:
-            self.model.save_pretrained(str(tmp), selected_adapters=[adapter], safe_serialization=True)
-            saved = tmp / adapter if (tmp / adapter).is_dir() else tmp
-            self.state.save(adapter, saved)
-            return saved
-
-        write_folder(dest, fill)
+        save_peft_adapter(self.model, self.state, adapter, dest)
 
     def load(self, adapter: str, src: Path) -> None:
         """Put the weights saved by ``save`` back into the existing adapter ``adapter``."""

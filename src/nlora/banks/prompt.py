@@ -13,7 +13,7 @@ import torch
 from peft import PeftModel, PromptTuningConfig, TaskType, get_peft_model
 
 from ..errors import NloraError
-from .files import MethodState, write_folder
+from .files import MethodState, save_peft_adapter
 
 
 class PromptBank:
@@ -135,13 +135,7 @@ class PromptBank:
     def save(self, adapter: str, dest: Path) -> None:
         """Write prompt ``adapter`` in PEFT format, atomically."""
 
-        def fill(tmp: Path) -> Path:
-            self.model.save_pretrained(str(tmp), selected_adapters=[adapter], safe_serialization=True)
-            saved = tmp / adapter if (tmp / adapter).is_dir() else tmp
-            self.state.save(adapter, saved)
-            return saved
-
-        write_folder(dest, fill)
+        save_peft_adapter(self.model, self.state, adapter, dest)
 
     def load(self, adapter: str, src: Path) -> None:
         """Put the prompt saved by ``save`` back into the existing prompt ``adapter``."""
