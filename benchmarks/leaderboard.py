@@ -984,8 +984,20 @@ def aa_bwt_figure(tag: str, seq: str, rows: dict, path: Path) -> Path | None:
     return path
 
 
-def build_table(records: Path, out: Path, s: dict | None = None) -> str:
-    """The leaderboard markdown from the records alone (figures beside it, in OUT's stem folder)."""
+RESULTS_BEGIN = "<!-- leaderboard: begin (written by `python benchmarks/leaderboard.py table`; edit outside) -->"
+RESULTS_END = "<!-- leaderboard: end -->"
+
+
+def same_budget_but_epochs(tag: str, other: str) -> bool:
+    """Whether two budget tags differ at most in their epochs (the budget question's runs)."""
+    a, b = EPOCHS_IN_TAG.search(tag), EPOCHS_IN_TAG.search(other)
+    return bool(a and b) and tag[: a.start(1)] + tag[a.end(1) :] == other[: b.start(1)] + other[b.end(1) :]
+
+
+def build_table(records: Path, out: Path, s: dict | None = None, results: Path | None = None) -> str:
+    """The leaderboard markdown from the records alone (figures beside it, in OUT's stem folder). ``results``: a
+    document whose block between RESULTS_BEGIN and RESULTS_END gets the main budget's part (the budget of ``s``:
+    its sequences, the budget question and its selections); the rest of it is left as it is."""
     records, out = Path(records), Path(out)
     groups = load_runs(records)
     expected = expected_seeds(records, s)
@@ -999,25 +1011,60 @@ def build_table(records: Path, out: Path, s: dict | None = None) -> str:
         "Machines and commits are in each record.",
         "",
     ]
+    main_tag = budget_tag(s) if s is not None else None
+    main: list[str | Path] = []  # the main budget's part, figures as paths (linked relative to each document)
     order = list(SEQUENCES)
     for tag, seq in sorted(groups, key=lambda k: (k[0], order.index(k[1]) if k[1] in order else len(order), k[1])):
         if not groups[(tag, seq)] and not expected.get((tag, seq)):
             continue
         text, rows = group_table(tag, seq, groups[(tag, seq)], expected.get((tag, seq), {}))
-        lines += text
         fig = aa_bwt_figure(tag, seq, rows, out.parent / out.stem / f"{tag}-{seq}-aa-bwt.png")
-        if fig:
-            lines += [f"![AA against BWT, {seq}, {tag}]({fig.relative_to(out.parent).as_posix()})", ""]
+        section = [*text, *([fig, ""] if fig else [])]
+        lines += section
+        if main_tag is not None and same_budget_but_epochs(tag, main_tag):
+            main += section
     lines += budget_section({k: v for k, v in groups.items() if v})
-    lines += selection_table(load_choices(records))
-    text = "\n".join(lines).rstrip() + "\n"
+    choices = load_choices(records)
+    lines += selection_table(choices)
+    text = _render(lines, out.parent)
     write_text(out, text)
+    if results is not None and main_tag is not None:
+        main += budget_section({k: v for k, v in groups.items() if v and same_budget_but_epochs(k[0], main_tag)})
+        main += selection_table([c for c in choices if c["budget_tag"] == main_tag])
+        fill_results_block(Path(results), _render(main, Path(results).parent))
     return text
+
+
+def _render(lines: list[str | Path], where: Path) -> str:
+    """Markdown lines, a figure's path turned into an image link relative to the folder ``where``."""
+    out = []
+    for x in lines:
+        if isinstance(x, Path):
+            stem = x.stem.removesuffix("-aa-bwt")
+            out.append(f"![AA against BWT, {stem}]({Path(os.path.relpath(x, where)).as_posix()})")
+        else:
+            out.append(x)
+    return "\n".join(out).rstrip() + "\n"
+
+
+def fill_results_block(path: Path, body: str) -> bool:
+    """Replace what lies between the markers in PATH with BODY; a document without both markers is left alone
+    (False)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError:
+        return False
+    if RESULTS_BEGIN not in text or RESULTS_END not in text:
+        return False
+    head, rest = text.split(RESULTS_BEGIN, 1)
+    tail = rest.split(RESULTS_END, 1)[1]
+    write_text(path, f"{head}{RESULTS_BEGIN}\n\n{body}\n{RESULTS_END}{tail}")
+    return True
 
 
 def cmd_table(args) -> None:
     s = None if args.no_plan else settings_of(args)
-    text = build_table(args.records, Path(args.out), s)
+    text = build_table(args.records, Path(args.out), s, None if args.no_plan else Path(args.results))
     print(text)
 
 
@@ -1079,6 +1126,11 @@ def main(argv=None) -> None:
     ta = sub.add_parser("table", parents=[common], help="the leaderboard markdown from the records")
     ta.add_argument("--out", default=str(ROOT / "docs" / "leaderboard.md"))
     ta.add_argument("--no-plan", action="store_true", help="only what is recorded (no missing rows from the plan)")
+    ta.add_argument(
+        "--results",
+        default=str(ROOT / "docs" / "results.md"),
+        help="the document whose marked block gets the main budget's tables (left alone without the markers)",
+    )
     args = p.parse_args(argv)
     if getattr(args, "fixed_lambda", None) is not None:
         args.fixed_lambda = {m: float(v) for m, v in (x.split("=", 1) for x in args.fixed_lambda)}

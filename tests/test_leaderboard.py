@@ -132,6 +132,30 @@ def test_the_plan_puts_missing_methods_in_the_table(lb, tmp_path, monkeypatch):
     assert "### 10task" in text  # the 10-task table exists, all missing
 
 
+def test_results_document_gets_the_main_budget_between_its_markers(lb, tmp_path):
+    rec = tmp_path / "records"
+    s = dict(lb.BUDGETS["main"])
+    tag = lb.budget_tag(s)
+    put(rec, "seq-lora", 1, 40.0, -10.0, tag=tag)
+    put(rec, "n-lora", 1, 47.0, -3.0, tag=tag.replace("-e1-", "-e3-"))  # the budget question's runs belong too
+    put(rec, "o-lora", 1, 12.0, -1.0)  # another budget: the leaderboard's, not the document's
+    docs = tmp_path / "docs"
+    head, tail = "# Results\n\nWritten by hand.\n", "\n## Earlier studies\n\nAlso by hand.\n"
+    (docs / "results.md").parent.mkdir()
+    (docs / "results.md").write_text(f"{head}{lb.RESULTS_BEGIN}\nold table\n{lb.RESULTS_END}{tail}")
+    (docs / "other.md").write_text("no markers here\n")
+    full = lb.build_table(rec, docs / "leaderboard.md", s, docs / "results.md")
+    text = (docs / "results.md").read_text()
+    assert text.startswith(head + lb.RESULTS_BEGIN) and text.endswith(lb.RESULTS_END + tail)  # the rest kept
+    block = text.split(lb.RESULTS_BEGIN)[1].split(lb.RESULTS_END)[0]
+    assert "old table" not in block and f"### 4task (agnews → amazon → MNLI → QQP), budget {tag}" in block
+    assert row_of(block, "seq-lora")[4] == "40.00" and "### 10task" in block
+    assert f"budget {tag.replace('-e1-', '-e3-')}" in block and TAG not in block and TAG in full
+    assert f"](leaderboard/{tag}-4task-aa-bwt.png)" in block  # the figure, linked from the document's folder
+    lb.build_table(rec, docs / "leaderboard.md", s, docs / "other.md")
+    assert (docs / "other.md").read_text() == "no markers here\n"  # without markers: left alone
+
+
 def test_budgets_never_mix(lb, tmp_path):
     rec = tmp_path / "records"
     other = TAG.replace("-e1-", "-e3-")
