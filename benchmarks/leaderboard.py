@@ -32,6 +32,7 @@ import json
 import os
 import platform
 import re
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -269,6 +270,8 @@ def make_record(kind: str, summary: dict, run_dir: Path, s: dict, tag: str, seq:
     per_task = summary.get("per_task") or []
     train_s = sum(p.get("train_seconds") or 0.0 for p in per_task)
     eval_s = sum(p.get("eval_seconds") or 0.0 for p in per_task)
+    train_cpu = [p.get("train_cpu_seconds") for p in per_task]
+    eval_cpu = [p.get("eval_cpu_seconds") for p in per_task if p.get("eval_seconds") is not None]
     resumed = bool(summary.get("resumed"))
     commit = _git("rev-parse", "HEAD")
     return {
@@ -302,6 +305,8 @@ def make_record(kind: str, summary: dict, run_dir: Path, s: dict, tag: str, seq:
         "wall_time_basis": "summary" if not resumed else "sum of per-task train and eval seconds (run resumed)",
         # the process CPU time of training and evaluation across resumes: pauses and other load do not count
         "cpu_time_s": summary.get("cpu_time_s"),
+        "train_cpu_seconds": None if None in train_cpu else round(sum(train_cpu), 2),
+        "eval_cpu_seconds": None if None in eval_cpu else round(sum(eval_cpu), 2),
         "train_seconds": round(train_s, 2),
         "eval_seconds": round(eval_s, 2),
         "resumed": resumed,
@@ -597,9 +602,34 @@ def plan_entries(records: Path, s: dict) -> list[tuple[str, Path]]:
     return unique
 
 
-def estimate_s(s: dict, seq: str, epochs: float, data_dir: Path) -> float:
-    """Rough seconds for one run: steps x SEC_PER_STEP + generated answers x SEC_PER_TEST (scope 'needed':
-    each task after its own training, then all tasks once more at the end)."""
+def measured_rates(records: Path, tag: str) -> dict[str, tuple[float, float]]:
+    """Per method, from its records at budget TAG (runs and selection points): the median seconds per training
+    step and per evaluated test answer, as the machine that made them ran them (here: one thread, two runs side
+    by side). A soft-prompt method that has not learnt to stop generates to the length limit: its own figure
+    says so, where a flat rate would not."""
+    found: dict[str, list[tuple[float, float]]] = {}
+    for path in sorted((records / tag).rglob("*.json")) if (records / tag).is_dir() else []:
+        r = read(path)
+        if not r or r.get("kind") not in ("run", "selection"):
+            continue
+        steps = sum(x or 0 for x in r.get("train_steps_per_task") or [])
+        cells = sum(v is not None for row in r.get("accuracy_matrix") or [] for v in row)
+        answers = cells * r.get("settings", {}).get("max_test", 0)  # a task with fewer test rows counts max_test
+        # CPU seconds where the record has them: a pause or other load on the machine does not count there
+        train, test = (
+            r.get("train_cpu_seconds") or r.get("train_seconds"),
+            r.get("eval_cpu_seconds") or r.get("eval_seconds"),
+        )
+        if steps and answers and train and test:
+            found.setdefault(r["method"], []).append((train / steps, test / answers))
+    return {m: (statistics.median(a for a, _ in v), statistics.median(b for _, b in v)) for m, v in found.items()}
+
+
+def estimate_s(s: dict, seq: str, epochs: float, data_dir: Path, rate: tuple[float, float] | None = None) -> float:
+    """Rough seconds for one run: steps x seconds per step + generated answers x seconds per answer (scope
+    'needed': each task after its own training, then all tasks once more at the end); ``rate``: those two
+    seconds as measured (``measured_rates``), else SEC_PER_STEP and SEC_PER_TEST."""
+    per_step, per_test = rate or (SEC_PER_STEP, SEC_PER_TEST)
     steps = tests = 0
     for task in SEQUENCES[seq].split(","):
         n_train, n_test = s["max_train"], s["max_test"]
@@ -611,18 +641,24 @@ def estimate_s(s: dict, seq: str, epochs: float, data_dir: Path) -> float:
             pass
         steps += -(-int(n_train * epochs) // s["batch_size"])
         tests += 2 * n_test
-    return SEC_PER_RUN + steps * SEC_PER_STEP + tests * SEC_PER_TEST
+    return SEC_PER_RUN + steps * per_step + tests * per_test
 
 
 def cmd_plan(args) -> None:
     s = settings_of(args)
     entries = plan_entries(args.records, s)
     print(f"plan: issue 18 at budget '{args.budget}' ({budget_tag(s)}), records in {args.records}")
+    rates = measured_rates(args.records, budget_tag(s))
+    typical = (
+        (statistics.median(a for a, _ in rates.values()), statistics.median(b for _, b in rates.values()))
+        if rates
+        else None
+    )
     pending = 0.0
     best = best_of(args.records, budget_tag(s), "4task", TEN_TASK_BEST)
     if len(best) < TEN_TASK_BEST:  # the 4-task table does not rank five methods yet
         n = TEN_TASK_BEST - len(best)
-        pending = n * len(PLAN_SEEDS["10task"]) * estimate_s(s, "10task", s["epochs"], Path(args.data_dir))
+        pending = n * len(PLAN_SEEDS["10task"]) * estimate_s(s, "10task", s["epochs"], Path(args.data_dir), typical)
         print(
             f"(10task: {', '.join(TEN_TASK_FIXED)} and the 4-task table's best five, of which {n} are not known "
             f"yet: up to {n * len(PLAN_SEEDS['10task'])} more runs, ~{pending / 3600:.1f} h, fewer where they overlap)"
@@ -635,8 +671,9 @@ def cmd_plan(args) -> None:
         for p in missing:
             rel = p.relative_to(args.records).parts
             seq = SELECT_SEQUENCE if rel[1] == "selection" else rel[1]
+            method = rel[3] if rel[1] == "selection" else rel[2]
             epochs = float(EPOCHS_IN_TAG.search(rel[0]).group(1))
-            cost += estimate_s(s, seq, epochs, Path(args.data_dir))
+            cost += estimate_s(s, seq, epochs, Path(args.data_dir), rates.get(method, typical))
         total_missing, total_s = total_missing + len(missing), total_s + cost
         print(
             f"\n{group}: {len(paths) - len(missing)} of {len(paths)} recorded, {len(missing)} missing "
@@ -646,10 +683,18 @@ def cmd_plan(args) -> None:
             print(f"  missing {p.relative_to(args.records)}")
         if len(missing) > 8 and not args.verbose:
             print(f"  ... and {len(missing) - 8} more (--verbose lists all)")
+    pace = (
+        f"at the pace of this budget's records ({len(rates)} method(s) measured: "
+        + ", ".join(f"{m} {a:.1f} s/step, {b:.2f} s/answer" for m, (a, b) in sorted(rates.items()))
+        + "; the others at the median of these)"
+        if rates
+        else f"at {SEC_PER_STEP:g} s per step and {SEC_PER_TEST:g} s per test answer (no records at this budget yet)"
+    )
     print(
         f"\n{total_missing} of {len(entries)} records missing: about {total_s / 3600:.1f} h of runs one after "
         + (f"another (+ up to {pending / 3600:.1f} h for the best five on 10task) " if pending else "another ")
-        + f"at {SEC_PER_STEP:g} s per step (2 threads; one thread: about twice per run, two runs side by side)"
+        + pace
+        + "; two runs side by side take about half as long"
     )
 
 

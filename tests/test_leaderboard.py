@@ -266,6 +266,7 @@ def test_run_skips_recorded_and_writes_a_record(lb, toy, tmp_path, capsys):
     assert r["acr"] is not None and r["nuclear_norm_mean"] is not None  # seq-lora: one update per task
     assert r["wall_time_s"] > 0 and r["machine"] and r["torch"] and r["train_steps_per_task"] == [2, 2]
     assert 0 < r["cpu_time_s"] <= r["wall_time_s"] * (r["threads"] + 1)  # the run's own process time
+    assert r["train_cpu_seconds"] + r["eval_cpu_seconds"] == pytest.approx(r["cpu_time_s"], abs=0.05)
     assert not any(p.suffix == ".safetensors" for p in rec.rglob("*"))  # no adapters in the records
     # a second call finds both records and runs nothing
     lb.main(["run", "--sequence", "4task", "--methods", "seq-lora,inc-lora", "--seeds", "1", *flags, *running])
@@ -404,6 +405,28 @@ def test_plan_lists_missing_records(lb, toy, tmp_path, capsys):
     assert f"missing {tag}/4task/seq-lora/seed-1.json" in out and f"{tag}/4task/seq-lora/seed-2.json" not in out
     assert f"missing {tag}/selection/4task/n-lora/lambda-1e-05.json" in out
     assert "budget: 4task at 3 epoch(s): 0 of 6 recorded" in out and "-e3-" in out
+
+
+def test_plan_estimates_from_the_budgets_own_records(lb, toy, tmp_path, capsys):
+    flags, _ = toy
+    tag = lb.budget_tag(lb.BUDGETS["main"])
+    timing = dict(train_steps_per_task=[2, 2], accuracy_matrix=[[50.0, None], [40.0, 60.0]], settings={"max_test": 4})
+    # 4 steps and 3 cells x 4 answers: wall time 40 s of training (a pause in it), 24 s of evaluation
+    put(tmp_path / "rec", "seq-lora", 1, 40.0, -1.0, tag=tag, train_seconds=40.0, eval_seconds=24.0, **timing)
+    put(tmp_path / "rec", "seq-lora", 2, 40.0, -1.0, tag=tag, train_seconds=40.0, eval_seconds=24.0, **timing)
+    # CPU seconds win where a record has them: 8 s / 4 steps, 6 s / 12 answers
+    cpu = dict(train_cpu_seconds=8.0, eval_cpu_seconds=6.0)
+    put(tmp_path / "rec", "l2p", 1, 9.0, -1.0, tag=tag, train_seconds=400.0, eval_seconds=240.0, **cpu, **timing)
+    put(tmp_path / "rec", "mtl", 1, 9.0, None, tag=tag, train_seconds=40.0)  # no evaluation time: not a rate
+    rates = lb.measured_rates(tmp_path / "rec", tag)
+    assert rates == {"seq-lora": (10.0, 2.0), "l2p": (2.0, 0.5)}
+    s = lb.BUDGETS["main"]
+    one = lb.estimate_s(s, "4task", 1.0, tmp_path / "CL", rates["seq-lora"])
+    # topic and mood: 2 steps each at 10 s, (2 x 4) answers each at 2 s, and the model load
+    assert one == pytest.approx(lb.SEC_PER_RUN + 4 * 10.0 + 16 * 2.0)
+    lb.main(["plan", *flags])
+    out = capsys.readouterr().out
+    assert "seq-lora 10.0 s/step, 2.00 s/answer" in out and "l2p 2.0 s/step, 0.50 s/answer" in out
 
 
 def test_a_failing_run_is_reported_and_the_others_go_on(lb, toy, tmp_path, monkeypatch, capsys):
