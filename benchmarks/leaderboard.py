@@ -874,8 +874,30 @@ def expected_seeds(records: Path, s: dict | None) -> dict[tuple[str, str], dict[
     return exp
 
 
-def group_table(tag: str, seq: str, recs: list[dict], expected: dict[str, list[int]]) -> tuple[list[str], dict]:
+def chosen_for(choices: list[dict], tag: str, seq: str) -> dict[str, dict]:
+    """Per method, the selection a run of (TAG, SEQ) would use, as `hyperparameter` finds it: this budget or the
+    same one at other epochs, this sequence or the selection sequence (the closest first)."""
+    out: dict[str, dict] = {}
+    ranked = sorted(
+        (c for c in choices if c.get("chosen") is not None and same_budget_but_epochs(c["budget_tag"], tag)),
+        key=lambda c: (c["budget_tag"] != tag, c["sequence"] != seq),
+    )
+    for c in ranked:
+        if c["sequence"] in (seq, SELECT_SEQUENCE):
+            out.setdefault(
+                c["method"], {"name": c.get("knob", "lambda"), "value": c["chosen"], "source": "choice.json"}
+            )
+    return out
+
+
+def group_table(
+    tag: str, seq: str, recs: list[dict], expected: dict[str, list[int]], chosen: dict[str, dict] | None = None
+) -> tuple[list[str], dict]:
+    """One sequence's table; ``chosen``: the selections of methods without a run yet, shown in their knob cell."""
     rows = group_rows(recs, expected)
+    for method, hp in (chosen or {}).items():
+        if method in rows and rows[method]["hp"] is None:
+            rows[method]["hp"] = hp
     best = best_method(rows)
     comp = comparisons(rows, best) if best else {}
     n_max = max((len(r["seeds"]) for r in rows.values()), default=0)
@@ -1058,18 +1080,20 @@ def build_table(records: Path, out: Path, s: dict | None = None, results: Path |
     ]
     main_tag = budget_tag(s) if s is not None else None
     main: list[str | Path] = []  # the main budget's part, figures as paths (linked relative to each document)
+    choices = load_choices(records)
     order = list(SEQUENCES)
     for tag, seq in sorted(groups, key=lambda k: (k[0], order.index(k[1]) if k[1] in order else len(order), k[1])):
         if not groups[(tag, seq)] and not expected.get((tag, seq)):
             continue
-        text, rows = group_table(tag, seq, groups[(tag, seq)], expected.get((tag, seq), {}))
+        text, rows = group_table(
+            tag, seq, groups[(tag, seq)], expected.get((tag, seq), {}), chosen_for(choices, tag, seq)
+        )
         fig = aa_bwt_figure(tag, seq, rows, out.parent / out.stem / f"{tag}-{seq}-aa-bwt.png")
         section = [*text, *([fig, ""] if fig else [])]
         lines += section
         if main_tag is not None and same_budget_but_epochs(tag, main_tag):
             main += section
     lines += budget_section({k: v for k, v in groups.items() if v})
-    choices = load_choices(records)
     lines += selection_table(choices)
     text = _render(lines, out.parent)
     write_text(out, text)

@@ -130,6 +130,23 @@ def test_the_plan_puts_missing_methods_in_the_table(lb, tmp_path, monkeypatch):
     assert row_of("### " + four, "seq-lora")[3] == "1 (missing 2)"
     assert row_of("### " + four, "ewc")[3] == "0 (missing 3)"  # every registered method appears
     assert "### 10task" in text  # the 10-task table exists, all missing
+    assert row_of("### " + four, "ewc")[2] == "-"  # nothing chosen yet
+    # selections made: the rows of methods not run yet show what their runs will use, on every table of the budget
+    sel = rec / tag / "selection" / "4task"
+    for method, knob, value in (("o-lora", "lambda", 0.5), ("l2p", "lr", 0.02)):
+        (sel / method).mkdir(parents=True)
+        choice = {"kind": "choice", "method": method, "budget_tag": tag, "sequence": "4task", "knob": knob}
+        choice |= {"chosen": value, "points": [{"value": value, "aa": 50.0, "bwt": -1.0}]}
+        (sel / method / "choice.json").write_text(json.dumps(choice))
+    text = lb.build_table(rec, tmp_path / "lb.md", s)
+    tables = ["### " + t for t in text.split("### ")[1:]]
+    four, ten, three = (
+        next(t for t in tables if t.splitlines()[0].startswith(f"### {seq} (") and t.splitlines()[0].endswith(b))
+        for seq, b in (("4task", tag), ("10task", tag), ("4task", tag.replace("-e1-", "-e3-")))
+    )
+    assert row_of(four, "l2p")[2] == "lr 0.02 (chosen)" and row_of(four, "ewc")[2] == "-"
+    for table in (four, ten, three):  # the 4-task choice, also for 10 tasks and at 3 epochs
+        assert row_of(table, "o-lora")[2] == "0.5 (chosen)" and row_of(table, "n-lora")[2] == "-"
 
 
 def test_results_document_gets_the_main_budget_between_its_markers(lb, tmp_path):
