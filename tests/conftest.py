@@ -46,6 +46,25 @@ def nlora_in_subprocess(args: list[str]) -> None:
     assert done.returncode == 0, done.stderr.decode()[-800:]
 
 
+SLOWED_NLORA = """
+import sys, time
+import nlora.train as tr, nlora.evaluate as ev
+step, gen = tr._micro_step, ev._generate_batch
+tr._micro_step = lambda *a, **k: (time.sleep({step_delay}), step(*a, **k))[1]
+ev._generate_batch = lambda *a, **k: (time.sleep({eval_delay}), gen(*a, **k))[1]
+from nlora.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def slowed_nlora_script(folder: Path, step_delay: float, eval_delay: float = 0.0) -> Path:
+    """A script that runs ``nlora`` with every training micro-step (and generation batch) slowed down by these
+    seconds, so that a test can act on a run while it works (kill it, start a second one, read its status)."""
+    script = folder / "slowed_nlora.py"
+    script.write_text(SLOWED_NLORA.format(step_delay=step_delay, eval_delay=eval_delay))
+    return script
+
+
 def start_script(script: Path, args: list[str]) -> subprocess.Popen:
     """``python SCRIPT ARGS`` in the background (a test's slowed-down nlora), stderr kept for failure messages."""
     return subprocess.Popen(

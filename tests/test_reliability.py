@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import start_script
+from conftest import slowed_nlora_script, start_script
 from conftest import toy_run_args as run_args
 
 from nlora import rundir
@@ -108,19 +108,9 @@ def test_demo_overwrite_refuses_foreign_folder_and_bad_model(tmp_path, capsys, m
 
 # -- one process per run directory ---------------------------------------------------------------------------
 
-SLOW = """
-import sys, time
-import nlora.train as tr
-step = tr._micro_step
-tr._micro_step = lambda *a, **k: (time.sleep(0.15), step(*a, **k))[1]
-from nlora.cli import main
-sys.exit(main(sys.argv[1:]))
-"""
-
 
 def start_slow_run(script_dir: Path, args: list[str], ready) -> subprocess.Popen:
-    script = script_dir / "slow_nlora.py"
-    script.write_text(SLOW)
+    script = slowed_nlora_script(script_dir, 0.15)
     proc = start_script(script, args)
     deadline = time.time() + 180
     while not ready() and proc.poll() is None and time.time() < deadline:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import nlora_in_subprocess, start_script, toy_run_args
+from conftest import nlora_in_subprocess, slowed_nlora_script, start_script, toy_run_args
 from safetensors.torch import load_file
 
 import nlora.evaluate as evaluate_mod
@@ -174,16 +174,6 @@ def test_cpu_time_carries_across_a_resume(reference, model_dirs, tmp_path, monke
         assert summary["cpu_time_s"] == pytest.approx(sum(parts), abs=0.02)
 
 
-WRAPPER = """
-import sys, time
-import nlora.train as tr, nlora.evaluate as ev
-step, gen = tr._micro_step, ev._generate_batch
-tr._micro_step = lambda *a, **k: (time.sleep(0.2), step(*a, **k))[1]
-ev._generate_batch = lambda *a, **k: (time.sleep(0.3), gen(*a, **k))[1]
-from nlora.cli import main
-sys.exit(main(sys.argv[1:]))
-"""
-
 KILL_POINTS = {  # name -> condition on the run directory at which the process gets SIGKILL
     "mid task 1": lambda o: (o / "tasks/01-topic/checkpoint/state.pt").is_file(),
     "between tasks": lambda o: (o / "tasks/01-topic/predict_results.json").is_file(),
@@ -218,8 +208,7 @@ def test_sigkill_at_several_points_then_resume(model_dirs, tmp_path, kind):
         write_task(data, name)
     reference, out = tmp_path / "reference", tmp_path / "run"
     nlora_in_subprocess(args_for(model_dirs[kind], data, reference))
-    script = tmp_path / "slow_nlora.py"
-    script.write_text(WRAPPER)
+    script = slowed_nlora_script(tmp_path, 0.2, eval_delay=0.3)
     kills = []  # what the run directory held at each kill, for the failure message
     for point, reached in KILL_POINTS.items():
         proc = start_script(script, args_for(model_dirs[kind], data, out))

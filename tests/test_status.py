@@ -7,20 +7,11 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import start_script, toy_run_args
+from conftest import slowed_nlora_script, start_script, toy_run_args
 
 from nlora.cli import main
 from nlora.status import describe, estimate_left, read_status
 from nlora.trainlog import read_log
-
-SLOW = """
-import sys, time
-import nlora.train as tr
-step = tr._micro_step
-tr._micro_step = lambda *a, **k: (time.sleep(0.3), step(*a, **k))[1]
-from nlora.cli import main
-sys.exit(main(sys.argv[1:]))
-"""
 
 
 def run_args(model_dir, data_dir, out):
@@ -59,8 +50,7 @@ def test_finished_run(model_dirs, data_dir, tmp_path, capsys):
 
 def test_running_then_killed_then_resumed(model_dirs, data_dir, tmp_path, capsys):
     out = tmp_path / "run"
-    script = tmp_path / "slow_nlora.py"
-    script.write_text(SLOW)
+    script = slowed_nlora_script(tmp_path, 0.3)
     log = out / "tasks/01-topic/train_log.jsonl"
     proc = start_script(script, run_args(model_dirs["llama"], data_dir, out))
     try:

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import nlora_in_subprocess, start_script, toy_run_args
+from conftest import nlora_in_subprocess, slowed_nlora_script, start_script, toy_run_args
 
 from nlora.cli import main
 from nlora.trainlog import read_log
@@ -124,16 +124,6 @@ def test_wandb_offline_needs_no_network(model_dirs, data_dir, tmp_path, monkeypa
     assert len(runs) == 1 and runs[0].stat().st_size > 0
 
 
-SLOW = """
-import sys, time
-import nlora.train as tr
-step = tr._micro_step
-tr._micro_step = lambda *a, **k: (time.sleep(0.25), step(*a, **k))[1]
-from nlora.cli import main
-sys.exit(main(sys.argv[1:]))
-"""
-
-
 def killed_when(script: Path, args: list[str], reached, what: str) -> None:
     """Run nlora in a subprocess (each micro-step slowed down) and SIGKILL it once ``reached()`` holds."""
     proc = start_script(script, args)
@@ -152,8 +142,7 @@ def test_sigkill_then_resume_keeps_every_step_once(model_dirs, data_dir, tmp_pat
     extra = ["--save-every", "2", *(["--report-to", "tensorboard"] if HAS_TENSORBOARD else [])]
     ref, out = tmp_path / "ref", tmp_path / "run"
     nlora_in_subprocess(run_args(model_dirs["llama"], data_dir, ref, *extra))  # processes against processes
-    script = tmp_path / "slow_nlora.py"
-    script.write_text(SLOW)
+    script = slowed_nlora_script(tmp_path, 0.25)
     log1, log2 = out / "tasks/01-topic/train_log.jsonl", out / "tasks/02-mood/train_log.jsonl"
 
     def ahead_of_checkpoint(log):
