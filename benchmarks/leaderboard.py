@@ -620,6 +620,10 @@ def measured_rates(records: Path, tag: str) -> dict[str, tuple[float, float]]:
             r.get("train_cpu_seconds") or r.get("train_seconds"),
             r.get("eval_cpu_seconds") or r.get("eval_seconds"),
         )
+        wall = (r.get("train_seconds") or 0.0) + (r.get("eval_seconds") or 0.0)
+        if r.get("train_cpu_seconds") is None and r.get("cpu_time_s") and train and test and wall:
+            # only the run's total CPU time (records of early versions): split as its wall seconds are
+            train, test = r["cpu_time_s"] * r["train_seconds"] / wall, r["cpu_time_s"] * r["eval_seconds"] / wall
         if steps and answers and train and test:
             found.setdefault(r["method"], []).append((train / steps, test / answers))
     return {m: (statistics.median(a for a, _ in v), statistics.median(b for _, b in v)) for m, v in found.items()}

@@ -435,8 +435,12 @@ def test_plan_estimates_from_the_budgets_own_records(lb, toy, tmp_path, capsys):
     cpu = dict(train_cpu_seconds=8.0, eval_cpu_seconds=6.0)
     put(tmp_path / "rec", "l2p", 1, 9.0, -1.0, tag=tag, train_seconds=400.0, eval_seconds=240.0, **cpu, **timing)
     put(tmp_path / "rec", "mtl", 1, 9.0, None, tag=tag, train_seconds=40.0)  # no evaluation time: not a rate
+    # only a total CPU time: split as the wall seconds are (3/4 training): 12 s / 4 steps, 4 s / 12 answers
+    put(
+        tmp_path / "rec", "ewc", 1, 9.0, -1.0, tag=tag, train_seconds=60.0, eval_seconds=20.0, cpu_time_s=16.0, **timing
+    )
     rates = lb.measured_rates(tmp_path / "rec", tag)
-    assert rates == {"seq-lora": (10.0, 2.0), "l2p": (2.0, 0.5)}
+    assert rates == {"seq-lora": (10.0, 2.0), "l2p": (2.0, 0.5), "ewc": (3.0, pytest.approx(4.0 / 12))}
     s = lb.BUDGETS["main"]
     one = lb.estimate_s(s, "4task", 1.0, tmp_path / "CL", rates["seq-lora"])
     # topic and mood: 2 steps each at 10 s, (2 x 4) answers each at 2 s, and the model load
