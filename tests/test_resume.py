@@ -103,6 +103,14 @@ def crash_after(monkeypatch, module, name, calls: int):
     monkeypatch.setattr(module, name, wrapper)
 
 
+def crashed_run(monkeypatch, target: tuple, args: list[str]) -> None:
+    """`nlora run ARGS` dying at TARGET (module, function name, call count), as crash_after makes it."""
+    with monkeypatch.context() as m:
+        crash_after(m, *target)
+        with pytest.raises(Crash):
+            main(args)
+
+
 @pytest.mark.parametrize("where", ["mid task 1", "mid task 2", "between tasks", "during evaluation"])
 def test_interrupted_then_resumed_equals_uninterrupted(reference, model_dirs, tmp_path, monkeypatch, capsys, where):
     data, runs = reference
@@ -113,10 +121,7 @@ def test_interrupted_then_resumed_equals_uninterrupted(reference, model_dirs, tm
         "between tasks": (recipe_mod, "train_or_reuse", 2),
         "during evaluation": (evaluate_mod, "_generate_batch", 3 + 2),
     }[where]
-    with monkeypatch.context() as m:
-        crash_after(m, *target)
-        with pytest.raises(Crash):
-            main(args_for(model_dirs["t5"], data, out))
+    crashed_run(monkeypatch, target, args_for(model_dirs["t5"], data, out))
     assert not (out / "summary.json").exists()
     if where.startswith("mid task"):
         assert list(out.glob("tasks/*/checkpoint/state.pt"))  # a step checkpoint was there to resume from
@@ -132,10 +137,7 @@ def test_resume_with_another_cpu_thread_count_says_results_will_differ(
 ):
     data, _ = reference
     out = tmp_path / "run"
-    with monkeypatch.context() as m:
-        crash_after(m, train_mod, "_micro_step", 4)
-        with pytest.raises(Crash):
-            main(args_for(model_dirs["t5"], data, out))
+    crashed_run(monkeypatch, (train_mod, "_micro_step", 4), args_for(model_dirs["t5"], data, out))
     capsys.readouterr()
     threads = torch.get_num_threads()
     torch.set_num_threads(threads + 1)  # conftest puts it back after the test
@@ -150,10 +152,7 @@ def test_cpu_time_carries_across_a_resume(reference, model_dirs, tmp_path, monke
     version (no CPU time) leaves that task's and the run's CPU time unknown, not undercounted."""
     data, _ = reference
     out = tmp_path / "run"
-    with monkeypatch.context() as m:
-        crash_after(m, train_mod, "_micro_step", 4)
-        with pytest.raises(Crash):
-            main(args_for(model_dirs["t5"], data, out))
+    crashed_run(monkeypatch, (train_mod, "_micro_step", 4), args_for(model_dirs["t5"], data, out))
     state_file = out / "tasks/01-topic/checkpoint/state.pt"
     blob = torch.load(state_file, weights_only=True)
     assert blob["cpu_seconds"] > 0
