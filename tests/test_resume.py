@@ -111,8 +111,11 @@ def crashed_run(monkeypatch, target: tuple, args: list[str]) -> None:
             main(args)
 
 
+@pytest.mark.parametrize("kind", ["t5", "llama"])
 @pytest.mark.parametrize("where", ["mid task 1", "mid task 2", "between tasks", "during evaluation"])
-def test_interrupted_then_resumed_equals_uninterrupted(reference, model_dirs, tmp_path, monkeypatch, capsys, where):
+def test_interrupted_then_resumed_equals_uninterrupted(
+    reference, model_dirs, tmp_path, monkeypatch, capsys, where, kind
+):
     data, runs = reference
     out = tmp_path / "run"
     target = {
@@ -121,15 +124,15 @@ def test_interrupted_then_resumed_equals_uninterrupted(reference, model_dirs, tm
         "between tasks": (recipe_mod, "train_or_reuse", 2),
         "during evaluation": (evaluate_mod, "_generate_batch", 3 + 2),
     }[where]
-    crashed_run(monkeypatch, target, args_for(model_dirs["t5"], data, out))
+    crashed_run(monkeypatch, target, args_for(model_dirs[kind], data, out))
     assert not (out / "summary.json").exists()
     if where.startswith("mid task"):
         assert list(out.glob("tasks/*/checkpoint/state.pt"))  # a step checkpoint was there to resume from
     capsys.readouterr()
-    assert main(args_for(model_dirs["t5"], data, out)) == 0
+    assert main(args_for(model_dirs[kind], data, out)) == 0
     assert "CPU thread(s)" not in capsys.readouterr().out  # the same thread count: nothing to warn about
     assert json.loads((out / "summary.json").read_text())["resumed"] is True
-    assert_same_run(runs["t5"], out)
+    assert_same_run(runs[kind], out)
 
 
 def test_resume_with_another_cpu_thread_count_says_results_will_differ(
@@ -173,6 +176,12 @@ def test_cpu_time_carries_across_a_resume(reference, model_dirs, tmp_path, monke
         assert summary["cpu_time_s"] == pytest.approx(sum(parts), abs=0.02)
 
 
+# How far a resumed run that is right may end from the uninterrupted one on this CPU, in the largest adapter entry
+# (entries ~0.1): seen once in CI, 1e-5 (llama, resumed mid task 2 in another process). A resume that is wrong
+# ends far beyond it: measured on this toy run (llama, resumed mid task 2) without restoring the optimizer state
+# 0.048, without restoring the RNG 0.020, one step skipped 0.024.
+RESUME_NOISE = 1e-4
+
 KILL_POINTS = {  # name -> condition on the run directory at which the process gets SIGKILL
     "mid task 1": lambda o: (o / "tasks/01-topic/checkpoint/state.pt").is_file(),
     "between tasks": lambda o: (o / "tasks/01-topic/predict_results.json").is_file(),
@@ -197,9 +206,11 @@ def test_sigkill_at_several_points_then_resume(model_dirs, tmp_path, kind):
     """One run killed with SIGKILL at each point in turn (resumed in between), then finished by a resume.
 
     Every run here is a fresh process with the same environment, the uninterrupted reference included, so the
-    comparison does not depend on what earlier tests left in the pytest process. Bit-for-bit equality is what a
-    resume promises where the platform repeats itself; where two uninterrupted runs already differ (a CPU whose
-    kernels do not repeat across processes), the resumed run must be as close to the reference as those two are."""
+    comparison does not depend on what earlier tests left in the pytest process. Bit for bit is what a resume
+    gives where the process repeats its rounding (the in-process tests above ask exactly that). Across processes
+    the CPU's math library may round a product otherwise in the last bit (the resumed process lays its memory out
+    differently: it loads its earlier adapters from disk), so there the resumed run must equal the reference
+    within RESUME_NOISE, or as closely as two uninterrupted runs do where those already differ."""
     from conftest import write_task
 
     data = tmp_path / "CL"
@@ -225,14 +236,11 @@ def test_sigkill_at_several_points_then_resume(model_dirs, tmp_path, kind):
         again = tmp_path / "reference-again"
         nlora_in_subprocess(args_for(model_dirs[kind], data, again))
         repeat = adapter_differences(reference, again)
-        assert any(repeat.values()), (
-            f"the resumed run differs from the uninterrupted one ({differences}), which repeats bit for bit; "
-            f"kills: {kills}"
-        )
-        for t in TASKS:  # the platform's own noise, grown over a few steps: far below the adapters' size (~0.1)
-            assert differences[t] <= max(100 * repeat[t], 1e-4), (t, differences, repeat, kills)
+        for t in TASKS:
+            assert differences[t] <= max(100 * repeat[t], RESUME_NOISE), (t, differences, repeat, kills)
         warnings.warn(
-            f"this CPU does not repeat runs bit for bit across processes ({repeat}); compared within that",
+            f"the resumed run equals the uninterrupted one to {max(differences.values()):.1e}, not bit for bit "
+            f"(two uninterrupted runs: {repeat})",
             stacklevel=1,
         )
         return
