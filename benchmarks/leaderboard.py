@@ -44,6 +44,7 @@ from nlora.dist import machine_name
 from nlora.errors import NloraError
 from nlora.io import write_json, write_text
 from nlora.methods import REGISTRY
+from nlora.recipe import cpu_time_parts
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import SHARED, T_CRIT_5, carve_validation, mean_sd, paired, run_one  # noqa: E402
@@ -270,8 +271,7 @@ def make_record(kind: str, summary: dict, run_dir: Path, s: dict, tag: str, seq:
     per_task = summary.get("per_task") or []
     train_s = sum(p.get("train_seconds") or 0.0 for p in per_task)
     eval_s = sum(p.get("eval_seconds") or 0.0 for p in per_task)
-    train_cpu = [p.get("train_cpu_seconds") for p in per_task]
-    eval_cpu = [p.get("eval_cpu_seconds") for p in per_task if p.get("eval_seconds") is not None]
+    train_cpu, eval_cpu = cpu_time_parts(per_task)
     resumed = bool(summary.get("resumed"))
     commit = _git("rev-parse", "HEAD")
     return {
@@ -305,8 +305,8 @@ def make_record(kind: str, summary: dict, run_dir: Path, s: dict, tag: str, seq:
         "wall_time_basis": "summary" if not resumed else "sum of per-task train and eval seconds (run resumed)",
         # the process CPU time of training and evaluation across resumes: pauses and other load do not count
         "cpu_time_s": summary.get("cpu_time_s"),
-        "train_cpu_seconds": None if None in train_cpu else round(sum(train_cpu), 2),
-        "eval_cpu_seconds": None if None in eval_cpu else round(sum(eval_cpu), 2),
+        "train_cpu_seconds": None if train_cpu is None else round(train_cpu, 2),
+        "eval_cpu_seconds": None if eval_cpu is None else round(eval_cpu, 2),
         "train_seconds": round(train_s, 2),
         "eval_seconds": round(eval_s, 2),
         "resumed": resumed,

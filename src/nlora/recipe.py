@@ -457,13 +457,20 @@ def _what_trains(cfg: RunConfig, built: BuiltModel) -> str:
     return f"LoRA r={cfg.lora.r} on {built.targets}"
 
 
+def cpu_time_parts(per_task: list[dict]) -> tuple[float | None, float | None]:
+    """The process CPU seconds of the run's training and of its evaluation, each summed over the tasks and across
+    resumes; a part is None where a task's share was made by an earlier version, which did not measure it."""
+    train = [p.get("train_cpu_seconds") for p in per_task]
+    evaluation = [p.get("eval_cpu_seconds") for p in per_task if p.get("eval_seconds") is not None]
+    return (None if None in train else sum(train)), (None if None in evaluation else sum(evaluation))
+
+
 def cpu_time(per_task: list[dict]) -> float | None:
     """The process CPU time of the run's training and evaluation, across resumes: unlike the wall time it does
     not count pauses, other load on the machine or work lost to an interruption. None where a part was made by
     an earlier version, which did not measure it."""
-    parts = [p.get("train_cpu_seconds") for p in per_task]
-    parts += [p.get("eval_cpu_seconds") for p in per_task if p.get("eval_seconds") is not None]
-    return None if any(x is None for x in parts) else round(sum(parts), 2)
+    train, evaluation = cpu_time_parts(per_task)
+    return None if train is None or evaluation is None else round(train + evaluation, 2)
 
 
 def run_summary(cfg: RunConfig, rt: Runtime, matrix, zero_shot, per_task: list[dict]) -> dict:
