@@ -96,3 +96,14 @@ def save_peft_adapter(model, state: MethodState, adapter: str, dest: Path) -> No
         return saved
 
     write_folder(dest, fill)
+
+
+def load_peft_adapter(model, state: MethodState, adapter: str, src: Path):
+    """Put the adapter saved by ``save_peft_adapter`` in folder ``src`` back into the model's existing adapter
+    ``adapter``, with its method state. Returns the saved tensors and PEFT's load result, for the bank's own check
+    that they landed."""
+    from peft import set_peft_model_state_dict
+
+    state.load(adapter, src)
+    tensors = read_safetensors(Path(src) / "adapter_model.safetensors", "saved adapter")
+    return tensors, set_peft_model_state_dict(model, tensors, adapter_name=adapter)

@@ -14,7 +14,7 @@ from peft.tuners.lora import LoraLayer
 
 from ..config import LoraSettings
 from ..errors import NloraError
-from .files import MethodState, save_peft_adapter
+from .files import MethodState, load_peft_adapter, save_peft_adapter
 
 
 @dataclass
@@ -235,11 +235,6 @@ class LoraBank:
 
     def load(self, adapter: str, src: Path) -> None:
         """Put the weights saved by ``save`` back into the existing adapter ``adapter``."""
-        from peft import set_peft_model_state_dict
-        from safetensors.torch import load_file
-
-        self.state.load(adapter, src)
-        state = load_file(str(Path(src) / "adapter_model.safetensors"))
-        result = set_peft_model_state_dict(self.model, state, adapter_name=adapter)
+        _, result = load_peft_adapter(self.model, self.state, adapter, src)
         if getattr(result, "unexpected_keys", None):
             raise NloraError(f"{src}: adapter does not fit this model (unexpected {result.unexpected_keys[0]})")

@@ -13,7 +13,7 @@ import torch
 from peft import PeftModel, PromptTuningConfig, TaskType, get_peft_model
 
 from ..errors import NloraError
-from .files import MethodState, save_peft_adapter
+from .files import MethodState, load_peft_adapter, save_peft_adapter
 
 
 class PromptBank:
@@ -139,12 +139,7 @@ class PromptBank:
 
     def load(self, adapter: str, src: Path) -> None:
         """Put the prompt saved by ``save`` back into the existing prompt ``adapter``."""
-        from peft import set_peft_model_state_dict
-        from safetensors.torch import load_file
-
-        self.state.load(adapter, src)
-        state = load_file(str(Path(src) / "adapter_model.safetensors"))
-        set_peft_model_state_dict(self.model, state, adapter_name=adapter)
+        saved, _ = load_peft_adapter(self.model, self.state, adapter, src)
         # PEFT loads the prompt itself and reports its key as unexpected: check the values instead
-        if not torch.equal(self.prompt_embedding(adapter).detach().cpu(), state["prompt_embeddings"].to(torch.float32)):
+        if not torch.equal(self.prompt_embedding(adapter).detach().cpu(), saved["prompt_embeddings"].to(torch.float32)):
             raise NloraError(f"{src}: the soft prompt did not load")
