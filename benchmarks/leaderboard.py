@@ -21,7 +21,8 @@ is skipped. A run that fails is reported at the end and the others go on.
 
 Hyperparameters are chosen on seed 1 of the 4-task sequence, on a validation split carved from each task's
 training data (common.carve_validation: compared by content, never a test row, never a row that is also
-trained on), by validation AA, then BWT.
+trained on), by validation AA, then BWT. A best value on an end of a geometric grid adds the next value beyond that
+end (up to EDGE_STEPS per end), so a choice is never one the grid merely stopped at; `run` waits for that.
 """
 
 from __future__ import annotations
@@ -97,6 +98,12 @@ GRIDS = {
 # at 1e-2..3e-1, while full fine-tuning of every weight at 2e-3 wrecks a pretrained model (its sources use
 # 1e-4 and below). A single lr for all would make straw men of them; the same data and steps stay fixed.
 LR_KNOB = {"l2p", "progprompt", "seq-prompt", "seq-ft", "migu"}
+# A best value on an end of its grid says the grid was too narrow on that side: selection then runs the next value
+# beyond that end, a step of the grid's own ratio there, up to EDGE_STEPS values per end, inside the option's
+# limits. Only geometric grids are extended (neighbours at least MIN_EDGE_RATIO apart): migu-lora's quantile grid
+# (0.5, 0.7, 0.9) is a range of its own, not a scale to go on along.
+EDGE_STEPS = 2
+MIN_EDGE_RATIO = 2.0
 
 
 def knob_of(method: str) -> str:
@@ -369,6 +376,65 @@ def choose(points: list[dict]) -> float:
     return best["value"]
 
 
+def knob_allows(method: str, value: float) -> bool:
+    """Whether ``value`` is inside the limits of what the method's grid varies (an lr: above 0)."""
+    if knob_of(method) == "lr":
+        return value > 0
+    from nlora.methods.options import find_spec
+
+    spec = find_spec(REGISTRY[method].Options, "lambda")
+    if spec is None or spec.limit is None:
+        return True
+    low, high, low_open, high_open = spec.limit
+    above = value > low if low_open else value >= low
+    below = high is None or (value < high if high_open else value <= high)
+    return above and below
+
+
+def beyond_edge(method: str, points: list[dict]) -> float | None:
+    """The value selection must still run for ``method``, whose grid and extensions so far are all recorded in
+    ``points``: the next one beyond the end where the best lies (see EDGE_STEPS), or None when the choice is
+    final."""
+    grid, values = sorted(GRIDS[method]), sorted(p["value"] for p in points)
+    if len(values) < 2:
+        return None
+    best = choose(points)
+    if best == values[-1]:
+        edge, inner, added = values[-1], values[-2], sum(v > grid[-1] for v in values)
+    elif best == values[0]:
+        edge, inner, added = values[0], values[1], sum(v < grid[0] for v in values)
+    else:
+        return None
+    if added >= EDGE_STEPS or edge <= 0 or inner <= 0 or max(edge, inner) / min(edge, inner) < MIN_EDGE_RATIO:
+        return None
+    value = float(f"{edge * edge / inner:.2g}")  # round: 2e-4 after 5e-5 gives 8e-4, not 7.9999e-4
+    return value if knob_allows(method, value) else None
+
+
+def selection_values(records: Path, tag: str, seq: str, method: str) -> list[float]:
+    """The knob values selection needs for ``method``: its grid, then, while every value so far is recorded and
+    the best lies on an end, the next one beyond it (``beyond_edge``)."""
+    values = sorted(GRIDS[method])
+    while True:
+        points = recorded_points(records, tag, seq, method, values)
+        more = beyond_edge(method, points) if len(points) == len(values) else None
+        if more is None or more in values:
+            return values
+        values = sorted([*values, more])
+
+
+def recorded_points(records: Path, tag: str, seq: str, method: str, values: list[float]) -> list[dict]:
+    """The selection records of ``values`` that exist, in value order (read anew: another process may have
+    finished some meanwhile)."""
+    points = []
+    for value in sorted(values):
+        path = point_path(records, tag, seq, method, value)
+        rec = read(path)
+        if rec is not None:
+            points.append({"value": value, "aa": rec["aa"], "bwt": rec["bwt"], "record": path.name})
+    return points
+
+
 def cmd_select(args) -> None:
     s, seq = settings_of(args), args.sequence
     tag = budget_tag(s)
@@ -376,27 +442,34 @@ def cmd_select(args) -> None:
     val = None
     for method in methods:
         knob = knob_of(method)
-        for value in GRIDS[method]:
-            path = point_path(args.records, tag, seq, method, value)
-            rec = read(path)
-            if rec is None:
+        tried: set[float] = set()  # once per call: a failed run is not retried at once
+        while True:  # the grid, then one value beyond an end at a time while the best lies on it
+            values = selection_values(args.records, tag, seq, method)
+            missing = [
+                v for v in values if v not in tried and read(point_path(args.records, tag, seq, method, v)) is None
+            ]
+            tried.update(missing)
+            for value in missing:
                 val = val or validation_data(args, s, tag, seq)
                 out = Path(args.runs) / tag / "selection" / seq / method / f"{knob}-{value:g}"
-                hp = {"name": knob, "value": value, "source": "grid point"}
+                source = "grid point" if value in GRIDS[method] else "beyond the grid's end, where its best was"
+                if value not in GRIDS[method]:
+                    print(
+                        f"[leaderboard] {method}: the best {knob} lies on the grid's end, {value:g} added", flush=True
+                    )
+                hp = {"name": knob, "value": value, "source": source}
                 ns, lam = run_inputs(s, args, hp)
                 summary = attempt(args, run_one, ns, method, SEQUENCES[seq], SELECT_SEED, out, val, lam)
                 if summary is None:
                     continue
                 rec = make_record("selection", summary, out, s, tag, seq, method, SELECT_SEED, hp)
                 rec["validation"] = read(val / "validation.json")
-                save_record(path, rec, args.commit)
-        points = []
-        for value in GRIDS[method]:  # read again: another process may have finished some points meanwhile
-            path = point_path(args.records, tag, seq, method, value)
-            rec = read(path)
-            if rec is not None:
-                points.append({"value": value, "aa": rec["aa"], "bwt": rec["bwt"], "record": path.name})
-        if len(points) < len(GRIDS[method]):
+                save_record(point_path(args.records, tag, seq, method, value), rec, args.commit)
+            if not missing:  # all recorded, or what is left failed or runs in another process
+                break
+        values = selection_values(args.records, tag, seq, method)
+        points = recorded_points(args.records, tag, seq, method, values)
+        if len(points) < len(values):
             print(f"[leaderboard] {method}: selection incomplete, no choice written", flush=True)
             continue
         chosen = choose(points)
@@ -405,7 +478,9 @@ def cmd_select(args) -> None:
             "budget_tag": tag,
             "sequence": seq,
             "seed": SELECT_SEED,
-            "rule": "highest validation AA, then BWT, then the earlier grid value",
+            "rule": "highest validation AA, then BWT, then the smaller value; a best value on an end of a geometric "
+            f"grid adds the next value beyond it (up to {EDGE_STEPS} per end)",
+            "grid": GRIDS[method],
             "validation": {"rows_per_task": VAL_ROWS, "max_share": VAL_MAX_SHARE, "split_seed": VAL_SPLIT_SEED},
             "knob": knob,
             "points": points,
@@ -437,6 +512,10 @@ def hyperparameter(args, s: dict, tag: str, seq: str, method: str) -> dict | Non
         for q in dict.fromkeys([seq, SELECT_SEQUENCE]):
             path = selection_dir(args.records, t, q, method) / "choice.json"
             choice = read(path)
+            if choice and beyond_edge(method, choice["points"]) is not None:
+                # written before selection went on beyond a grid's end, where its best lies: not final yet
+                print(f"[leaderboard] {method}: {path} is not final, its best lies on its grid's end", flush=True)
+                return None
             if choice:
                 return {
                     "name": knob,
@@ -577,8 +656,8 @@ def plan_entries(records: Path, s: dict) -> list[tuple[str, Path]]:
     """issue 18's plan at budget s: (group, record path) for every record it needs."""
     tag = budget_tag(s)
     out = []
-    for method, grid in GRIDS.items():
-        for value in grid:
+    for method in GRIDS:
+        for value in selection_values(records, tag, SELECT_SEQUENCE, method):
             out.append(
                 ("selection (4task, seed 1, validation)", point_path(records, tag, SELECT_SEQUENCE, method, value))
             )
@@ -728,10 +807,11 @@ def load_choices(records: Path) -> list[dict]:
     """Every selection: its choice.json, or, for one still running, its grid points so far (``chosen`` None)."""
     out = []
     for folder in sorted(p for p in Path(records).glob("*/selection/*/*") if p.is_dir()):
+        tag, _, seq, method = folder.relative_to(records).parts
         choice = read(folder / "choice.json")
-        if choice:
+        if choice and not (method in GRIDS and beyond_edge(method, choice["points"]) is not None):
             out.append(choice)
-            continue
+            continue  # a choice written before selection went on beyond its grid's end is shown as running
         points = []
         for path in sorted(folder.glob("*.json")):
             rec = read(path)
@@ -739,11 +819,11 @@ def load_choices(records: Path) -> list[dict]:
                 hp = rec["hyperparameter"]
                 points.append({"value": hp["value"], "aa": rec["aa"], "bwt": rec["bwt"]})
         if points:
-            tag, _, seq, method = folder.relative_to(records).parts
             points.sort(key=lambda q: q["value"])
+            size = len(selection_values(records, tag, seq, method)) if method in GRIDS else 0
             out.append(
                 {"method": method, "budget_tag": tag, "sequence": seq, "knob": knob_of(method), "points": points}
-                | {"chosen": None, "grid_size": len(GRIDS.get(method, []))}
+                | {"chosen": None, "grid_size": size}
             )
     return out
 

@@ -290,16 +290,16 @@ def test_run_skips_recorded_and_writes_a_record(lb, toy, tmp_path, capsys):
     assert capsys.readouterr().out.count("recorded, skipped") == 2
 
 
-def fake_run(calls: list):
+def fake_run(calls: list, aa_of: dict | None = None):
     """A stand-in for common.run_one: records its call, writes a minimal run directory, returns a summary whose AA
-    depends on lambda (the highest at 1e4)."""
+    depends on lambda (``aa_of``; by default the highest at 1e4)."""
 
     def run_one(args, method, tasks, seed, out, data_dir, lam):
         calls.append((method, seed, Path(data_dir), lam, args.epochs))
         for i, t in enumerate(tasks.split(",")):
             (out / "tasks" / f"0{i + 1}-{t}" / "adapter").mkdir(parents=True, exist_ok=True)
             (out / "tasks" / f"0{i + 1}-{t}" / "adapter" / "w.bin").write_bytes(b"x" * 100)
-        aa = {1e3: 41.0, 1e4: 50.0, 1e5: 5.0}.get(lam, 30.0)
+        aa = (aa_of or {1e3: 41.0, 1e4: 50.0, 1e5: 5.0}).get(lam, 30.0)
         return {"tasks": tasks.split(","), "aa": aa, "bwt": -1.0, "accuracy_matrix": [[aa]], "wall_time_s": 1.0}
 
     return run_one
@@ -401,6 +401,63 @@ def test_a_selection_still_running_shows_its_points_so_far(lb, toy, tmp_path, mo
     assert not (tmp_path / "rec" / tag / "selection" / "4task" / "ewc" / "choice.json").exists()
     text = lb.build_table(tmp_path / "rec", tmp_path / "lb.md")
     assert "| ewc | 1000: 41.00 / -1.00, 10000: 50.00 / -1.00 | running: 2 of 3 points |" in text
+
+
+@pytest.mark.parametrize(
+    "aa_of, ran, chosen",
+    [  # AA by lambda; the values selection runs, in order; its choice
+        ({1e3: 10.0, 1e4: 20.0, 1e5: 30.0, 1e6: 40.0, 1e7: 35.0}, [1e3, 1e4, 1e5, 1e6, 1e7], 1e6),
+        ({1e3: 10.0, 1e4: 20.0, 1e5: 30.0, 1e6: 40.0, 1e7: 50.0}, [1e3, 1e4, 1e5, 1e6, 1e7], 1e7),  # two at most
+        ({1e2: 40.0, 1e3: 50.0, 1e4: 20.0, 1e5: 10.0}, [1e3, 1e4, 1e5, 1e2], 1e3),  # the lower end, one step
+        ({1e3: 10.0, 1e4: 50.0, 1e5: 30.0}, [1e3, 1e4, 1e5], 1e4),  # inside the grid: nothing added
+    ],
+)
+def test_a_best_value_on_an_end_of_the_grid_adds_the_next_one_beyond_it(
+    lb, toy, tmp_path, monkeypatch, aa_of, ran, chosen
+):
+    flags, running = toy
+    calls = []
+    monkeypatch.setattr(lb, "run_one", fake_run(calls, aa_of))
+    monkeypatch.setattr(lb, "GRIDS", {"ewc": [1e3, 1e4, 1e5]})
+    lb.main(["select", "--methods", "ewc", *flags, *running])
+    assert [lam for *_, lam, _ in calls] == ran
+    sel = tmp_path / "rec" / lb.budget_tag(lb.BUDGETS["main"]) / "selection" / "4task" / "ewc"
+    choice = json.loads((sel / "choice.json").read_text())
+    assert choice["chosen"] == chosen and choice["grid"] == [1e3, 1e4, 1e5]
+    assert [p["value"] for p in choice["points"]] == sorted(ran)
+    for value in ran[3:]:
+        source = json.loads((sel / f"lambda-{value:g}.json").read_text())["hyperparameter"]["source"]
+        assert source.startswith("beyond the grid's end")
+    calls.clear()
+    lb.main(["select", "--methods", "ewc", *flags, *running])
+    assert calls == []  # all recorded: nothing more
+
+
+def test_a_linear_grid_is_not_extended_and_a_choice_on_an_end_is_not_used_until_extended(
+    lb, toy, tmp_path, monkeypatch, capsys
+):
+    flags, running = toy
+    calls = []
+    rising = {0.5: 10.0, 0.7: 20.0, 0.9: 30.0, 1e3: 10.0, 1e4: 20.0, 1e5: 30.0, 1e6: 25.0}
+    monkeypatch.setattr(lb, "run_one", fake_run(calls, rising))
+    monkeypatch.setattr(lb, "GRIDS", {"migu-lora": [0.5, 0.7, 0.9], "ewc": [1e3, 1e4, 1e5]})
+    lb.main(["select", "--methods", "migu-lora", *flags, *running])
+    assert [lam for *_, lam, _ in calls] == [0.5, 0.7, 0.9]  # best on its end, but a range, not a scale
+    monkeypatch.setattr(lb, "EDGE_STEPS", 0)  # as an earlier version selected: the grid alone
+    lb.main(["select", "--methods", "ewc", *flags, *running])
+    tag = lb.budget_tag(lb.BUDGETS["main"])
+    assert json.loads((tmp_path / "rec" / tag / "selection/4task/ewc/choice.json").read_text())["chosen"] == 1e5
+    monkeypatch.setattr(lb, "EDGE_STEPS", 2)
+    calls.clear()
+    capsys.readouterr()
+    lb.main(["run", "--sequence", "4task", "--methods", "ewc", "--seeds", "1", *flags, *running])
+    assert calls == [] and "is not final" in capsys.readouterr().out
+    text = lb.build_table(tmp_path / "rec", tmp_path / "lb.md")
+    assert "| ewc | 1000: 10.00 / -1.00, 10000: 20.00 / -1.00, 100000: 30.00 / -1.00 | running: 3 of 4 points |" in text
+    lb.main(["select", "--methods", "ewc", *flags, *running])
+    assert [lam for *_, lam, _ in calls] == [1e6]
+    lb.main(["run", "--sequence", "4task", "--methods", "ewc", "--seeds", "1", *flags, *running])
+    assert [lam for *_, lam, _ in calls] == [1e6, 1e5]  # now final: 1e5, inside the extended grid
 
 
 def test_run_without_a_selection_refuses_the_method(lb, toy, tmp_path, monkeypatch, capsys):
