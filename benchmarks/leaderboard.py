@@ -46,6 +46,7 @@ from nlora.errors import NloraError
 from nlora.io import write_json, write_text
 from nlora.methods import REGISTRY
 from nlora.recipe import cpu_time_parts
+from nlora.status import read_status
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import SHARED, T_CRIT_5, carve_validation, mean_sd, paired, run_one  # noqa: E402
@@ -727,6 +728,26 @@ def estimate_s(s: dict, seq: str, epochs: float, data_dir: Path, rate: tuple[flo
     return SEC_PER_RUN + steps * per_step + tests * per_test
 
 
+def run_progress(runs: Path, records: Path, record: Path) -> tuple[str, float] | None:
+    """How far the run directory of a missing ``record`` got (as `nlora status` reads it): a phrase, and the share
+    of its work done (tasks done, and the current task's steps); None where it has not started."""
+    folder = Path(runs) / record.relative_to(records).with_suffix("")
+    if not (folder / "config.yaml").is_file():
+        return None
+    try:
+        status = read_status(folder)
+    except NloraError:
+        return None
+    done, current = len(status.done), status.current
+    phrase = f"{done} of {len(status.tasks)} tasks done"
+    share = done
+    if current is not None and current.step and current.steps:
+        phrase += f", {current.name} at step {current.step} of {current.steps}"
+        share += current.step / current.steps
+    phrase += f", running (pid {status.holder})" if status.holder else ", stopped: resumes where it stopped"
+    return phrase, share / max(1, len(status.tasks))
+
+
 def cmd_plan(args) -> None:
     s = settings_of(args)
     entries = plan_entries(args.records, s)
@@ -750,20 +771,24 @@ def cmd_plan(args) -> None:
     for group in dict.fromkeys(g for g, _ in entries):
         paths = [p for g, p in entries if g == group]
         missing = [p for p in paths if not p.is_file()]
-        cost = 0.0
+        cost, progress = 0.0, {}
         for p in missing:
             rel = p.relative_to(args.records).parts
             seq = SELECT_SEQUENCE if rel[1] == "selection" else rel[1]
             method = rel[3] if rel[1] == "selection" else rel[2]
             epochs = float(EPOCHS_IN_TAG.search(rel[0]).group(1))
-            cost += estimate_s(s, seq, epochs, Path(args.data_dir), rates.get(method, typical))
+            progress[p] = run_progress(args.runs, args.records, p)
+            left = 1.0 - (progress[p][1] if progress[p] else 0.0)  # a started run costs only what it has left
+            cost += left * estimate_s(s, seq, epochs, Path(args.data_dir), rates.get(method, typical))
         total_missing, total_s = total_missing + len(missing), total_s + cost
         print(
             f"\n{group}: {len(paths) - len(missing)} of {len(paths)} recorded, {len(missing)} missing "
             f"(~{cost / 3600:.1f} h)"
         )
-        for p in missing if args.verbose else missing[:8]:
-            print(f"  missing {p.relative_to(args.records)}")
+        # started runs first: what the next session resumes
+        order = [p for p in missing if progress[p]] + [p for p in missing if not progress[p]]
+        for p in order if args.verbose else order[:8]:
+            print(f"  missing {p.relative_to(args.records)}" + (f" ({progress[p][0]})" if progress[p] else ""))
         if len(missing) > 8 and not args.verbose:
             print(f"  ... and {len(missing) - 8} more (--verbose lists all)")
     pace = (
@@ -1254,6 +1279,7 @@ def main(argv=None) -> None:
 
     pl = sub.add_parser("plan", parents=[common], help="records present and missing for issue 18's plan")
     pl.add_argument("--verbose", action="store_true")
+    pl.add_argument("--runs", type=Path, default=RUNS, help="run directories, for how far unrecorded runs got")
     se = sub.add_parser(
         "select", parents=[common, running], help="choose each method's lambda (lr: LR_KNOB methods) on validation"
     )

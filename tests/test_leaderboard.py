@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 from conftest import CL_BENCHMARK, write_task
 
+from nlora.io import write_json
+
 ROOT = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
@@ -472,11 +474,19 @@ def test_plan_lists_missing_records(lb, toy, tmp_path, capsys):
     flags, _ = toy
     tag = lb.budget_tag(lb.BUDGETS["main"])
     put(tmp_path / "rec", "seq-lora", 2, 40.0, -1.0, tag=tag)
-    lb.main(["plan", "--verbose", *flags])
+    started = tmp_path / "runs" / tag / "4task" / "seq-lora" / "seed-3"  # stopped after its first task
+    write_json(
+        started / "config.yaml", {"method": "seq-lora", "model": "m", "tasks": [{"name": "topic"}, {"name": "mood"}]}
+    )
+    write_json(started / "tasks" / "01-topic" / "train_stats.json", {"train_steps": 2})
+    write_json(started / "tasks" / "01-topic" / "predict_results.json", {"predict_runtime": 1.0})
+    lb.main(["plan", "--verbose", *flags, "--runs", str(tmp_path / "runs")])
     out = capsys.readouterr().out
     n = 3 * len(lb.REGISTRY)
     assert f"4task x every method: 1 of {n} recorded, {n - 1} missing" in out
     assert f"missing {tag}/4task/seq-lora/seed-1.json" in out and f"{tag}/4task/seq-lora/seed-2.json" not in out
+    listed = [line for line in out.splitlines() if "/4task/" in line and "selection" not in line]
+    assert listed[0].endswith("seed-3.json (1 of 2 tasks done, stopped: resumes where it stopped)")  # listed first
     assert f"missing {tag}/selection/4task/n-lora/lambda-1e-05.json" in out
     assert "budget: 4task at 3 epoch(s): 0 of 6 recorded" in out and "-e3-" in out
 
