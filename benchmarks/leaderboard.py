@@ -381,15 +381,11 @@ def knob_allows(method: str, value: float) -> bool:
     """Whether ``value`` is inside the limits of what the method's grid varies (an lr: above 0)."""
     if knob_of(method) == "lr":
         return value > 0
+    from nlora.config import within_limit
     from nlora.methods.options import find_spec
 
     spec = find_spec(REGISTRY[method].Options, "lambda")
-    if spec is None or spec.limit is None:
-        return True
-    low, high, low_open, high_open = spec.limit
-    above = value > low if low_open else value >= low
-    below = high is None or (value < high if high_open else value <= high)
-    return above and below
+    return spec is None or spec.limit is None or within_limit(value, spec.limit)
 
 
 def beyond_edge(method: str, points: list[dict]) -> float | None:
@@ -412,15 +408,15 @@ def beyond_edge(method: str, points: list[dict]) -> float | None:
     return value if knob_allows(method, value) else None
 
 
-def selection_values(records: Path, tag: str, seq: str, method: str) -> list[float]:
-    """The knob values selection needs for ``method``: its grid, then, while every value so far is recorded and
-    the best lies on an end, the next one beyond it (``beyond_edge``)."""
+def selection_values(records: Path, tag: str, seq: str, method: str) -> tuple[list[float], list[dict]]:
+    """The knob values selection needs for ``method`` and the recorded points among them: its grid, then, while
+    every value so far is recorded and the best lies on an end, the next one beyond it (``beyond_edge``)."""
     values = sorted(GRIDS[method])
     while True:
         points = recorded_points(records, tag, seq, method, values)
         more = beyond_edge(method, points) if len(points) == len(values) else None
         if more is None or more in values:
-            return values
+            return values, points
         values = sorted([*values, more])
 
 
@@ -445,16 +441,16 @@ def cmd_select(args) -> None:
         knob = knob_of(method)
         tried: set[float] = set()  # once per call: a failed run is not retried at once
         while True:  # the grid, then one value beyond an end at a time while the best lies on it
-            values = selection_values(args.records, tag, seq, method)
-            missing = [
-                v for v in values if v not in tried and read(point_path(args.records, tag, seq, method, v)) is None
-            ]
+            values, points = selection_values(args.records, tag, seq, method)
+            recorded = {p["value"] for p in points}
+            missing = [v for v in values if v not in tried and v not in recorded]
             tried.update(missing)
             for value in missing:
                 val = val or validation_data(args, s, tag, seq)
                 out = Path(args.runs) / tag / "selection" / seq / method / f"{knob}-{value:g}"
-                source = "grid point" if value in GRIDS[method] else "beyond the grid's end, where its best was"
+                source = "grid point"
                 if value not in GRIDS[method]:
+                    source = "beyond the grid's end, where its best was"
                     print(
                         f"[leaderboard] {method}: the best {knob} lies on the grid's end, {value:g} added", flush=True
                     )
@@ -468,8 +464,7 @@ def cmd_select(args) -> None:
                 save_record(point_path(args.records, tag, seq, method, value), rec, args.commit)
             if not missing:  # all recorded, or what is left failed or runs in another process
                 break
-        values = selection_values(args.records, tag, seq, method)
-        points = recorded_points(args.records, tag, seq, method, values)
+        values, points = selection_values(args.records, tag, seq, method)
         if len(points) < len(values):
             print(f"[leaderboard] {method}: selection incomplete, no choice written", flush=True)
             continue
@@ -658,7 +653,7 @@ def plan_entries(records: Path, s: dict) -> list[tuple[str, Path]]:
     tag = budget_tag(s)
     out = []
     for method in GRIDS:
-        for value in selection_values(records, tag, SELECT_SEQUENCE, method):
+        for value in selection_values(records, tag, SELECT_SEQUENCE, method)[0]:
             out.append(
                 ("selection (4task, seed 1, validation)", point_path(records, tag, SELECT_SEQUENCE, method, value))
             )
@@ -845,7 +840,7 @@ def load_choices(records: Path) -> list[dict]:
                 points.append({"value": hp["value"], "aa": rec["aa"], "bwt": rec["bwt"]})
         if points:
             points.sort(key=lambda q: q["value"])
-            size = len(selection_values(records, tag, seq, method)) if method in GRIDS else 0
+            size = len(selection_values(records, tag, seq, method)[0]) if method in GRIDS else 0
             out.append(
                 {"method": method, "budget_tag": tag, "sequence": seq, "knob": knob_of(method), "points": points}
                 | {"chosen": None, "grid_size": size}

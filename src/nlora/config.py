@@ -595,14 +595,20 @@ LORA_LIMITS = {"r": (1, None, False, False), "alpha": (0, None, True, False), "d
 CHOICES = {f.name: f.metadata["choices"] for f in dataclasses.fields(RunConfig) if f.metadata.get("choices")}
 
 
-def _check_limit(value, limit: tuple, name: str) -> None:
-    if value is None:
-        return
+def within_limit(value, limit: tuple) -> bool:
+    """Whether a number lies inside ``limit`` (lowest, highest or None, lowest excluded, highest excluded)."""
     low, high, low_open, high_open = limit
     bad = isinstance(value, float) and not math.isfinite(value)
     bad = bad or value < low or (low_open and value == low)
     bad = bad or (high is not None and (value > high or (high_open and value == high)))
-    if bad:
+    return not bad
+
+
+def _check_limit(value, limit: tuple, name: str) -> None:
+    if value is None:
+        return
+    if not within_limit(value, limit):
+        low, high, low_open, high_open = limit
         bound = f"{'>' if low_open else '>='} {low}"
         if high is not None:
             bound += f" and {'<' if high_open else '<='} {high}"
