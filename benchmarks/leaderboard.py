@@ -225,6 +225,15 @@ def code_changed() -> bool | None:
     return None if out is None else bool(out)
 
 
+def source_commit() -> tuple[str | None, bool | None]:
+    """The nlora commit a record names, and whether the tree differed from it (None: not known). A tree copied
+    without git (tools/device/leaderboard.sh on a lent GPU) is named by NLORA_COMMIT, set by whoever copied it."""
+    commit = _git("rev-parse", "HEAD")
+    if commit:
+        return commit, code_changed()
+    return os.environ.get("NLORA_COMMIT") or None, None
+
+
 def stored_bytes(task_dir: Path) -> int:
     """What a task directory keeps for the method (adapter, method state), without evaluation files, logs and
     step checkpoints."""
@@ -281,7 +290,7 @@ def make_record(kind: str, summary: dict, run_dir: Path, s: dict, tag: str, seq:
     eval_s = sum(p.get("eval_seconds") or 0.0 for p in per_task)
     train_cpu, eval_cpu = cpu_time_parts(per_task)
     resumed = bool(summary.get("resumed"))
-    commit = _git("rev-parse", "HEAD")
+    commit, dirty = source_commit()
     return {
         "kind": kind,
         "budget_tag": tag,
@@ -319,11 +328,12 @@ def make_record(kind: str, summary: dict, run_dir: Path, s: dict, tag: str, seq:
         "eval_seconds": round(eval_s, 2),
         "resumed": resumed,
         "machine": machine_name(summary.get("device") or "cpu"),
+        "device_type": torch.device(summary.get("device") or "cpu").type,
         "threads": torch.get_num_threads(),
         "load_avg_at_end": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "precision_used": summary.get("precision"),
-        "nlora_commit": commit or None,
-        "nlora_tree_dirty": code_changed() if commit else None,
+        "nlora_commit": commit,
+        "nlora_tree_dirty": dirty,
         "torch": torch.__version__,
         "python": platform.python_version(),
         "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -685,7 +695,7 @@ def measured_rates(records: Path, tag: str) -> dict[str, tuple[float, float]]:
     found: dict[str, list[tuple[float, float]]] = {}
     for path in sorted((records / tag).rglob("*.json")) if (records / tag).is_dir() else []:
         r = read(path)
-        if not r or r.get("kind") not in ("run", "selection"):
+        if not r or r.get("kind") not in ("run", "selection") or ran_on_gpu(r):  # the hours are this CPU's
             continue
         steps = sum(x or 0 for x in r.get("train_steps_per_task") or [])
         cells = sum(v is not None for row in r.get("accuracy_matrix") or [] for v in row)
@@ -848,6 +858,11 @@ def load_choices(records: Path) -> list[dict]:
     return out
 
 
+def ran_on_gpu(r: dict) -> bool:
+    """Whether a record's run used an accelerator (records made before the field ran on this project's CPU)."""
+    return r.get("device_type", "cpu") != "cpu"
+
+
 def mean_sd1(values: list) -> tuple[float | None, float | None]:
     """common.mean_sd, with no sd (None) from a single value."""
     m, sd = mean_sd(values)
@@ -872,6 +887,7 @@ def group_rows(recs: list[dict], expected: dict[str, list[int]] | None = None) -
         )
         hp = hps[0] if len(hps) == 1 else {"mixed": hps} if hps else None  # seeds that ran with different values
         cls = REGISTRY.get(method)
+        on_cpu = [r for r in runs.values() if not ran_on_gpu(r)]
         rows[method] = {
             "method": method,
             "seeds": sorted(runs),
@@ -889,11 +905,13 @@ def group_rows(recs: list[dict], expected: dict[str, list[int]] | None = None) -
                     if r.get("stored_bytes_per_task")
                 ]
             ),
-            "wall_min": mean_sd1([r["wall_time_s"] / 60 for r in runs.values() if r.get("wall_time_s") is not None]),
+            # this CPU's seeds and a GPU's apart: a GPU process's CPU seconds say nothing of its cost
+            "wall_min": mean_sd1([r["wall_time_s"] / 60 for r in on_cpu if r.get("wall_time_s") is not None]),
             # CPU time only when every seed has it (records of earlier versions do not): never a mix of the two
-            "cpu_min": mean_sd1([r["cpu_time_s"] / 60 for r in runs.values()])
-            if runs and all(r.get("cpu_time_s") is not None for r in runs.values())
+            "cpu_min": mean_sd1([r["cpu_time_s"] / 60 for r in on_cpu])
+            if on_cpu and all(r.get("cpu_time_s") is not None for r in on_cpu)
             else (None, None),
+            "gpu_wall_min": mean_sd1([r["wall_time_s"] / 60 for r in runs.values() if ran_on_gpu(r)]),
             "routing": mean_sd1([(r.get("routing") or {}).get("accuracy") for r in runs.values()]),
             "hp": hp,
             "needs_task_id": cls.needs_task_id if cls else None,
@@ -949,10 +967,13 @@ def _hp(hp: dict | None) -> str:
 
 
 def _time(r: dict) -> str:
-    """The row's CPU time, or its wall time marked as such where a seed's record has no CPU time."""
-    if r["cpu_min"][0] is not None:
-        return _ms(r["cpu_min"], 1)
-    return "-" if r["wall_min"][0] is None else f"{_ms(r['wall_min'], 1)} (wall)"
+    """The row's CPU time, or its wall time marked as such where a seed's record has no CPU time; seeds run on a
+    GPU apart, as their wall time."""
+    cpu = _ms(r["cpu_min"], 1) if r["cpu_min"][0] is not None else None
+    if cpu is None and r["wall_min"][0] is not None:
+        cpu = f"{_ms(r['wall_min'], 1)} (wall)"
+    gpu = f"{_ms(r['gpu_wall_min'], 1)} (GPU wall)" if r["gpu_wall_min"][0] is not None else None
+    return " + ".join(x for x in (cpu, gpu) if x) or "-"
 
 
 def _task_id(r: dict) -> str:
@@ -1035,7 +1056,8 @@ def group_table(
         "method that routes or gates by input gets the task id nearly free. CPU time: the run's process time in "
         "training and evaluation, across resumes, at the record's thread count (pauses, other load on the machine "
         "and work lost to an interruption do not count); `(wall)`: records made before nlora measured it, their "
-        "wall time instead.",
+        "wall time instead; `(GPU wall)`: seeds run on a lent GPU (tools/device/leaderboard.sh), their wall time "
+        "with other runs sharing the GPU.",
     ]
     routed = [r for r in rows.values() if r["routing"][0] is not None]
     if routed:

@@ -98,6 +98,29 @@ def test_time_column_is_cpu_time_never_mixed_with_wall_time(lb, tmp_path):
     assert row_of(text, "o-lora")[-1] == "2.0 ± 0.0 (wall)"  # both seeds' wall time, marked, rather than a mix
 
 
+def test_time_column_keeps_gpu_seeds_apart(lb, tmp_path):
+    rec = tmp_path / "records"
+    put(rec, "seq-lora", 1, 40.0, -1.0, cpu_time_s=600.0)
+    put(rec, "seq-lora", 2, 41.0, -1.0, cpu_time_s=5.0, wall_time_s=90.0, device_type="cuda")  # a lent GPU
+    put(rec, "seq-lora", 3, 42.0, -1.0, cpu_time_s=4.0, wall_time_s=150.0, device_type="cuda")
+    put(rec, "o-lora", 1, 43.0, -1.0, cpu_time_s=7.0, wall_time_s=60.0, device_type="cuda")
+    text = lb.build_table(rec, tmp_path / "lb.md")
+    # the CPU seed's CPU time, the GPU seeds' wall time beside it: never averaged together
+    assert row_of(text, "seq-lora")[-1] == "10.0 + 2.0 ± 0.7 (GPU wall)"
+    assert row_of(text, "o-lora")[-1] == "1.0 (GPU wall)"
+    assert row_of(text, "seq-lora")[4] == "41.00 ± 1.00"  # the accuracy counts every seed, wherever it ran
+
+
+def test_record_names_its_commit_with_git_or_from_nlora_commit(lb, monkeypatch):
+    monkeypatch.setenv("NLORA_COMMIT", "f" * 40)
+    monkeypatch.setattr(lb, "_git", lambda *cmd: "a" * 40 if cmd[0] == "rev-parse" else " M src/nlora/train.py")
+    assert lb.source_commit() == ("a" * 40, True)  # git wins where there is one; a changed tree is said
+    monkeypatch.setattr(lb, "_git", lambda *cmd: "")  # a copied tree without .git: git answers nothing
+    assert lb.source_commit() == ("f" * 40, None)  # named by whoever copied it; clean or not is not known
+    monkeypatch.delenv("NLORA_COMMIT")
+    assert lb.source_commit() == (None, None)
+
+
 def test_paired_uses_only_shared_seeds_with_values(tmp_path):
     common = load("common")
     c = common.paired({1: 5.0, 2: 7.0, 4: 1.0}, {2: 4.0, 1: 1.0, 3: 9.0})
@@ -287,6 +310,7 @@ def test_run_skips_recorded_and_writes_a_record(lb, toy, tmp_path, capsys):
     assert 0 < r["cpu_time_s"] <= r["wall_time_s"] * (r["threads"] + 1)  # the run's own process time
     assert r["train_cpu_seconds"] + r["eval_cpu_seconds"] == pytest.approx(r["cpu_time_s"], abs=0.05)
     assert not any(p.suffix == ".safetensors" for p in rec.rglob("*"))  # no adapters in the records
+    assert r["device_type"] == "cpu" and r["nlora_commit"] == lb.source_commit()[0]
     # a second call finds both records and runs nothing
     lb.main(["run", "--sequence", "4task", "--methods", "seq-lora,inc-lora", "--seeds", "1", *flags, *running])
     assert capsys.readouterr().out.count("recorded, skipped") == 2
@@ -506,6 +530,8 @@ def test_plan_estimates_from_the_budgets_own_records(lb, toy, tmp_path, capsys):
     put(
         tmp_path / "rec", "ewc", 1, 9.0, -1.0, tag=tag, train_seconds=60.0, eval_seconds=20.0, cpu_time_s=16.0, **timing
     )
+    # a GPU's seconds are not this CPU's: left out of the rates
+    put(tmp_path / "rec", "inc-lora", 1, 9.0, -1.0, tag=tag, device_type="cuda", **cpu, **timing)
     rates = lb.measured_rates(tmp_path / "rec", tag)
     assert rates == {"seq-lora": (10.0, 2.0), "l2p": (2.0, 0.5), "ewc": (3.0, pytest.approx(4.0 / 12))}
     s = lb.BUDGETS["main"]

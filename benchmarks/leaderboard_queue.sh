@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Issue 18's leaderboard work, in the order it matters (docs/benchmarks.md): the paper's comparison first (4 and
+# 10 tasks, the budget question), the soft-prompt methods last. Several copies share it: each skips a run
+# another copy holds, and a line with nothing left returns at once. Flags go to every line, e.g.
+#   benchmarks/leaderboard_queue.sh --threads 1                       # a CPU runner (start a second 30 s later)
+#   benchmarks/leaderboard_queue.sh --device cuda --records R --runs D  # tools/device/leaderboard.sh, per worker
+# A line that fails is reported by leaderboard.py and the queue goes on with the next one. PYTHON: the
+# interpreter (default: python); the code run is this tree's src/.
+cd "$(dirname "$0")/.."
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
+lb() { "${PYTHON:-python}" benchmarks/leaderboard.py "$@"; }
+core="seq-lora,inc-lora,mtl,n-lora,o-lora"
+# The selections these runs need, then the runs; both again after the second selection, since a run line skips
+# a method whose choice still lies on an end of its grid (select extends it first).
+for _ in 1 2; do
+  lb select "$@" --methods n-lora,o-lora,clora
+  lb run "$@" --sequence 4task --methods "$core" --seeds 1,2,3
+  lb run "$@" --sequence 4task --methods n-lora,o-lora --seeds 1,2,3 --epochs 3  # the budget question
+done
+lb run "$@" --sequence 10task --methods seq-lora,inc-lora,o-lora,n-lora,mtl --seeds 1,2
+lb select "$@" --methods lwf,replay,migu-lora,sapt-arm,seq-ft,migu
+lb run "$@" --sequence 4task --methods all --seeds 1,2,3  # every method with a final choice or no knob
+lb select "$@"                                            # the rest: the soft-prompt methods' learning rates
+lb run "$@" --sequence 4task --methods all --seeds 1,2,3
+lb run "$@" --sequence 10task --methods seq-lora,inc-lora,o-lora,n-lora,mtl,best5 --seeds 1,2
