@@ -331,6 +331,19 @@ def write_golden(data: dict, path: Path = GOLDEN) -> None:
     json.loads(path.read_text())  # what was written parses
 
 
+def cpu_vendor() -> str:
+    """The CPU's maker as the kernel names it (GenuineIntel, AuthenticAMD, ...): MKL picks other kernels on
+    another maker's CPU at the same instruction set (the SVD runs of test_golden's CPU_SENSITIVE differ between an
+    AVX-512 Xeon and an AVX-512 EPYC)."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("vendor_id"))
+    except (OSError, StopIteration):
+        return platform.processor() or "unknown"
+
+
 def writer() -> dict:
     """What decides the rounding of the runs: results are bit-exact only where these are the same."""
     import platform
@@ -339,6 +352,7 @@ def writer() -> dict:
 
     return {
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_vendor": cpu_vendor(),
         "torch": torch.__version__,
         "machine": platform.machine(),
     }
