@@ -911,7 +911,9 @@ def group_rows(recs: list[dict], expected: dict[str, list[int]] | None = None) -
             "cpu_min": mean_sd1([r["cpu_time_s"] / 60 for r in on_cpu])
             if on_cpu and all(r.get("cpu_time_s") is not None for r in on_cpu)
             else (None, None),
-            "gpu_wall_min": mean_sd1([r["wall_time_s"] / 60 for r in runs.values() if ran_on_gpu(r)]),
+            "gpu_wall_min": mean_sd1(
+                [r["wall_time_s"] / 60 for r in runs.values() if ran_on_gpu(r) and r.get("wall_time_s") is not None]
+            ),
             "routing": mean_sd1([(r.get("routing") or {}).get("accuracy") for r in runs.values()]),
             "hp": hp,
             "needs_task_id": cls.needs_task_id if cls else None,
@@ -973,7 +975,7 @@ def _time(r: dict) -> str:
     if cpu is None and r["wall_min"][0] is not None:
         cpu = f"{_ms(r['wall_min'], 1)} (wall)"
     gpu = f"{_ms(r['gpu_wall_min'], 1)} (GPU wall)" if r["gpu_wall_min"][0] is not None else None
-    return " + ".join(x for x in (cpu, gpu) if x) or "-"
+    return "; ".join(x for x in (cpu, gpu) if x) or "-"
 
 
 def _task_id(r: dict) -> str:

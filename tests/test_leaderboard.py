@@ -106,7 +106,7 @@ def test_time_column_keeps_gpu_seeds_apart(lb, tmp_path):
     put(rec, "o-lora", 1, 43.0, -1.0, cpu_time_s=7.0, wall_time_s=60.0, device_type="cuda")
     text = lb.build_table(rec, tmp_path / "lb.md")
     # the CPU seed's CPU time, the GPU seeds' wall time beside it: never averaged together
-    assert row_of(text, "seq-lora")[-1] == "10.0 + 2.0 ± 0.7 (GPU wall)"
+    assert row_of(text, "seq-lora")[-1] == "10.0; 2.0 ± 0.7 (GPU wall)"
     assert row_of(text, "o-lora")[-1] == "1.0 (GPU wall)"
     assert row_of(text, "seq-lora")[4] == "41.00 ± 1.00"  # the accuracy counts every seed, wherever it ran
 
