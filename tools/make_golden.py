@@ -337,11 +337,9 @@ def cpu_vendor() -> str:
     AVX-512 Xeon and an AVX-512 EPYC)."""
     import platform
 
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("vendor_id"))
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown"
+    from nlora.dist import cpuinfo
+
+    return cpuinfo("vendor_id") or platform.processor() or "unknown"
 
 
 def writer() -> dict:

@@ -180,16 +180,21 @@ def fit_global_batch(tasks: list, global_batch: int, world: int) -> list:
     return out
 
 
+def cpuinfo(field: str) -> str | None:
+    """A field of /proc/cpuinfo's first CPU ("model name", "vendor_id"); None where there is no such file or field."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith(field))
+    except (OSError, StopIteration):
+        return None
+
+
 def machine_name(device: torch.device | str) -> str:
     """What benchmarks print beside their figures: the GPU's name, or the CPU model and thread count."""
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu = cpuinfo("model name") or platform.processor() or platform.machine()
     return f"{cpu} CPU ({platform.machine()}), {torch.get_num_threads()} threads"
 
 
