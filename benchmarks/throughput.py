@@ -357,7 +357,6 @@ class Ours:
     def __init__(
         self,
         model,
-        seq2seq: bool,
         tok,
         device,
         amp,
@@ -370,7 +369,7 @@ class Ours:
         self.compile = compile  # --compile: torch.compile the training forward
         self.tok, self.device, self.amp = tok, device, amp
         self.family = family_of(model)
-        self.lora = LoraBank(model, cfg.lora, default_target_modules(model), seq2seq)
+        self.lora = LoraBank(model, cfg.lora, default_target_modules(model), self.family)
         self.method = build_method(cfg)
         base = cfg.tasks[0]
         self.settings = TaskSettings(
@@ -585,10 +584,9 @@ def bench_train(args, device, tok, tasks, info, pad512: bool = False) -> None:
     if args.also_compile:
         ours_variants["ours-compile"] = default_amp
     for name, amp in ours_variants.items():
-        model, seq2seq = build_model(args.shape, device, vocab)
+        model, _ = build_model(args.shape, device, vocab)
         o = Ours(
             model,
-            seq2seq,
             tok,
             device,
             amp,
@@ -650,8 +648,8 @@ def bench_scaling(args, device, tok, tasks, info) -> None:
     amp = autocast_dtype("auto", device)
     runners = {}
     for earlier in (0, 15):
-        model, seq2seq = build_model(args.shape, device, vocab)
-        o = Ours(model, seq2seq, tok, device, amp, earlier=earlier, batch=args.batch)
+        model, _ = build_model(args.shape, device, vocab)
+        o = Ours(model, tok, device, amp, earlier=earlier, batch=args.batch)
         runners[f"ours-task{earlier + 1}"] = lambda o=o: o.train(examples)
     for earlier in (0, 15):
         model, seq2seq = build_model(args.shape, device, vocab)
@@ -693,8 +691,8 @@ def bench_eval(args, device, tok, tasks, info) -> None:
         ours_amps.update({f"{k}-nocast": amp for k, amp in ours_amps.items() if amp is not None})
     runners = {}
     for suffix, amp in ours_amps.items():
-        model, seq2seq = build_model(args.shape, device, vocab)
-        o = Ours(model, seq2seq, tok, device, amp, cast_frozen=not suffix.endswith("-nocast"))
+        model, _ = build_model(args.shape, device, vocab)
+        o = Ours(model, tok, device, amp, cast_frozen=not suffix.endswith("-nocast"))
         runners[f"ours-generate{suffix}"] = lambda o=o: o.predict(tasks, "generate", args.new_tokens)
         runners[f"ours-score{suffix}"] = lambda o=o: o.predict(tasks, "score", args.new_tokens)
         if args.ablate_prefix and not suffix:  # the same code with the shared prompt prefix switched off

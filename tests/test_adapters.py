@@ -19,7 +19,7 @@ SEQ2SEQ = {"t5": True, "llama": False}
 
 def setup(model_dirs, kind, data_dir, method="n-lora", fold=False):
     loaded = load_model(str(model_dirs[kind]))
-    lora = ContinualLoRA(loaded.model, LoraSettings(dropout=0.0), default_target_modules(loaded.model), loaded.seq2seq)
+    lora = ContinualLoRA(loaded.model, LoraSettings(dropout=0.0), default_target_modules(loaded.model), loaded.family)
     tasks = load_tasks(data_dir, ["topic", "mood"], load_instructions(), max_train=16, max_test=4)
     enc = {n: encode(loaded.tokenizer, t.splits["train"], loaded.seq2seq, 256, 8) for n, t in tasks.items()}
     return loaded, lora, enc, make_method(method, run=RunFacts(n_tasks=2, fold_adapters=fold))

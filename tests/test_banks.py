@@ -43,7 +43,7 @@ def test_the_table_covers_every_kind():
 def new_bank(model_dirs, model_kind, kind):
     loaded = load_model(str(model_dirs[model_kind]))
     targets = default_target_modules(loaded.model)
-    return loaded, make_bank(kind, loaded.model, LoraSettings(dropout=0.0), targets, loaded.seq2seq)
+    return loaded, make_bank(kind, loaded.model, LoraSettings(dropout=0.0), targets, loaded.family)
 
 
 def probe(loaded) -> dict:

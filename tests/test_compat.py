@@ -202,7 +202,7 @@ def one_step_gradients(model_dirs, data_dir, max_grad_norm, monkeypatch, log_pat
     monkeypatch.setattr(torch.optim.AdamW, "step", spy)
     loaded = load_model(str(model_dirs["llama"]))
     torch.manual_seed(0)
-    lora = LoraBank(loaded.model, LoraSettings(dropout=0.0), default_target_modules(loaded.model), False)
+    lora = LoraBank(loaded.model, LoraSettings(dropout=0.0), default_target_modules(loaded.model), loaded.family)
     method = get_method("seq-lora")()
     tasks = load_tasks(data_dir, ["topic"], load_instructions(), max_train=4, max_test=4)
     data = encode(loaded.tokenizer, tasks["topic"].splits["train"], False, 256, 8)

@@ -11,6 +11,7 @@ import nlora.recipe as recipe_mod
 from nlora.banks.lora import LoraBank
 from nlora.cli import main
 from nlora.config import LoraSettings
+from nlora.families import family_of
 from nlora.frozen import cast_frozen_linears, castable_linears, frozen_cast_applies
 from nlora.methods import REGISTRY
 from nlora.models import default_target_modules
@@ -18,7 +19,7 @@ from nlora.models import default_target_modules
 
 def lora_on(kind: str) -> LoraBank:
     model, _ = MODEL_FACTORIES[kind]()
-    bank = LoraBank(model, LoraSettings(r=2), default_target_modules(model), seq2seq=kind == "t5")
+    bank = LoraBank(model, LoraSettings(r=2), default_target_modules(model), family_of(model))
     bank.start("task-0")
     bank.start("task-1")  # task-0's factors are now frozen, as an earlier task's are
     bank.state.attach(bank.model, "task-1", torch.nn.Linear(4, 4))  # a method's own module (frozen)

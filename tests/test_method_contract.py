@@ -67,9 +67,7 @@ def test_method_contract(model_dirs, model_kind, data_dir, tmp_path, method, cap
 def _fit(method_name, kind, model_dirs, data_dir, fold):
     loaded = load_model(str(model_dirs[kind]))
     bank = get_method(method_name).bank
-    lora = make_bank(
-        bank, loaded.model, LoraSettings(dropout=0.0), default_target_modules(loaded.model), loaded.seq2seq
-    )
+    lora = make_bank(bank, loaded.model, LoraSettings(dropout=0.0), default_target_modules(loaded.model), loaded.family)
     method = make_method(method_name, {"lambda": 0.01}, RunFacts(n_tasks=2, fold_adapters=fold))
     tasks = load_tasks(data_dir, ["topic", "mood"], load_instructions(), max_train=8, max_test=4)
     splits = [tasks[n].splits["train"] for n in ("topic", "mood")]

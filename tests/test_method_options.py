@@ -3,15 +3,22 @@
 run directory written before options existed still resumes and evaluates."""
 
 import json
+import sys
+import types
+from pathlib import Path
 
 import pytest
+import torch
 import yaml
+from conftest import toy_run_args
 
+from nlora.banks import LoraBank
 from nlora.cli import OVERRIDE_KEYS, build_parser, main
-from nlora.config import RunConfig, resolve
+from nlora.config import LoraSettings, RunConfig, TaskSettings, resolve
 from nlora.errors import NloraError
 from nlora.methods import REGISTRY, RunFacts, build_method, make_method
 from nlora.methods.options import option_specs
+from nlora.models import default_target_modules, load_model
 
 BASE = {"model": "m", "data_dir": "d", "output_dir": "o", "task_names": ["a", "b"]}
 
@@ -250,3 +257,50 @@ def test_old_style_run_directory_resumes_and_evaluates(model_dirs, data_dir, tmp
     assert main(["eval", str(out), "--tasks", "topic", "--after-task", "1"]) == 0
     line = one_error_line(capsys, [*argv, "--lambda", "0.2"])  # a different lambda is still a different run
     assert "holds a run with different settings" in line
+
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "adding-a-method.md"
+
+
+@pytest.fixture
+def doc_example(monkeypatch):
+    """The worked example of docs/adding-a-method.md, as its module `nlora.methods.l2lora`, registered the way
+    the doc's import line would; removed from the registry afterwards."""
+    source = DOC.read_text().split("`src/nlora/methods/l2lora.py`:\n\n```python\n", 1)[1].split("```", 1)[0]
+    module = types.ModuleType("nlora.methods.l2lora")
+    module.__package__ = "nlora.methods"
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    assert "l2-lora" not in REGISTRY
+    exec(compile(source, str(DOC), "exec"), module.__dict__)
+    yield REGISTRY["l2-lora"]
+    REGISTRY.pop("l2-lora")
+
+
+def test_the_docs_worked_example_declares_runs_and_penalises_as_it_says(doc_example, model_dirs, data_dir, tmp_path):
+    specs = {s.key: s for s in option_specs(doc_example.Options)}
+    assert list(specs) == ["lambda", "only_b"]
+    assert (specs["lambda"].alias, specs["lambda"].per_task, specs["lambda"].limit) == (
+        "lambda",
+        True,
+        (0, None, False, False),
+    )
+    method = make_method("l2-lora", {"lambda": 0.1, "only_b": True}, RunFacts(n_tasks=2))
+    assert (method.options.lam, method.options.only_b) == (0.1, True)
+
+    # the penalty against its statement, lambda * sum ||B||^2 with only_b, on a live bank
+    loaded = load_model(str(model_dirs["llama"]))
+    bank = LoraBank(loaded.model, LoraSettings(dropout=0.0), default_target_modules(loaded.model), loaded.family)
+    settings = TaskSettings(name="topic", lr=0.01, epochs=1, batch_size=4, grad_accum=1)
+    name = method.begin_task(bank, 0, settings)
+    with torch.no_grad():  # B starts at zero: give it values so the penalty is not trivially 0
+        for f in bank.factors(name):
+            torch.nn.init.normal_(f.B)
+        want = 0.1 * sum(float(f.B.pow(2).sum()) for f in bank.factors(name))
+    assert want > 0 and float(method.penalty(bank, settings)) == pytest.approx(want, rel=1e-5)
+
+    # and the command line the doc gives runs it
+    out = tmp_path / "run"
+    args = toy_run_args(model_dirs["llama"], data_dir, out, "--method", "l2-lora", "--lambda", "1e-3")
+    assert main([*args, "--method-arg", "only_b=true"]) == 0
+    summary = json.loads(next(out.rglob("summary.json")).read_text())
+    assert summary["method"] == "l2-lora"

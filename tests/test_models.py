@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from nlora.errors import NloraError
+from nlora.families import DECODER_ONLY
 from nlora.models import autocast_dtype, default_target_modules, load_model, pick_device
 
 
@@ -64,7 +65,7 @@ def test_embedded_gguf_model_loads_and_saves(tmp_path):
     assert not loaded.seq2seq and m.config.model_type == "llama"
     assert m.config.num_key_value_heads == 3 and m.config.num_attention_heads == 9
     assert getattr(m, "hf_quantizer", None) is None and not hasattr(m.config, "quantization_config")
-    lora = LoraBank(m, LoraSettings(), default_target_modules(m), seq2seq=False)
+    lora = LoraBank(m, LoraSettings(), default_target_modules(m), DECODER_ONLY)
     lora.start("task0")
     lora.save("task0", tmp_path / "a")
     assert (tmp_path / "a" / "adapter_model.safetensors").is_file()

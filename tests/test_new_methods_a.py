@@ -25,7 +25,7 @@ NAMES = ["topic", "mood"]
 
 def setup(method_name, kind, model_dirs, data_dir, n_train=8):
     loaded = load_model(str(model_dirs[kind]))
-    lora = ContinualLoRA(loaded.model, LoraSettings(dropout=0.0), default_target_modules(loaded.model), loaded.seq2seq)
+    lora = ContinualLoRA(loaded.model, LoraSettings(dropout=0.0), default_target_modules(loaded.model), loaded.family)
     method = make_method(method_name, run=RunFacts(n_tasks=len(NAMES), fold_adapters=False))
     tasks = load_tasks(data_dir, NAMES, load_instructions(), max_train=n_train, max_test=4)
     return loaded, lora, method, tasks

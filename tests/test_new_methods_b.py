@@ -31,9 +31,7 @@ DOCS = Path(__file__).resolve().parents[1] / "docs" / "methods.md"
 def setup(kind, model_dirs, method_name, seed=0, lam=None):
     loaded = load_model(str(model_dirs[kind]))
     bank = get_method(method_name).bank
-    lora = make_bank(
-        bank, loaded.model, LoraSettings(dropout=0.0), default_target_modules(loaded.model), loaded.seq2seq
-    )
+    lora = make_bank(bank, loaded.model, LoraSettings(dropout=0.0), default_target_modules(loaded.model), loaded.family)
     run = RunFacts(seed=seed, n_tasks=3)
     return loaded, lora, make_method(method_name, {} if lam is None else {"lambda": lam}, run), run
 

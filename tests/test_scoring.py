@@ -29,7 +29,7 @@ def test_one_prompt_pass_equals_per_candidate_likelihood(model_dirs, model_kind,
     loaded = load_model(str(model_dirs[model_kind]))
     model = loaded.model
     if with_lora:  # a trained-looking adapter: B non-zero, so the LoRA branch changes the scores
-        lora = LoraBank(model, LoraSettings(dropout=0.0), default_target_modules(model), loaded.seq2seq)
+        lora = LoraBank(model, LoraSettings(dropout=0.0), default_target_modules(model), loaded.family)
         lora.start("task0")
         torch.manual_seed(1)
         for f in lora.factors("task0"):
@@ -63,7 +63,7 @@ def test_one_prompt_pass_equals_per_candidate_likelihood(model_dirs, model_kind,
 
 def test_soft_prompts_use_the_per_candidate_path(model_dirs):
     loaded = load_model(str(model_dirs["llama"]))
-    lora = PromptBank(loaded.model, False)
+    lora = PromptBank(loaded.model, loaded.family)
     assert cached_scoring_applies(loaded.model)
     lora.start("p0", 4)
     assert not cached_scoring_applies(lora.model)

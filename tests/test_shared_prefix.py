@@ -8,6 +8,7 @@ from nlora.banks import LoraBank
 from nlora.batching import encode
 from nlora.config import LoraSettings
 from nlora.data import Example
+from nlora.families import DECODER_ONLY
 from nlora.models import default_target_modules, load_model
 from nlora.scoring import (
     MIN_SHARED_PREFIX,
@@ -44,7 +45,7 @@ def _model(model_dirs, with_lora: bool):
     loaded = load_model(str(model_dirs["llama"]))
     model = loaded.model
     if with_lora:  # a trained-looking live adapter: B non-zero
-        bank = LoraBank(model, LoraSettings(dropout=0.0), default_target_modules(model), False)
+        bank = LoraBank(model, LoraSettings(dropout=0.0), default_target_modules(model), DECODER_ONLY)
         bank.start("task0")
         torch.manual_seed(1)
         for f in bank.factors("task0"):

@@ -18,7 +18,7 @@ from nlora.train import TrainLoop, train_task
 
 def trained_adapter(model_dirs, data_dir, compile_model):
     loaded = load_model(str(model_dirs["llama"]))
-    lora = LoraBank(loaded.model, LoraSettings(dropout=0.0), default_target_modules(loaded.model), False)
+    lora = LoraBank(loaded.model, LoraSettings(dropout=0.0), default_target_modules(loaded.model), loaded.family)
     method = make_method("n-lora", {"lambda": 0.01})
     tasks = load_tasks(data_dir, ["topic"], load_instructions(), max_train=12, max_test=4)
     data = encode(loaded.tokenizer, tasks["topic"].splits["train"], False, 256, 8)

@@ -69,7 +69,7 @@ def build_model(cfg: RunConfig, method: Method, device: torch.device, dist: Dist
     check_target_modules(loaded.model, targets)
     method.check(loaded.model, targets)
     model = dist.shard_model(loaded.model).to(device)
-    lora = make_bank(method.bank, model, cfg.lora, targets, loaded.family.encoder_decoder, sharded=dist.sharded)
+    lora = make_bank(method.bank, model, cfg.lora, targets, loaded.family, sharded=dist.sharded)
     return BuiltModel(loaded, model, lora, targets)
 
 

@@ -19,6 +19,7 @@ from typing import Protocol
 import torch
 
 from ..config import LoraSettings
+from ..families import ModelFamily
 from .files import EXTRA_FILE, MethodState, load_extra
 from .full import FullModel
 from .lora import AdaptedLayer, LayerFactors, LoraBank
@@ -91,15 +92,17 @@ def make_bank(
     base_model: torch.nn.Module,
     lora: LoraSettings,
     target_modules: list[str],
-    seq2seq: bool,
+    family: ModelFamily,
     sharded: bool = False,
 ) -> Bank:
-    """The bank of ``kind`` around ``base_model`` (``lora`` and ``target_modules`` are read by LoRA only;
-    ``sharded``: FSDP-sharded base weights, which only a LoRA bank trains with)."""
+    """The bank of ``kind`` around ``base_model``, a model of ``family`` (which sets PEFT's task type).
+
+    ``lora`` and ``target_modules`` are read by LoRA only; ``sharded``: FSDP-sharded base weights, which only a
+    LoRA bank trains with."""
     if kind == "lora":
-        return LoraBank(base_model, lora, target_modules, seq2seq, sharded=sharded)
+        return LoraBank(base_model, lora, target_modules, family, sharded=sharded)
     if kind == "prompt":
-        return PromptBank(base_model, seq2seq)
+        return PromptBank(base_model, family)
     if kind == "full":
         return FullModel(base_model)
     raise ValueError(f"unknown bank kind {kind!r} (one of {', '.join(KINDS)})")

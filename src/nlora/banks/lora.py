@@ -14,6 +14,7 @@ from peft.tuners.lora import LoraLayer
 
 from ..config import LoraSettings
 from ..errors import NloraError
+from ..families import ModelFamily, as_family
 from .files import MethodState, load_peft_adapter, save_peft_adapter
 
 
@@ -46,7 +47,14 @@ class LoraBank:
 
     kind = "lora"
 
-    def __init__(self, base_model, lora: LoraSettings, target_modules: list[str], seq2seq: bool, sharded: bool = False):
+    def __init__(
+        self,
+        base_model,
+        lora: LoraSettings,
+        target_modules: list[str],
+        family: ModelFamily | bool,  # the model's family (an older caller's seq2seq flag also works)
+        sharded: bool = False,
+    ):
         self.base_model = base_model
         self.sharded = sharded  # base weights sharded by FSDP: no rank holds them whole to fold into
         self.lora_config = LoraConfig(
@@ -54,7 +62,7 @@ class LoraBank:
             lora_alpha=lora.alpha,
             lora_dropout=lora.dropout,
             target_modules=list(target_modules),
-            task_type=TaskType.SEQ_2_SEQ_LM if seq2seq else TaskType.CAUSAL_LM,
+            task_type=TaskType(as_family(family).peft_task_type),
             bias="none",
         )
         self.model: PeftModel | None = None

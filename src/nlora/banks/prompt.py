@@ -13,6 +13,7 @@ import torch
 from peft import PeftModel, PromptTuningConfig, TaskType, get_peft_model
 
 from ..errors import NloraError
+from ..families import ModelFamily, as_family
 from .files import MethodState, load_peft_adapter, save_peft_adapter
 
 
@@ -21,9 +22,9 @@ class PromptBank:
 
     kind = "prompt"
 
-    def __init__(self, base_model, seq2seq: bool):
+    def __init__(self, base_model, family: ModelFamily | bool):
         self.base_model = base_model
-        self.task_type = TaskType.SEQ_2_SEQ_LM if seq2seq else TaskType.CAUSAL_LM
+        self.task_type = TaskType(as_family(family).peft_task_type)  # an older caller may pass the seq2seq flag
         self.model: PeftModel | None = None
         self.adapters: list[str] = []  # prompts in creation order (snapshots not)
         self.state = MethodState()

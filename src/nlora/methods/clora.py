@@ -36,7 +36,7 @@ from ..adapters import LayerFactors, LoraBank
 from ..config import TaskSettings
 from . import register
 from .base import Method
-from .options import option
+from .options import coefficient, option
 
 K_FRACTION = 8  # k = d / 8: the release README's k = 512 on 4096-wide LLaMA-2-7B layers
 
@@ -68,9 +68,7 @@ class CLoRA(Method):
 
     @dataclass(frozen=True)
     class Options:
-        lam: float = option(
-            1.0, "weight of the subspace regulariser", key="lambda", alias="lambda", per_task=True, limit=(0, None)
-        )
+        lam: float = coefficient(1.0, "weight of the subspace regulariser")
         subspace_divisor: int = option(
             K_FRACTION,
             "k = max(1, d // this): width of the protected subspaces P_A (d = in) and P_B (d = out)",

@@ -16,7 +16,7 @@ from ..adapters import LoraBank
 from ..config import TaskSettings
 from . import register
 from .base import Method, TaskContext
-from .options import option
+from .options import coefficient, option
 
 FISHER_BATCHES = 32
 
@@ -44,13 +44,9 @@ class EWC(Method):
 
     @dataclass(frozen=True)
     class Options:
-        lam: float = option(
+        lam: float = coefficient(
             1e4,
             "weight of the Fisher penalty (L = L_task + lambda / 2 * sum F (theta - theta*)^2)",
-            key="lambda",
-            alias="lambda",
-            per_task=True,
-            limit=(0, None),
         )
         fisher_batches: int = option(
             FISHER_BATCHES, "training batches whose squared gradients make up each task's Fisher", limit=(1, None)

@@ -15,7 +15,7 @@ from ..banks import Bank
 from ..config import TaskSettings
 from . import register
 from .base import Method, TaskContext
-from .options import option
+from .options import coefficient
 
 
 @register
@@ -30,13 +30,9 @@ class L2(Method):
 
     @dataclass(frozen=True)
     class Options:
-        lam: float = option(
+        lam: float = coefficient(
             1.0,
             "weight of the pull (L = L_task + lambda / 2 * sum (theta - theta*)^2); choose it on validation data",
-            key="lambda",
-            alias="lambda",
-            per_task=True,
-            limit=(0, None),
         )
 
     def __init__(self, options=None, run=None):

@@ -38,7 +38,7 @@ from ..errors import NloraError
 from ..families import ModelFamily
 from . import register
 from .base import Method
-from .options import option
+from .options import coefficient, option
 
 
 class PromptPool:
@@ -111,14 +111,7 @@ class L2P(Method):
 
     @dataclass(frozen=True)
     class Options:
-        lam: float = option(
-            0.5,
-            "weight of the pull-together term (both releases' value)",
-            key="lambda",
-            alias="lambda",
-            per_task=True,
-            limit=(0, None),
-        )
+        lam: float = coefficient(0.5, "weight of the pull-together term (both releases' value)")
         pool_size: int = option(10, "M: prompts in the pool", limit=(1, None))
         prompt_length: int = option(5, "L_p: vectors per prompt", limit=(1, None))
         top_k: int = option(3, "k: prompts each input reads (at most pool_size)", limit=(1, None))

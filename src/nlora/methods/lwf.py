@@ -18,7 +18,7 @@ from ..config import TaskSettings
 from ..families import ModelFamily
 from . import register
 from .base import Method
-from .options import option
+from .options import coefficient, option
 
 TEACHER = "lwf_teacher"
 
@@ -35,9 +35,7 @@ class LwF(Method):
 
     @dataclass(frozen=True)
     class Options:
-        lam: float = option(
-            1.0, "weight of the distillation term", key="lambda", alias="lambda", per_task=True, limit=(0, None)
-        )
+        lam: float = coefficient(1.0, "weight of the distillation term")
         temperature: float = option(2.0, "softmax temperature T of the distillation", limit=(0, None, True, False))
 
     def begin_task(self, lora: LoraBank, task_index: int, settings: TaskSettings) -> str:

@@ -16,7 +16,7 @@ from ..config import TaskSettings
 from ..errors import NloraError
 from . import register
 from .base import Method
-from .options import option
+from .options import coefficient, option
 
 
 def l1_of_updates(factors: list[LayerFactors]) -> torch.Tensor:
@@ -61,14 +61,7 @@ class NLoRA(Method):
 
     @dataclass(frozen=True)
     class Options:
-        lam: float = option(
-            0.4,
-            "weight of the L1 penalty on the new task's update",
-            key="lambda",
-            alias="lambda",
-            per_task=True,
-            limit=(0, None),
-        )
+        lam: float = coefficient(0.4, "weight of the L1 penalty on the new task's update")
         form: str = option(
             "paper",
             "paper: lambda * sum ||s B A||_1 over each out x in update; reference: lambda * sum |A B|, the r x r "

@@ -13,7 +13,7 @@ from ..adapters import LayerFactors, LoraBank
 from ..config import TaskSettings
 from . import register
 from .base import Method
-from .options import option
+from .options import coefficient
 
 
 def stack_old(old: list[list[LayerFactors]]) -> list[torch.Tensor]:
@@ -50,22 +50,8 @@ class OLoRA(Method):
 
     @dataclass(frozen=True)
     class Options:
-        lam1: float = option(
-            0.5,
-            "lambda1: weight of sum |A_old A_t^T|, the orthogonality penalty",
-            key="lambda",
-            alias="lambda",
-            per_task=True,
-            limit=(0, None),
-        )
-        lam2: float = option(
-            0.0,
-            "lambda2: weight of the Frobenius norms of the new A and B",
-            key="lambda2",
-            alias="lambda2",
-            per_task=True,
-            limit=(0, None),
-        )
+        lam1: float = coefficient(0.5, "lambda1: weight of sum |A_old A_t^T|, the orthogonality penalty")
+        lam2: float = coefficient(0.0, "lambda2: weight of the Frobenius norms of the new A and B", key="lambda2")
 
     def begin_task(self, lora: LoraBank, task_index: int, settings: TaskSettings) -> str:
         name = super().begin_task(lora, task_index, settings)

@@ -46,6 +46,13 @@ def option(
     return field(default=default, metadata=meta)
 
 
+def coefficient(default: float, help: str, *, key: str = "lambda"):
+    """A method's weight of one loss term: at least 0, may differ per task, and set under ``key`` (``lambda``, the
+    main coefficient, or ``lambda2``), which is also the run-level alias (``--lambda``). Most regularised methods
+    declare their main knob this way."""
+    return option(default, help, key=key, alias=key, per_task=True, limit=(0, None))
+
+
 @dataclass(frozen=True)
 class NoOptions:
     """The options of a method that has none."""

@@ -41,7 +41,7 @@ from ..config import TaskSettings
 from . import register
 from .base import Method, TaskContext
 from .gainlora import InputGates, prompt_embeddings
-from .options import option
+from .options import coefficient, option
 
 QUERY_HIDDEN = 100  # trans_input's bottleneck in the source
 
@@ -173,14 +173,7 @@ class SaptReplay(SaptSals):
 
     @dataclass(frozen=True)
     class Options(SaptSals.Options):
-        lam: float = option(
-            0.1,
-            "weight of the attention-replay KL (kl_ratio of the Long T5 scripts)",
-            key="lambda",
-            alias="lambda",
-            per_task=True,
-            limit=(0, None),
-        )
+        lam: float = coefficient(0.1, "weight of the attention-replay KL (kl_ratio of the Long T5 scripts)")
         keep_fraction: float = option(
             0.02, "share of each task's training prompts kept for the replay (at least one)", limit=(0, 1)
         )
