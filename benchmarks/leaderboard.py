@@ -1149,6 +1149,22 @@ def budget_section(groups: dict) -> list[str]:
     return lines
 
 
+# Ten hues, dark shades first, then light ones (tab20 pairs a dark and a light shade of each hue), and a marker
+# per round of them: neighbours in the method list never share a hue.
+PALETTE = (*range(0, 20, 2), *range(1, 20, 2))
+MARKERS = "osD^v"
+
+
+def method_style(method: str) -> tuple[tuple, str]:
+    """A method's colour and marker, fixed by its place among all registered methods, so it keeps them in every
+    figure and as records arrive."""
+    import matplotlib.pyplot as plt
+
+    names = sorted(REGISTRY)
+    i = names.index(method) if method in names else len(names)
+    return plt.cm.tab20(PALETTE[i % len(PALETTE)]), MARKERS[(i // len(PALETTE)) % len(MARKERS)]
+
+
 def aa_bwt_figure(tag: str, seq: str, rows: dict, path: Path) -> Path | None:
     """AA against BWT per method: each seed a dot, the mean with ± sd bars."""
     have = [r for r in rows.values() if r["aa"][0] is not None and r["bwt"][0] is not None]
@@ -1160,13 +1176,20 @@ def aa_bwt_figure(tag: str, seq: str, rows: dict, path: Path) -> Path | None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    for i, r in enumerate(sorted(have, key=lambda r: r["method"])):
-        color = plt.cm.tab20(i % 20)
+    for r in sorted(have, key=lambda r: r["method"]):
+        color, marker = method_style(r["method"])
         seeds = [s for s in r["seeds"] if r["bwt_by_seed"][s] is not None]
         ax.scatter(
-            [r["bwt_by_seed"][s] for s in seeds], [r["aa_by_seed"][s] for s in seeds], s=10, color=color, alpha=0.5
+            [r["bwt_by_seed"][s] for s in seeds],
+            [r["aa_by_seed"][s] for s in seeds],
+            s=12,
+            color=color,
+            marker=marker,
+            alpha=0.5,
         )
-        ax.errorbar(r["bwt"][0], r["aa"][0], xerr=r["bwt"][1], yerr=r["aa"][1], fmt="o", ms=5, color=color, capsize=2)
+        ax.errorbar(
+            r["bwt"][0], r["aa"][0], xerr=r["bwt"][1], yerr=r["aa"][1], fmt=marker, ms=5, color=color, capsize=2
+        )
         ax.annotate(r["method"], (r["bwt"][0], r["aa"][0]), fontsize=7, xytext=(3, 3), textcoords="offset points")
     ax.set_xlabel("BWT")
     ax.set_ylabel("AA")

@@ -647,3 +647,17 @@ def test_record_takes_a_run_made_elsewhere_only_at_its_budget(lb, toy, tmp_path,
     err = capsys.readouterr().err.strip().splitlines()
     assert e.value.code == 2 and len(err) == 1 and "max_train_per_task is 6" in err[0] and tag in err[0]
     assert json.loads((tmp_path / "rec" / tag / "4task" / "o-lora" / "seed-2.json").read_text()) == r
+
+
+def test_every_method_has_its_own_figure_style_and_neighbours_differ_in_hue(lb):
+    import matplotlib
+
+    from nlora.methods import REGISTRY
+
+    styles = {m: lb.method_style(m) for m in REGISTRY}
+    assert len(set(styles.values())) == len(REGISTRY)  # no two methods look alike
+    tab20 = [tuple(c) for c in matplotlib.colormaps["tab20"].colors]
+    hue = {m: tab20.index(tuple(color[:3])) // 2 for m, (color, _) in styles.items()}  # tab20: two shades a hue
+    ordered = sorted(REGISTRY)
+    assert all(hue[a] != hue[b] for a, b in zip(ordered, ordered[1:]))
+    assert lb.method_style("seq-lora") == styles["seq-lora"]  # fixed: the same on every call
