@@ -121,6 +121,11 @@ BUDGET_METHODS, BUDGET_EPOCHS = ["n-lora", "o-lora"], [1.0, 3.0]
 # Rough cost for `plan` (SmolLM2-135M fp32, batch 8, on this 2-core Xeon): seconds per optimizer step with 2
 # threads (one thread: about twice), seconds per generated test answer, and the model load.
 SEC_PER_STEP, SEC_PER_TEST, SEC_PER_RUN = 2.5, 0.05, 20.0
+# --until turns a run's CPU seconds (the records' rates, nearly all at one thread) into wall seconds at T threads:
+# / T ** THREAD_SCALING (measured on the 2-core EPYC: a run alone at 2 threads took 1,499-1,529 s where its
+# 1-thread CPU time is about 2,700 s, 1.78x, 2 ** 0.83), then x UNTIL_MARGIN for other load and the estimate's
+# own error (1-thread runs side by side took 1.04-1.08x their CPU time).
+THREAD_SCALING, UNTIL_MARGIN = 0.8, 1.2
 
 # What a task directory holds besides what the method stores (evaluation and logs).
 NOT_STORED = {
@@ -447,6 +452,7 @@ def cmd_select(args) -> None:
     tag = budget_tag(s)
     methods = [m for m in expand_methods(args.methods, args.records, tag) if m in GRIDS]
     val = None
+    pace = Pace(args, s)
     for method in methods:
         knob = knob_of(method)
         tried: set[float] = set()  # once per call: a failed run is not retried at once
@@ -456,6 +462,11 @@ def cmd_select(args) -> None:
             missing = [v for v in values if v not in tried and v not in recorded]
             tried.update(missing)
             for value in missing:
+                what = f"{tag} selection {seq} {method} {knob} {value:g}"
+                if not fits_before_until(
+                    args, pace, point_path(args.records, tag, seq, method, value), seq, method, s["epochs"], what
+                ):
+                    continue
                 val = val or validation_data(args, s, tag, seq)
                 out = Path(args.runs) / tag / "selection" / seq / method / f"{knob}-{value:g}"
                 source = "grid point"
@@ -564,6 +575,7 @@ def cmd_run(args) -> None:
     tag = budget_tag(s)
     seeds = [int(x) for x in args.seeds.split(",")]
     tasks = SEQUENCES[seq]
+    pace = Pace(args, s)
     for method in expand_methods(args.methods, args.records, tag):
         for seed in seeds:
             path = run_path(args.records, tag, seq, method, seed)
@@ -578,6 +590,8 @@ def cmd_run(args) -> None:
                     flush=True,
                 )
                 break
+            if not fits_before_until(args, pace, path, seq, method, s["epochs"], f"{tag} {seq} {method} seed {seed}"):
+                continue
             out = Path(args.runs) / tag / seq / method / f"seed-{seed}"
             ns, lam = run_inputs(s, args, hp)
             summary = attempt(args, run_one, ns, method, tasks, seed, out, Path(args.data_dir), lam)
@@ -733,6 +747,64 @@ def estimate_s(s: dict, seq: str, epochs: float, data_dir: Path, rate: tuple[flo
     return SEC_PER_RUN + steps * per_step + tests * per_test
 
 
+class Pace:
+    """What the runs still missing cost, at the pace of the budget's own CPU records (``measured_rates``; a
+    method without records at the median of the others, or SEC_PER_STEP / SEC_PER_TEST when none has any); a
+    started run costs only what it has left. Runs at other epochs (the budget question) use the rates of the
+    named budget, since their steps cost the same."""
+
+    def __init__(self, args, s: dict):
+        self.s, self.data_dir, self.runs, self.records = s, Path(args.data_dir), args.runs, args.records
+        self.rates = measured_rates(args.records, budget_tag(dict(s, epochs=BUDGETS[args.budget]["epochs"])))
+        self.typical = (
+            (statistics.median(a for a, _ in self.rates.values()), statistics.median(b for _, b in self.rates.values()))
+            if self.rates
+            else None
+        )
+
+    def progress(self, record: Path) -> tuple[str, float] | None:
+        return run_progress(self.runs, self.records, record)
+
+    def seconds_left(self, record: Path, seq: str, method: str, epochs: float) -> float:
+        """CPU seconds the run of ``record`` needs from where its run directory stands."""
+        started = self.progress(record)
+        left = 1.0 - (started[1] if started else 0.0)
+        return left * estimate_s(self.s, seq, epochs, self.data_dir, self.rates.get(method, self.typical))
+
+
+def until_time(text: str) -> datetime.datetime:
+    """--until: HH:MM (its next occurrence, local time) or an ISO date and time."""
+    now = datetime.datetime.now().astimezone()
+    try:
+        if re.fullmatch(r"\d{1,2}:\d{2}", text):
+            hour, minute = map(int, text.split(":"))
+            at = now.replace(hour=hour, minute=minute, second=0, microsecond=0)
+            return at if at > now else at + datetime.timedelta(days=1)
+        at = datetime.datetime.fromisoformat(text)
+        return at if at.tzinfo else at.astimezone()
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--until {text!r}: not HH:MM or an ISO date and time") from None
+
+
+def fits_before_until(args, pace: Pace, record: Path, seq: str, method: str, epochs: float, what: str) -> bool:
+    """Whether the run of ``record`` is expected to finish before --until (always, without it); a run that would
+    not is skipped with one line, so a session's last hour never starts a run its end would cut (a stopped run
+    resumes only on the machine that has its run directory)."""
+    if args.until is None:
+        return True
+    threads = args.threads or torch.get_num_threads()
+    wall = pace.seconds_left(record, seq, method, epochs) * UNTIL_MARGIN / threads**THREAD_SCALING
+    end = datetime.datetime.now().astimezone() + datetime.timedelta(seconds=wall)
+    if end <= args.until:
+        return True
+    print(
+        f"[leaderboard] {what}: about {wall / 60:.0f} min at {threads} thread(s), would end {end:%H:%M}, after "
+        f"--until {args.until:%H:%M}; not started",
+        flush=True,
+    )
+    return False
+
+
 def run_progress(runs: Path, records: Path, record: Path) -> tuple[str, float] | None:
     """How far the run directory of a missing ``record`` got (as `nlora status` reads it): a phrase, and the share
     of its work done (tasks done, and the current task's steps); None where it has not started."""
@@ -757,12 +829,8 @@ def cmd_plan(args) -> None:
     s = settings_of(args)
     entries = plan_entries(args.records, s)
     print(f"plan: issue 18 at budget '{args.budget}' ({budget_tag(s)}), records in {args.records}")
-    rates = measured_rates(args.records, budget_tag(s))
-    typical = (
-        (statistics.median(a for a, _ in rates.values()), statistics.median(b for _, b in rates.values()))
-        if rates
-        else None
-    )
+    pace = Pace(args, s)
+    rates, typical = pace.rates, pace.typical
     pending = 0.0
     best = best_of(args.records, budget_tag(s), "4task", TEN_TASK_BEST)
     if len(best) < TEN_TASK_BEST:  # the 4-task table does not rank five methods yet
@@ -782,9 +850,8 @@ def cmd_plan(args) -> None:
             seq = SELECT_SEQUENCE if rel[1] == "selection" else rel[1]
             method = rel[3] if rel[1] == "selection" else rel[2]
             epochs = float(EPOCHS_IN_TAG.search(rel[0]).group(1))
-            progress[p] = run_progress(args.runs, args.records, p)
-            left = 1.0 - (progress[p][1] if progress[p] else 0.0)  # a started run costs only what it has left
-            cost += left * estimate_s(s, seq, epochs, Path(args.data_dir), rates.get(method, typical))
+            progress[p] = pace.progress(p)
+            cost += pace.seconds_left(p, seq, method, epochs)
         total_missing, total_s = total_missing + len(missing), total_s + cost
         print(
             f"\n{group}: {len(paths) - len(missing)} of {len(paths)} recorded, {len(missing)} missing "
@@ -1318,6 +1385,12 @@ def main(argv=None) -> None:
     running.add_argument("--save-every", type=int, default=10, help="step checkpoints, so a stopped run loses little")
     running.add_argument("--commit", action="store_true", help="git-commit each record as it is written")
     running.add_argument("--methods", default="all", help="comma list, 'all', or 'best5' (4-task table's best five)")
+    running.add_argument(
+        "--until",
+        type=until_time,
+        help="HH:MM or an ISO date and time: start no run expected to end after it (estimated from this budget's "
+        "CPU records and --threads, with a 20%% margin); the ones that fit still run",
+    )
 
     pl = sub.add_parser("plan", parents=[common], help="records present and missing for issue 18's plan")
     pl.add_argument("--verbose", action="store_true")
@@ -1357,6 +1430,8 @@ def main(argv=None) -> None:
         args.fixed_lambda = {m: float(v) for m, v in (x.split("=", 1) for x in args.fixed_lambda)}
     if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
+    if getattr(args, "until", None) and args.device.startswith("cuda"):
+        p.error("--until estimates from CPU records; a GPU run is bounded by its caller (tools/device/leaderboard.sh)")
     args.failures = []
     commands = {"plan": cmd_plan, "select": cmd_select, "run": cmd_run, "record": cmd_record, "table": cmd_table}
     try:

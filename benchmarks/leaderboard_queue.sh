@@ -2,8 +2,9 @@
 # Issue 18's leaderboard work, in the order it matters (docs/benchmarks.md): the paper's comparison first (4 and
 # 10 tasks, the budget question), the soft-prompt methods last. Several copies share it: each skips a run
 # another copy holds, and a line with nothing left returns at once. Flags go to every line, e.g.
-#   benchmarks/leaderboard_queue.sh --threads 1                       # a CPU runner (start a second 30 s later)
+#   benchmarks/leaderboard_queue.sh --threads 1 --until 17:05         # a CPU runner (start a second 30 s later)
 #   benchmarks/leaderboard_queue.sh --device cuda --records R --runs D  # tools/device/leaderboard.sh, per worker
+# --until: no run is started that would end after it (a session's end: a run cut there is lost with its machine).
 # A line that fails is reported by leaderboard.py and the queue goes on with the next one. PYTHON: the
 # interpreter (default: python); the code run is this tree's src/.
 cd "$(dirname "$0")/.."

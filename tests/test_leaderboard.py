@@ -661,3 +661,59 @@ def test_every_method_has_its_own_figure_style_and_neighbours_differ_in_hue(lb):
     ordered = sorted(REGISTRY)
     assert all(hue[a] != hue[b] for a, b in zip(ordered, ordered[1:]))
     assert lb.method_style("seq-lora") == styles["seq-lora"]  # fixed: the same on every call
+
+
+def test_until_reads_a_clock_time_or_an_iso_moment(lb):
+    import argparse
+    import datetime
+
+    now = datetime.datetime.now().astimezone()
+    soon = lb.until_time((now + datetime.timedelta(minutes=5)).strftime("%H:%M"))
+    assert datetime.timedelta(minutes=3) < soon - now <= datetime.timedelta(minutes=5)  # today, ahead
+    past = lb.until_time((now - datetime.timedelta(minutes=5)).strftime("%H:%M"))
+    assert datetime.timedelta(hours=23) < past - now < datetime.timedelta(days=1)  # its next occurrence
+    assert lb.until_time("2030-01-02T03:04").year == 2030
+    with pytest.raises(argparse.ArgumentTypeError, match="25:99"):
+        lb.until_time("25:99")
+
+
+def test_until_starts_only_runs_expected_to_end_before_it(lb, toy, tmp_path, monkeypatch, capsys):
+    """A run is started only if the budget's CPU rates say it ends before --until; a started run counts only what
+    it has left; the flag is refused with a GPU."""
+    import datetime
+
+    flags, running = toy
+    tag = lb.budget_tag(lb.BUDGETS["main"])
+    rec = tmp_path / "rec"
+    timing = dict(train_steps_per_task=[2, 2], accuracy_matrix=[[50.0, None], [40.0, 60.0]], settings={"max_test": 4})
+    # inc-lora's measured pace: 4 steps in 400 CPU s, 12 answers in 120 s -> 100 s/step, 10 s/answer
+    put(rec, "inc-lora", 1, 9.0, -1.0, tag=tag, train_cpu_seconds=400.0, eval_cpu_seconds=120.0, **timing)
+    # one toy run: 4 steps x 100 s + 16 answers x 10 s + the load, then x UNTIL_MARGIN at one thread: about 12 min
+    need = (lb.SEC_PER_RUN + 4 * 100.0 + 16 * 10.0) * lb.UNTIL_MARGIN
+    calls = []
+    monkeypatch.setattr(lb, "run_one", fake_run(calls))
+
+    def run(minutes: float, *extra):
+        at = datetime.datetime.now().astimezone() + datetime.timedelta(minutes=minutes)
+        args = ["run", "--sequence", "4task", "--methods", "inc-lora", "--seeds", "2", "--threads", "1"]
+        lb.main([*args, "--until", at.isoformat(), *flags, *running, *extra])
+
+    run(need / 60 - 2)
+    assert calls == [] and f"inc-lora seed 2: about {need / 60:.0f} min at 1 thread(s)" in capsys.readouterr().out
+    assert not (rec / tag / "4task" / "inc-lora" / "seed-2.json").exists()
+    # half done already (its first task of two): half the time is enough
+    started = tmp_path / "runs" / tag / "4task" / "inc-lora" / "seed-2"
+    write_json(started / "config.yaml", {"method": "inc-lora", "model": "m", "tasks": [{"name": "t"}, {"name": "m"}]})
+    write_json(started / "tasks" / "01-topic" / "train_stats.json", {"train_steps": 2})
+    write_json(started / "tasks" / "01-topic" / "predict_results.json", {"predict_runtime": 1.0})
+    run(need / 60 / 2 + 2)
+    assert [c[:2] for c in calls] == [("inc-lora", 2)] and (rec / tag / "4task" / "inc-lora" / "seed-2.json").exists()
+    with pytest.raises(SystemExit):
+        run(60, "--device", "cuda")
+    assert "--until estimates from CPU records" in capsys.readouterr().err
+    # selection points too: ewc has no records, so it goes at the others' pace (inc-lora's here)
+    monkeypatch.setattr(lb, "GRIDS", {"ewc": [1e3, 1e4, 1e5]})
+    soon = (datetime.datetime.now().astimezone() + datetime.timedelta(minutes=need / 60 - 2)).isoformat()
+    lb.main(["select", "--methods", "ewc", "--threads", "1", "--until", soon, *flags, *running])
+    out = capsys.readouterr().out
+    assert len(calls) == 1 and out.count("; not started") == 3 and "selection incomplete" in out
