@@ -86,6 +86,22 @@ def test_table_pairs_by_seed_with_a_hand_computed_t(lb, tmp_path):
     assert (tmp_path / "lb" / f"{TAG}-4task-aa-bwt.png").stat().st_size < 80_000  # the figure, small
 
 
+def test_the_upper_bound_is_shown_with_its_gap_but_is_never_the_best(lb, tmp_path):
+    rec = tmp_path / "records"
+    for seed, aa in ((1, 30.0), (2, 34.0), (3, 26.0)):
+        put(rec, "seq-lora", seed, aa, -40.0)
+        put(rec, "mtl", seed, aa + 30.0 + seed, None)  # joint training, far ahead: +31, +32, +33, t = 32 sqrt 3
+    for seed, aa in ((1, 40.0), (2, 45.0)):  # ahead of seq-lora beyond the spread, with fewer seeds so far
+        put(rec, "o-lora", seed, aa, -10.0)
+    text = lb.build_table(rec, tmp_path / "lb.md")
+    assert "Best by mean AA: **seq-lora**" in text
+    assert row_of(text, "mtl")[1] == "no, upper bound §" and row_of(text, "mtl")[6].startswith("+32.00 (t ")
+    assert "The upper bound's gap to it (AA, paired by seed): mtl +32.00 (n 3, t 55.43)." in text
+    # o-lora - seq-lora: +10, +11 (t 21.0 with 1 degree of freedom, beyond 12.71): above it, not below
+    assert "Above it beyond the seed spread, with fewer seeds so far: o-lora." in text and "Below it" not in text
+    assert lb.best_of(rec, TAG, "4task", 5) == ["o-lora", "seq-lora"]  # the 10-task best five: never mtl
+
+
 def test_time_column_is_cpu_time_never_mixed_with_wall_time(lb, tmp_path):
     rec = tmp_path / "records"
     put(rec, "seq-lora", 1, 40.0, -1.0, cpu_time_s=600.0)  # wall time 120 s in put(): paused or not, CPU counts
