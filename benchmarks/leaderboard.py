@@ -769,10 +769,10 @@ class Pace:
     def progress(self, record: Path) -> tuple[str, float] | None:
         return run_progress(self.runs, self.records, record)
 
-    def seconds_left(self, record: Path, seq: str, method: str, epochs: float) -> float:
-        """CPU seconds the run of ``record`` needs from where its run directory stands."""
-        started = self.progress(record)
-        left = 1.0 - (started[1] if started else 0.0)
+    def seconds_left(self, seq: str, method: str, epochs: float, progress: tuple[str, float] | None) -> float:
+        """CPU seconds a run needs from where its run directory stands (``progress``: ``self.progress(record)``,
+        None for a run not started)."""
+        left = 1.0 - (progress[1] if progress else 0.0)
         return left * estimate_s(self.s, seq, epochs, self.data_dir, self.rates.get(method, self.typical))
 
 
@@ -797,7 +797,7 @@ def fits_before_until(args, pace: Pace, record: Path, seq: str, method: str, epo
     if args.until is None:
         return True
     threads = args.threads or torch.get_num_threads()
-    wall = pace.seconds_left(record, seq, method, epochs) * UNTIL_MARGIN / threads**THREAD_SCALING
+    wall = pace.seconds_left(seq, method, epochs, pace.progress(record)) * UNTIL_MARGIN / threads**THREAD_SCALING
     end = datetime.datetime.now().astimezone() + datetime.timedelta(seconds=wall)
     if end <= args.until:
         return True
@@ -854,8 +854,8 @@ def cmd_plan(args) -> None:
             seq = SELECT_SEQUENCE if rel[1] == "selection" else rel[1]
             method = rel[3] if rel[1] == "selection" else rel[2]
             epochs = float(EPOCHS_IN_TAG.search(rel[0]).group(1))
-            progress[p] = pace.progress(p)
-            cost += pace.seconds_left(p, seq, method, epochs)
+            progress[p] = pace.progress(p)  # read once: for the cost and for the listing below
+            cost += pace.seconds_left(seq, method, epochs, progress[p])
         total_missing, total_s = total_missing + len(missing), total_s + cost
         print(
             f"\n{group}: {len(paths) - len(missing)} of {len(paths)} recorded, {len(missing)} missing "
