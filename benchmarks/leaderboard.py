@@ -709,8 +709,11 @@ def measured_rates(records: Path, tag: str) -> dict[str, tuple[float, float]]:
     """Per method, from its records at budget TAG (runs and selection points): the median seconds per training
     step and per evaluated test answer, as the machine that made them ran them (here: one thread, two runs side
     by side). A soft-prompt method that has not learnt to stop generates to the length limit: its own figure
-    says so, where a flat rate would not."""
+    says so, where a flat rate would not. A record with wall seconds only (early versions) counts only for a
+    method with no CPU-timed record: its wall time holds every pause and every other process on the machine
+    (clora's three such records ran 2.5 times slower than its CPU-timed one)."""
     found: dict[str, list[tuple[float, float]]] = {}
+    wall_only: dict[str, list[tuple[float, float]]] = {}
     for path in sorted((records / tag).rglob("*.json")) if (records / tag).is_dir() else []:
         r = read(path)
         if not r or r.get("kind") not in ("run", "selection") or ran_on_gpu(r):  # the hours are this CPU's
@@ -728,7 +731,9 @@ def measured_rates(records: Path, tag: str) -> dict[str, tuple[float, float]]:
             # only the run's total CPU time (records of early versions): split as its wall seconds are
             train, test = r["cpu_time_s"] * r["train_seconds"] / wall, r["cpu_time_s"] * r["eval_seconds"] / wall
         if steps and answers and train and test:
-            found.setdefault(r["method"], []).append((train / steps, test / answers))
+            timed = r.get("train_cpu_seconds") is not None or r.get("cpu_time_s") is not None
+            (found if timed else wall_only).setdefault(r["method"], []).append((train / steps, test / answers))
+    found = {**wall_only, **found}  # a method's CPU-timed records replace its wall-only ones
     return {m: (statistics.median(a for a, _ in v), statistics.median(b for _, b in v)) for m, v in found.items()}
 
 

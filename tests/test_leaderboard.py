@@ -548,6 +548,8 @@ def test_plan_estimates_from_the_budgets_own_records(lb, toy, tmp_path, capsys):
     )
     # a GPU's seconds are not this CPU's: left out of the rates
     put(tmp_path / "rec", "inc-lora", 1, 9.0, -1.0, tag=tag, device_type="cuda", **cpu, **timing)
+    # a wall-only record counts only for a method with no CPU-timed record: ewc's 60 s / 4 steps is left out
+    put(tmp_path / "rec", "ewc", 2, 9.0, -1.0, tag=tag, train_seconds=60.0, eval_seconds=20.0, **timing)
     rates = lb.measured_rates(tmp_path / "rec", tag)
     assert rates == {"seq-lora": (10.0, 2.0), "l2p": (2.0, 0.5), "ewc": (3.0, pytest.approx(4.0 / 12))}
     s = lb.BUDGETS["main"]
