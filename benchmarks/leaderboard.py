@@ -1168,7 +1168,14 @@ def summary_sentences(rows: dict, best: str | None, comp: dict) -> list[str]:
         elif abs(a["t"]) > T_CRIT_5.get(len(a["diffs"]) - 1, 99):
             (above if a["mean"] > 0 else below).append(m)  # above: a method with fewer seeds than the best
         else:
-            tied.append(m)
+            n, crit = len(a["diffs"]), T_CRIT_5.get(len(a["diffs"]) - 1, 99)
+            side, k = (
+                ("above", sum(d > 0 for d in a["diffs"]))
+                if a["mean"] > 0
+                else ("below", sum(d < 0 for d in a["diffs"]))
+            )
+            # how consistent the sign is, next to the t: a method behind on every seed is not a coin toss
+            tied.append(f"{m} ({side} it on {k} of {n} seeds, t {a['t']:.2f}, within ±{crit:.2f})")
     out = [
         f"- {best} has the highest mean AA of the continual methods with the most seeds ({_ms(rows[best]['aa'])} "
         f"over {len(rows[best]['seeds'])} seed(s))."

@@ -82,7 +82,11 @@ def test_table_pairs_by_seed_with_a_hand_computed_t(lb, tmp_path):
     n = row_of(text, "n-lora")
     assert n[6] == "+8.00 (t 4.00, n 2)" and n[3] == "2 (missing 1) †" and n[4] == "59.00 ± 1.41"
     assert "Below it beyond the seed spread (paired t, 5%): o-lora." in text
-    assert "Not distinguishable from it with these seeds: n-lora." in text
+    # the tied method's sign count next to its t: above on both shared seeds, t 4.00 within 12.71 (1 df)
+    assert (
+        "Not distinguishable from it with these seeds: n-lora (above it on 2 of 2 seeds, t 4.00, within ±12.71)."
+        in text
+    )
     assert (tmp_path / "lb" / f"{TAG}-4task-aa-bwt.png").stat().st_size < 80_000  # the figure, small
 
 
