@@ -760,7 +760,9 @@ class Pace:
     """What the runs still missing cost, at the pace of the budget's own CPU records (``measured_rates``; a
     method without records at the median of the others, or SEC_PER_STEP / SEC_PER_TEST when none has any); a
     started run costs only what it has left. Runs at other epochs (the budget question) use the rates of the
-    named budget, since their steps cost the same."""
+    named budget, since their steps cost the same. ``cautious`` (--until) puts a method without records at the
+    slowest measured pace instead: its steps may hold more work than the others' (lwf's teacher pass, ewc's
+    Fisher), and a run the session's end cuts is lost with the machine."""
 
     def __init__(self, args, s: dict):
         self.s, self.data_dir, self.runs, self.records = s, Path(args.data_dir), args.runs, args.records
@@ -770,15 +772,21 @@ class Pace:
             if self.rates
             else None
         )
+        self.slowest = (
+            (max(a for a, _ in self.rates.values()), max(b for _, b in self.rates.values())) if self.rates else None
+        )
 
     def progress(self, record: Path) -> tuple[str, float] | None:
         return run_progress(self.runs, self.records, record)
 
-    def seconds_left(self, seq: str, method: str, epochs: float, progress: tuple[str, float] | None) -> float:
+    def seconds_left(
+        self, seq: str, method: str, epochs: float, progress: tuple[str, float] | None, cautious: bool = False
+    ) -> float:
         """CPU seconds a run needs from where its run directory stands (``progress``: ``self.progress(record)``,
         None for a run not started)."""
         left = 1.0 - (progress[1] if progress else 0.0)
-        return left * estimate_s(self.s, seq, epochs, self.data_dir, self.rates.get(method, self.typical))
+        rate = self.rates.get(method, self.slowest if cautious else self.typical)
+        return left * estimate_s(self.s, seq, epochs, self.data_dir, rate)
 
 
 def until_time(text: str) -> datetime.datetime:
@@ -802,7 +810,8 @@ def fits_before_until(args, pace: Pace, record: Path, seq: str, method: str, epo
     if args.until is None:
         return True
     threads = args.threads or torch.get_num_threads()
-    wall = pace.seconds_left(seq, method, epochs, pace.progress(record)) * UNTIL_MARGIN / threads**THREAD_SCALING
+    left = pace.seconds_left(seq, method, epochs, pace.progress(record), cautious=True)
+    wall = left * UNTIL_MARGIN / threads**THREAD_SCALING
     end = datetime.datetime.now().astimezone() + datetime.timedelta(seconds=wall)
     if end <= args.until:
         return True

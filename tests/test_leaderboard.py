@@ -6,6 +6,7 @@ import importlib.util
 import json
 import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from conftest import CL_BENCHMARK, write_task
@@ -733,9 +734,16 @@ def test_until_starts_only_runs_expected_to_end_before_it(lb, toy, tmp_path, mon
     with pytest.raises(SystemExit):
         run(60, "--device", "cuda")
     assert "--until estimates from CPU records" in capsys.readouterr().err
-    # selection points too: ewc has no records, so it goes at the others' pace (inc-lora's here)
+    # selection points too: ewc has no records, so it goes at the slowest measured pace: mtl's 200 s/step and
+    # 20 s/answer, not inc-lora's (the median of the two would be 150 s and 15 s)
+    put(rec, "mtl", 1, 9.0, None, tag=tag, train_cpu_seconds=800.0, eval_cpu_seconds=240.0, **timing)
+    paths = SimpleNamespace(records=rec, runs=tmp_path / "runs", data_dir=tmp_path / "CL", budget="main")
+    assert lb.Pace(paths, lb.BUDGETS["main"]).slowest == (200.0, 20.0)
     monkeypatch.setattr(lb, "GRIDS", {"ewc": [1e3, 1e4, 1e5]})
-    soon = (datetime.datetime.now().astimezone() + datetime.timedelta(minutes=need / 60 - 2)).isoformat()
+    slow = (lb.SEC_PER_RUN + 4 * 200.0 + 16 * 20.0) * lb.UNTIL_MARGIN
+    # 2 minutes short of that pace's end: at the median's (R + 4 x 150 + 16 x 15) x 1.2 it would fit by 3.6 min
+    soon = (datetime.datetime.now().astimezone() + datetime.timedelta(minutes=slow / 60 - 2)).isoformat()
     lb.main(["select", "--methods", "ewc", "--threads", "1", "--until", soon, *flags, *running])
     out = capsys.readouterr().out
     assert len(calls) == 1 and out.count("; not started") == 3 and "selection incomplete" in out
+    assert f"about {slow / 60:.0f} min at 1 thread(s)" in out
