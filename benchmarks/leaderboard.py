@@ -1027,6 +1027,11 @@ def comparisons(rows: dict[str, dict], best: str) -> dict[str, dict]:
     return out
 
 
+def t_critical(diff: dict) -> float:
+    """The two-sided 5% t value for a paired difference (``paired``'s dict) over its seeds."""
+    return T_CRIT_5.get(len(diff["diffs"]) - 1, 99)
+
+
 def _ms(pair, digits=2, scale=1.0) -> str:
     m, sd = pair
     if m is None:
@@ -1038,7 +1043,7 @@ def _diff(c: dict | None) -> str:
     if c is None:
         return "-"
     t = "-" if c["t"] is None else f"{c['t']:.2f}"
-    sig = "*" if c["t"] is not None and abs(c["t"]) > T_CRIT_5.get(len(c["diffs"]) - 1, 99) else ""
+    sig = "*" if c["t"] is not None and abs(c["t"]) > t_critical(c) else ""
     return f"{c['mean']:+.2f} (t {t}{sig}, n {len(c['diffs'])})"
 
 
@@ -1174,17 +1179,16 @@ def summary_sentences(rows: dict, best: str | None, comp: dict) -> list[str]:
                 bounds.append(f"{m} {a['mean']:+.2f} (n {len(a['diffs'])}{t})")
         elif a is None or a["t"] is None:
             untested.append(m)
-        elif abs(a["t"]) > T_CRIT_5.get(len(a["diffs"]) - 1, 99):
+        elif abs(a["t"]) > t_critical(a):
             (above if a["mean"] > 0 else below).append(m)  # above: a method with fewer seeds than the best
         else:
-            n, crit = len(a["diffs"]), T_CRIT_5.get(len(a["diffs"]) - 1, 99)
-            side, k = (
-                ("above", sum(d > 0 for d in a["diffs"]))
-                if a["mean"] > 0
-                else ("below", sum(d < 0 for d in a["diffs"]))
-            )
+            ahead = a["mean"] > 0
+            k = sum(d > 0 if ahead else d < 0 for d in a["diffs"])
             # how consistent the sign is, next to the t: a method behind on every seed is not a coin toss
-            tied.append(f"{m} ({side} it on {k} of {n} seeds, t {a['t']:.2f}, within ±{crit:.2f})")
+            tied.append(
+                f"{m} ({'above' if ahead else 'below'} it on {k} of {len(a['diffs'])} seeds, t {a['t']:.2f}, "
+                f"within ±{t_critical(a):.2f})"
+            )
     out = [
         f"- {best} has the highest mean AA of the continual methods with the most seeds ({_ms(rows[best]['aa'])} "
         f"over {len(rows[best]['seeds'])} seed(s))."
