@@ -1231,34 +1231,96 @@ def selection_table(choices: list[dict]) -> list[str]:
 
 
 def budget_section(groups: dict) -> list[str]:
-    """n-lora against o-lora on the 4-task sequence at each epoch count of the same budget otherwise."""
+    """The budget question: n-lora against o-lora on the 4-task sequence at each epoch count of a budget that is
+    otherwise the same (AA and BWT, paired by seed), what more epochs do to each method (paired by seed against
+    its fewest-epoch runs), and in words whether the ranking on AA holds."""
     fam: dict[str, dict[float, list]] = {}
     for (tag, seq), recs in groups.items():
         m = EPOCHS_IN_TAG.search(tag)
         if seq != "4task" or not m:
             continue
         fam.setdefault(tag[: m.start(1)] + "*" + tag[m.end(1) :], {})[float(m.group(1))] = recs
+    a, b = BUDGET_METHODS[:2]
     lines = []
     for base, by_epochs in fam.items():
         if len(by_epochs) < 2:
             continue
+        rows = {epochs: group_rows(by_epochs[epochs]) for epochs in sorted(by_epochs)}
+
+        def cell(r: dict, m: str, k: str, seeds: bool) -> str:
+            if m not in r:
+                return "- (0)" if seeds else "-"
+            return _ms(r[m][k]) + (f" ({len(r[m]['seeds'])})" if seeds else "")
+
+        def pair(r: dict, k: str) -> dict | None:
+            return paired(r[a][f"{k}_by_seed"], r[b][f"{k}_by_seed"]) if a in r and b in r else None
+
         lines += [
-            f"### The budget question: {' vs '.join(BUDGET_METHODS)} by epochs ({base})",
+            f"### The budget question: {a} vs {b} by epochs ({base})",
             "",
-            "| epochs | " + " | ".join(f"{m} AA (seeds)" for m in BUDGET_METHODS) + " | paired ΔAA | ahead |",
-            "|---|" + "---|" * (len(BUDGET_METHODS) + 2),
+            f"Paired by seed, {a} minus {b}; * marks |t| above the two-sided 5% value for that n.",
+            "",
+            f"| epochs | {a} AA (seeds) | {b} AA (seeds) | ΔAA | {a} BWT | {b} BWT | ΔBWT | ahead on AA |",
+            "|---|---|---|---|---|---|---|---|",
         ]
-        for epochs in sorted(by_epochs):
-            rows = group_rows(by_epochs[epochs])
-            cells = [
-                f"{_ms(rows[m]['aa'])} ({len(rows[m]['seeds'])})" if m in rows else "- (0)" for m in BUDGET_METHODS
-            ]
-            a, b = BUDGET_METHODS[:2]
-            c = paired(rows[a]["aa_by_seed"], rows[b]["aa_by_seed"]) if a in rows and b in rows else None
+        verdicts = []  # (epochs, leader or None, the paired AA difference)
+        for epochs, r in rows.items():
+            c = pair(r, "aa")
             ahead = "-" if c is None else (a if c["mean"] > 0 else b if c["mean"] < 0 else "tie")
-            lines.append(f"| {epochs:g} | " + " | ".join(cells) + f" | {_diff(c)} | {ahead} |")
-        lines.append("")
+            lines.append(
+                f"| {epochs:g} | {cell(r, a, 'aa', True)} | {cell(r, b, 'aa', True)} | {_diff(c)} | "
+                f"{cell(r, a, 'bwt', False)} | {cell(r, b, 'bwt', False)} | {_diff(pair(r, 'bwt'))} | {ahead} |"
+            )
+            if c is not None:
+                verdicts.append((epochs, ahead, c))
+        # each method's own gain from more epochs: the same seed's runs, so the same initial adapters
+        first = min(rows)
+        lines += [
+            "",
+            f"| method | epochs | ΔAA vs {first:g} epoch(s) | ΔBWT vs {first:g} epoch(s) |",
+            "|---|---|---|---|",
+        ]
+        for m in BUDGET_METHODS:
+            for epochs, r in rows.items():
+                if epochs == first:
+                    continue
+                d = {
+                    k: paired(r[m][f"{k}_by_seed"], rows[first][m][f"{k}_by_seed"])
+                    if m in r and m in rows[first]
+                    else None
+                    for k in ("aa", "bwt")
+                }
+                lines.append(f"| {m} | {epochs:g} | {_diff(d['aa'])} | {_diff(d['bwt'])} |")
+        lines += ["", *budget_sentences(verdicts), ""]
     return lines
+
+
+def budget_sentences(verdicts: list[tuple[float, str, dict]]) -> list[str]:
+    """Plain words on the budget question from (epochs, leader on AA, paired AA difference) per epoch count."""
+    if not verdicts:
+        return [f"- No seed has both {' and '.join(BUDGET_METHODS[:2])} at any epoch count yet."]
+    out = []
+    for epochs, ahead, c in verdicts:
+        n = len(c["diffs"])
+        if c["t"] is None:
+            how = f"n {n}, no t"
+        else:
+            beyond = abs(c["t"]) > t_critical(c)
+            how = f"t {c['t']:.2f}, n {n}: {'beyond' if beyond else 'within'} the 5% value ±{t_critical(c):.2f}"
+        lead = "neither is ahead" if ahead == "tie" else f"{ahead} is ahead by {abs(c['mean']):.2f} AA"
+        out.append(f"- At {epochs:g} epoch(s) {lead} ({how}).")
+    leaders = {ahead for _, ahead, _ in verdicts}
+    if len(verdicts) < 2:
+        out.append("- The ranking cannot be compared across epochs yet: one epoch count has both methods.")
+    elif len(leaders) == 1:
+        out.append(f"- The ranking on AA holds across {', '.join(f'{e:g}' for e, _, _ in verdicts)} epoch(s).")
+    else:
+        out.append(
+            "- The ranking on AA changes with the epochs: "
+            + ", ".join(f"{ahead} at {e:g}" for e, ahead, _ in verdicts)
+            + "."
+        )
+    return out
 
 
 # Ten hues, dark shades first, then light ones (tab20 pairs a dark and a light shade of each hue), and a marker

@@ -241,6 +241,39 @@ def test_budgets_never_mix(lb, tmp_path):
     assert re.search(r"\| 3 \| 10.00 \(1\) \| 20.00 \(1\) \| -10.00 .*\| o-lora \|", budget)
 
 
+def test_the_budget_question_pairs_by_seed_and_says_whether_the_ranking_changes(lb, tmp_path):
+    rec = tmp_path / "records"
+    e3 = TAG.replace("-e1-", "-e3-")
+    # 1 epoch: o-lora ahead on both seeds (diffs -4, -6: mean -5, sd 1.414, t -5.00 with n 2, within 12.71)
+    for seed, n_aa, o_aa in ((1, 40.0, 44.0), (2, 41.0, 47.0)):
+        put(rec, "n-lora", seed, n_aa, -10.0 - seed)
+        put(rec, "o-lora", seed, o_aa, -5.0)
+    # 3 epochs: n-lora gains 10 and 12 on its own seeds and leads; o-lora has seed 1 only (one pair: no t)
+    for seed, n_aa in ((1, 50.0), (2, 53.0)):
+        put(rec, "n-lora", seed, n_aa, -2.0, tag=e3)
+    put(rec, "o-lora", 1, 45.0, -6.0, tag=e3)
+    text = lb.build_table(rec, tmp_path / "lb.md")
+    budget = "### " + text.split("### The budget question")[1].split("### ")[0]
+    one = row_of(budget, "1")
+    assert one[1:4] == ["40.50 ± 0.71 (2)", "45.50 ± 2.12 (2)", "-5.00 (t -5.00, n 2)"] and one[-1] == "o-lora"
+    assert one[4:7] == ["-11.50 ± 0.71", "-5.00 ± 0.00", "-6.50 (t -13.00*, n 2)"]  # BWT paired too
+    three = row_of(budget, "3")
+    assert three[2] == "45.00 (1)" and three[3] == "+5.00 (t -, n 1)" and three[-1] == "n-lora"
+    # what 3 epochs do to each method, paired by seed against its own 1-epoch runs
+    gains = [c for c in (row.split("|") for row in budget.splitlines()) if len(c) == 6 and c[2].strip() == "3"]
+    assert [[x.strip() for x in g[1:5]] for g in gains] == [
+        ["n-lora", "3", "+11.00 (t 11.00, n 2)", "+9.50 (t 19.00*, n 2)"],
+        ["o-lora", "3", "+1.00 (t -, n 1)", "-1.00 (t -, n 1)"],
+    ]
+    assert "- At 1 epoch(s) o-lora is ahead by 5.00 AA (t -5.00, n 2: within the 5% value ±12.71)." in budget
+    assert "- At 3 epoch(s) n-lora is ahead by 5.00 AA (n 1, no t)." in budget
+    assert "- The ranking on AA changes with the epochs: o-lora at 1, n-lora at 3." in budget
+    # the same order at both epoch counts: the ranking holds
+    put(rec, "o-lora", 1, 60.0, -6.0, tag=e3)
+    text = lb.build_table(rec, tmp_path / "lb.md")
+    assert "- The ranking on AA holds across 1, 3 epoch(s)." in text
+
+
 def test_budget_tag_names_what_changes_training(lb):
     s = dict(lb.BUDGETS["main"])
     tags = {
