@@ -4,7 +4,10 @@ and `plan`."""
 
 import importlib.util
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -780,3 +783,39 @@ def test_until_starts_only_runs_expected_to_end_before_it(lb, toy, tmp_path, mon
     out = capsys.readouterr().out
     assert len(calls) == 1 and out.count("; not started") == 3 and "selection incomplete" in out
     assert f"about {slow / 60:.0f} min at 1 thread(s)" in out
+
+
+# ------------------------------------------------------------------------------------------------ the queue
+
+
+def _queue_calls(tmp_path, *flags) -> tuple[int, list[list[str]], str]:
+    """benchmarks/leaderboard_queue.sh with a stand-in interpreter that logs each leaderboard.py call's flags."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    log = tmp_path / "calls.jsonl"
+    fake = tmp_path / "python"
+    fake.write_text(
+        f"#!{sys.executable}\nimport json, os, sys\n"
+        "print(json.dumps(sys.argv[2:]), file=open(os.environ['CALLS'], 'a'))\n"
+    )
+    fake.chmod(0o755)
+    env = {**os.environ, "PYTHON": str(fake), "CALLS": str(log)}
+    done = subprocess.run(
+        ["bash", str(ROOT / "leaderboard_queue.sh"), *flags], env=env, capture_output=True, text=True, timeout=60
+    )
+    calls = [json.loads(x) for x in log.read_text().splitlines()] if log.is_file() else []
+    return done.returncode, calls, done.stderr
+
+
+def test_queue_fill_goes_through_it_again_without_until(tmp_path):
+    rc, calls, _ = _queue_calls(tmp_path, "--threads", "1", "--until", "17:05")
+    assert rc == 0 and calls and not any("--fill" in c for c in calls)
+    assert all(c[1:5] == ["--threads", "1", "--until", "17:05"] for c in calls)  # every line gets the flags
+    one_pass = len(calls)
+    rc, calls, err = _queue_calls(tmp_path / "fill", "--threads", "1", "--fill", "--until", "17:05")
+    assert rc == 0 and len(calls) == 2 * one_pass and "filling" in err
+    first, second = calls[:one_pass], calls[one_pass:]
+    assert all("--until" in c and "--fill" not in c for c in first)
+    assert all("--until" not in c and "17:05" not in c and "--fill" not in c for c in second)
+    assert [[x for x in c if x not in ("--until", "17:05")] for c in first] == second  # the same lines, in order
+    rc, calls, err = _queue_calls(tmp_path / "alone", "--fill")
+    assert rc == 2 and not calls and "--fill needs --until" in err
