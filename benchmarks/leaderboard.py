@@ -992,6 +992,8 @@ def group_rows(recs: list[dict], expected: dict[str, list[int]] | None = None) -
             "bwt": mean_sd1([r["bwt"] for r in runs.values()]),
             "acr": mean_sd1([r.get("acr") for r in runs.values()]),
             "nuclear_norm": mean_sd1([r.get("nuclear_norm_mean") for r in runs.values()]),
+            "acr_by_seed": {s: r.get("acr") for s, r in runs.items()},
+            "nuclear_norm_by_seed": {s: r.get("nuclear_norm_mean") for s, r in runs.items()},
             "stored_kib": mean_sd1(
                 [
                     sum(r["stored_bytes_per_task"]) / len(r["stored_bytes_per_task"]) / 1024
@@ -1172,6 +1174,9 @@ def group_table(
             + "."
         )
     lines += ["", *summary_sentences(rows, best, comp), ""]
+    claims = paper_claims(rows)
+    if claims:
+        lines += ["The N-LoRA paper's claims on this table (n-lora against each, paired by seed):", "", *claims, ""]
     return lines, rows
 
 
@@ -1212,6 +1217,60 @@ def summary_sentences(rows: dict, best: str | None, comp: dict) -> list[str]:
         out.append(f"- Not distinguishable from it with these seeds: {', '.join(sorted(tied))}.")
     if untested:
         out.append(f"- Not testable (fewer than 2 shared seeds, or no spread): {', '.join(sorted(untested))}.")
+    return out
+
+
+# What the N-LoRA paper claims of n-lora against another method (REFERENCE.md §6: the paper's T5-large figures,
+# where a later paper's table gives the other method's, so marked): (row key, the other method, +1 where the
+# claim is that n-lora's value is higher, -1 lower, the claim, the paper's figures, how a value prints).
+PAPER_CLAIMS = (
+    ("aa", "o-lora", +1, "higher AA than o-lora", "78.8 against 75.8, T5-large orders 1-3", "{:.2f}"),
+    ("aa", "seq-lora", +1, "higher AA than seq-lora", "78.8 against 43.7, the latter from a later paper", "{:.2f}"),
+    ("aa", "inc-lora", +1, "higher AA than inc-lora", "78.8 against 66.4, the latter from a later paper", "{:.2f}"),
+    (
+        "bwt",
+        "o-lora",
+        +1,
+        "less forgetting than o-lora (higher BWT)",
+        "-4.9 against -7.8, from a later paper",
+        "{:.2f}",
+    ),
+    # the paper names no threshold for a collision; here |dW| > 1e-4 (nlora.analysis.DEFAULT_THRESHOLD)
+    ("acr", "o-lora", -1, "fewer collisions than o-lora (ACR)", "0.8% against 46.6%", "{:.1%}"),
+    ("nuclear_norm", "o-lora", -1, "a lower nuclear norm than o-lora", "0.14 against 6.80", "{:.3f}"),
+)
+
+
+def paper_claims(rows: dict) -> list[str]:
+    """One sentence per claim of the paper that this table's records can speak to: n-lora against the other
+    method on the seeds both have, and whether the claim holds beyond the seed spread (paired t, two-sided 5%),
+    in direction only, or the other way round."""
+    out = []
+    for key, other, sign, claim, figures, fmt in PAPER_CLAIMS:
+        if "n-lora" not in rows or other not in rows:
+            continue
+        c = paired(rows["n-lora"][f"{key}_by_seed"], rows[other][f"{key}_by_seed"])
+        if c is None:
+            continue
+        n, seeds = len(c["diffs"]), c["seeds"]
+        mine = statistics.mean(rows["n-lora"][f"{key}_by_seed"][s] for s in seeds)
+        theirs = statistics.mean(rows[other][f"{key}_by_seed"][s] for s in seeds)
+        agree = sum(d * sign > 0 for d in c["diffs"])
+        if c["t"] is None:
+            verdict = f"not testable yet (n {n}, no t); in its direction on {agree} of {n}"
+        else:
+            beyond = abs(c["t"]) > t_critical(c)
+            stat = f"t {c['t']:.2f} against ±{t_critical(c):.2f}"
+            if c["mean"] * sign > 0:
+                verdict = f"holds {'beyond the seed spread' if beyond else 'in direction, within the seed spread'}"
+                verdict += f" ({agree} of {n} seeds, {stat})"
+            else:
+                verdict = "the opposite holds beyond the seed spread" if beyond else "does not hold"
+                verdict += f": the other way round on {n - agree} of {n} seeds ({stat})"
+        on = f"seed {seeds[0]}" if n == 1 else f"seeds {', '.join(map(str, seeds))}"
+        out.append(
+            f"- {claim} (paper: {figures}): {verdict}; here {fmt.format(mine)} against {fmt.format(theirs)} on {on}."
+        )
     return out
 
 

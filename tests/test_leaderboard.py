@@ -244,6 +244,39 @@ def test_budgets_never_mix(lb, tmp_path):
     assert re.search(r"\| 3 \| 10.00 \(1\) \| 20.00 \(1\) \| -10.00 .*\| o-lora \|", budget)
 
 
+def test_the_papers_claims_are_judged_paired_by_seed(lb, tmp_path):
+    rec = tmp_path / "records"
+    # n-lora against o-lora: AA lower on every seed (diffs -2, -4, -3: t -5.20, beyond 4.30); BWT higher on
+    # 2 of 3 (diffs +1, +3, -1: t 0.87); ACR far lower (t beyond); nuclear norm lower on seeds 1-2 only
+    for seed, aa, bwt, acr, nn in ((1, 40.0, -5.0, 0.02, 0.1), (2, 41.0, -3.0, 0.03, 0.2), (3, 42.0, -7.0, 0.02, None)):
+        put(rec, "n-lora", seed, aa, bwt, acr=acr, nuclear_norm_mean=nn)
+    for seed, aa, bwt, acr, nn in ((1, 42.0, -6.0, 0.95, 5.0), (2, 45.0, -6.0, 0.96, 6.0), (3, 45.0, -6.0, 0.97, 7.0)):
+        put(rec, "o-lora", seed, aa, bwt, acr=acr, nuclear_norm_mean=nn)
+    put(rec, "seq-lora", 2, 30.0, -20.0)  # one shared seed: no t
+    text = lb.build_table(rec, tmp_path / "lb.md")
+    claims = text.split("The N-LoRA paper's claims on this table")[1].split("###")[0]
+    said = {line.split(" (paper:")[0][2:]: line for line in claims.splitlines() if line.startswith("- ")}
+    assert said["higher AA than o-lora"].endswith(
+        "the opposite holds beyond the seed spread: the other way round on 3 of 3 seeds (t -5.20 against ±4.30); "
+        "here 41.00 against 44.00 on seeds 1, 2, 3."
+    )
+    assert (
+        "holds in direction, within the seed spread (2 of 3 seeds, t 0.87 against ±4.30); here -5.00 against "
+        in (said["less forgetting than o-lora (higher BWT)"])
+    )
+    assert "holds beyond the seed spread (3 of 3 seeds, t -" in said["fewer collisions than o-lora (ACR)"]
+    assert "here 2.3% against 96.0%" in said["fewer collisions than o-lora (ACR)"]
+    # seed 3 has no nuclear norm for n-lora: only seeds 1 and 2 are paired (diffs -4.9, -5.8)
+    assert said["a lower nuclear norm than o-lora"].endswith("here 0.150 against 5.500 on seeds 1, 2.")
+    assert said["higher AA than seq-lora"].endswith(
+        "not testable yet (n 1, no t); in its direction on 1 of 1; here 41.00 against 30.00 on seed 2."
+    )
+    assert "higher AA than inc-lora" not in said  # no inc-lora record: nothing said
+    # without n-lora, no claims at all
+    text = lb.build_table(tmp_path / "none", tmp_path / "none.md")
+    assert "paper's claims" not in text
+
+
 def test_the_budget_question_pairs_by_seed_and_says_whether_the_ranking_changes(lb, tmp_path):
     rec = tmp_path / "records"
     e3 = TAG.replace("-e1-", "-e3-")
