@@ -117,6 +117,9 @@ def knob_of(method: str) -> str:
 PLAN_SEEDS = {"4task": [1, 2, 3], "10task": [1, 2]}
 TEN_TASK_FIXED = ["seq-lora", "inc-lora", "o-lora", "n-lora", "mtl"]
 TEN_TASK_BEST = 5  # ... and the best five of the 4-task table
+# Past the plan, the queue's last lines (benchmarks/leaderboard_queue.sh): more seeds for the best method and
+# those not distinguishable from it (`--methods tied`), the next step toward a method ahead beyond the spread
+TIE_BREAK_SEEDS = {"4task": [4, 5], "10task": [3]}
 BUDGET_METHODS, BUDGET_EPOCHS = ["n-lora", "o-lora"], [1.0, 3.0]
 
 # Rough cost for `plan` (SmolLM2-135M fp32, batch 8, on this 2-core Xeon): seconds per optimizer step with 2
@@ -552,12 +555,15 @@ def hyperparameter(args, s: dict, tag: str, seq: str, method: str) -> dict | Non
 # ------------------------------------------------------------------------------------------------------ runs
 
 
-def expand_methods(spec: str, records: Path, tag: str) -> list[str]:
-    """'all', 'best5' (the best five of the 4-task table at this budget) or a comma list."""
+def expand_methods(spec: str, records: Path, tag: str, seq: str = SELECT_SEQUENCE) -> list[str]:
+    """'all', 'best5' (the best five of the 4-task table at this budget), 'tied' (the best of SEQ's table and
+    the methods not distinguishable from it, ``tied_with_best``) or a comma list."""
     out = []
     for part in spec.split(","):
         if part == "all":
             out += sorted(REGISTRY)
+        elif part == "tied":
+            out += tied_with_best(records, tag, seq)
         elif part.startswith("best"):
             out += best_of(records, tag, SELECT_SEQUENCE, int(part[4:] or TEN_TASK_BEST))
         elif part not in REGISTRY:
@@ -575,13 +581,34 @@ def best_of(records: Path, tag: str, seq: str, k: int) -> list[str]:
     return [r["method"] for r in ranked[:k]]
 
 
+def tied_with_best(records: Path, tag: str, seq: str) -> list[str]:
+    """The best continual method of (TAG, SEQ) and every continual method whose AA it does not beat beyond the
+    seed spread (paired t within the two-sided 5% value) over at least the plan's seeds for SEQ: the runs that
+    more seeds could still tell apart (the goal of issue 18 is a method ahead of every other beyond the spread).
+    Empty while no method is best, or none is tied with it."""
+    rows = group_rows(load_runs(records).get((tag, seq), []))
+    best = best_method(rows)
+    if best is None:
+        return []
+    tied = [
+        m
+        for m, c in comparisons(rows, best).items()
+        if m not in UPPER_BOUNDS
+        and c["aa"] is not None
+        and c["aa"]["t"] is not None
+        and len(c["aa"]["diffs"]) >= len(PLAN_SEEDS.get(seq, [1, 2]))  # a method still short of them gets those first
+        and abs(c["aa"]["t"]) <= t_critical(c["aa"])
+    ]
+    return [best, *sorted(tied)] if tied else []
+
+
 def cmd_run(args) -> None:
     s, seq = settings_of(args), args.sequence
     tag = budget_tag(s)
     seeds = [int(x) for x in args.seeds.split(",")]
     tasks = SEQUENCES[seq]
     pace = Pace(args, s)
-    for method in expand_methods(args.methods, args.records, tag):
+    for method in expand_methods(args.methods, args.records, tag, seq):
         for seed in seeds:
             path = run_path(args.records, tag, seq, method, seed)
             if path.is_file():
@@ -890,7 +917,7 @@ def cmd_plan(args) -> None:
             print(f"  missing {p.relative_to(args.records)}" + (f" ({progress[p][0]})" if progress[p] else ""))
         if len(missing) > 8 and not args.verbose:
             print(f"  ... and {len(missing) - 8} more (--verbose lists all)")
-    pace = (
+    pace_text = (
         f"at the pace of this budget's records ({len(rates)} method(s) measured: "
         + ", ".join(f"{m} {a:.1f} s/step, {b:.2f} s/answer" for m, (a, b) in sorted(rates.items()))
         + "; the others at the median of these)"
@@ -900,9 +927,21 @@ def cmd_plan(args) -> None:
     print(
         f"\n{total_missing} of {len(entries)} records missing: about {total_s / 3600:.1f} h of runs one after "
         + (f"another (+ up to {pending / 3600:.1f} h for the best five on 10task) " if pending else "another ")
-        + pace
+        + pace_text
         + "; two runs side by side take about half as long"
     )
+    for seq, seeds in TIE_BREAK_SEEDS.items():
+        tag = budget_tag(s)
+        tied = tied_with_best(args.records, tag, seq)
+        todo = [(m, run_path(args.records, tag, seq, m, seed)) for m in tied for seed in seeds]
+        todo = [(m, p) for m, p in todo if not p.is_file()]
+        if todo:
+            cost = sum(pace.seconds_left(seq, m, s["epochs"], pace.progress(p)) for m, p in todo)
+            print(
+                f"Then, past the plan (the queue's last lines): {seq} seeds {','.join(map(str, seeds))} for "
+                f"{tied[0]} and the methods within its seed spread ({', '.join(tied[1:])}): {len(todo)} run(s) "
+                f"missing, ~{cost / 3600:.1f} h"
+            )
 
 
 # ----------------------------------------------------------------------------------------------------- table
@@ -1559,7 +1598,12 @@ def main(argv=None) -> None:
     running.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     running.add_argument("--save-every", type=int, default=10, help="step checkpoints, so a stopped run loses little")
     running.add_argument("--commit", action="store_true", help="git-commit each record as it is written")
-    running.add_argument("--methods", default="all", help="comma list, 'all', or 'best5' (4-task table's best five)")
+    running.add_argument(
+        "--methods",
+        default="all",
+        help="comma list, 'all', 'best5' (4-task table's best five), or 'tied' (the sequence's best and the "
+        "methods within its seed spread)",
+    )
     running.add_argument(
         "--until",
         type=until_time,

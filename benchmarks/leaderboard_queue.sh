@@ -30,6 +30,9 @@ queue() {
   lb select "$@"                                            # the rest: the soft-prompt methods' learning rates
   lb run "$@" --sequence 4task --methods all --seeds 1,2,3
   lb run "$@" --sequence 10task --methods seq-lora,inc-lora,o-lora,n-lora,mtl,best5 --seeds 1,2
+  # past the plan: more seeds where the best is not yet ahead beyond the seed spread (TIE_BREAK_SEEDS)
+  lb run "$@" --sequence 4task --methods tied --seeds 4,5
+  lb run "$@" --sequence 10task --methods tied --seeds 3
 }
 
 fill=0 until=0 flags=() open=()  # open: the flags without --until, for the fill pass

@@ -110,6 +110,28 @@ def test_the_upper_bound_is_shown_with_its_gap_but_is_never_the_best(lb, tmp_pat
     assert lb.best_of(rec, TAG, "4task", 5) == ["o-lora", "seq-lora"]  # the 10-task best five: never mtl
 
 
+def test_tied_names_the_best_and_the_methods_within_its_seed_spread(lb, tmp_path):
+    rec = tmp_path / "records"
+    assert lb.tied_with_best(rec, TAG, "4task") == []  # no records: no best
+    for seed, best, close, far in ((1, 50.0, 48.0, 30.0), (2, 52.0, 53.0, 31.0), (3, 54.0, 50.0, 33.0)):
+        put(rec, "o-lora", seed, best, -1.0)
+        put(rec, "n-lora", seed, close, -1.0)  # -2, +1, -4: t -1.15, within 4.30
+        put(rec, "seq-lora", seed, far, -1.0)  # -20, -21, -21: t -62.0, beyond
+        put(rec, "mtl", seed, best + 1.0 + seed, None)  # the upper bound is never a tie-break run
+    put(rec, "ewc", 1, 51.0, -1.0)  # one seed so far: it gets seeds 2-3 first, not 4-5
+    put(rec, "lwf", 1, 49.0, -1.0)
+    put(rec, "lwf", 2, 55.0, -1.0)  # two of the plan's three seeds: not yet
+    assert lb.tied_with_best(rec, TAG, "4task") == ["o-lora", "n-lora"]
+    assert lb.expand_methods("tied,seq-lora", rec, TAG, "4task") == ["o-lora", "n-lora", "seq-lora"]
+    assert lb.tied_with_best(rec, TAG, "10task") == []  # another sequence's table
+    put(rec, "n-lora", 3, 40.0, -1.0)
+    put(rec, "n-lora", 2, 30.0, -1.0)  # -2, -22, -14: t -2.18, still within 4.30
+    assert lb.tied_with_best(rec, TAG, "4task") == ["o-lora", "n-lora"]
+    put(rec, "n-lora", 2, 41.0, -1.0)
+    put(rec, "n-lora", 1, 38.0, -1.0)  # -12, -11, -14: t -13.98, beyond: nothing tied
+    assert lb.tied_with_best(rec, TAG, "4task") == []
+
+
 def test_time_column_is_cpu_time_never_mixed_with_wall_time(lb, tmp_path):
     rec = tmp_path / "records"
     put(rec, "seq-lora", 1, 40.0, -1.0, cpu_time_s=600.0)  # wall time 120 s in put(): paused or not, CPU counts
@@ -603,6 +625,23 @@ def test_plan_lists_missing_records(lb, toy, tmp_path, capsys):
     assert listed[0].endswith("seed-3.json (1 of 2 tasks done, stopped: resumes where it stopped)")  # listed first
     assert f"missing {tag}/selection/4task/n-lora/lambda-1e-05.json" in out
     assert "budget: 4task at 3 epoch(s): 0 of 6 recorded" in out and "-e3-" in out
+
+
+def test_plan_names_the_tie_break_runs_past_it(lb, toy, tmp_path, capsys):
+    flags, _ = toy
+    tag = lb.budget_tag(lb.BUDGETS["main"])
+    lb.main(["plan", *flags])
+    assert "past the plan" not in capsys.readouterr().out  # nothing to tell apart yet
+    for seed, a, b in ((1, 50.0, 48.0), (2, 52.0, 53.0), (3, 54.0, 50.0)):
+        put(tmp_path / "rec", "o-lora", seed, a, -1.0, tag=tag)
+        put(tmp_path / "rec", "n-lora", seed, b, -1.0, tag=tag)
+    put(tmp_path / "rec", "o-lora", 4, 55.0, -1.0, tag=tag)  # one of them done
+    lb.main(["plan", *flags])
+    out = capsys.readouterr().out
+    assert (
+        "Then, past the plan (the queue's last lines): 4task seeds 4,5 for o-lora and the methods within its seed "
+        "spread (n-lora): 3 run(s) missing" in out
+    )
 
 
 def test_plan_estimates_from_the_budgets_own_records(lb, toy, tmp_path, capsys):
