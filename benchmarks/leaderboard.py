@@ -1216,7 +1216,45 @@ def group_table(
     claims = paper_claims(rows)
     if claims:
         lines += ["The N-LoRA paper's claims on this table (n-lora against each, paired by seed):", "", *claims, ""]
+    lines += per_task_table(recs, [r["method"] for r in order])
     return lines, rows
+
+
+def per_task_table(recs: list[dict], methods: list[str]) -> list[str]:
+    """Where each method learns and forgets: per task, the mean over seeds of its accuracy right after training
+    on it (the matrix's diagonal) and after the last task (its last row); METHODS gives the row order."""
+    by_method: dict[str, list[dict]] = {}
+    for r in recs:
+        if r.get("accuracy_matrix") and r.get("tasks"):
+            by_method.setdefault(r["method"], []).append(r)
+    if not by_method:
+        return []
+    tasks = max((r["tasks"] for rs in by_method.values() for r in rs), key=len)
+
+    def mean_at(rs: list[dict], row: int | None, j: int) -> float | None:
+        vals = []
+        for r in rs:
+            m = r["accuracy_matrix"]
+            if r["tasks"] == tasks and len(m) == len(tasks):
+                vals.append(m[j if row is None else row][j])
+        return mean_sd(vals)[0]
+
+    lines = [
+        "Per task, mean over seeds: accuracy right after training on it → after the last task (exact match, %; "
+        "the last task has one figure, both at once).",
+        "",
+        "| method | " + " | ".join(tasks) + " |",
+        "|---|" + "---|" * len(tasks),
+    ]
+    for method in (m for m in methods if m in by_method):
+        rs = by_method[method]
+        cells = []
+        for j in range(len(tasks)):
+            end = _ms((mean_at(rs, -1, j), None), 1)
+            # the last task's "right after" is the last row itself: one figure
+            cells.append(end if j == len(tasks) - 1 else f"{_ms((mean_at(rs, None, j), None), 1)} → {end}")
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
 
 
 def summary_sentences(rows: dict, best: str | None, comp: dict) -> list[str]:

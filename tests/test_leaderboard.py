@@ -110,6 +110,25 @@ def test_the_upper_bound_is_shown_with_its_gap_but_is_never_the_best(lb, tmp_pat
     assert lb.best_of(rec, TAG, "4task", 5) == ["o-lora", "seq-lora"]  # the 10-task best five: never mtl
 
 
+def test_per_task_table_shows_where_each_method_learns_and_forgets(lb, tmp_path):
+    rec = tmp_path / "records"
+    tasks = ["topic", "mood", "qa"]
+    for seed, m in (
+        (1, [[80.0, None, None], [None, 40.0, None], [60.0, 30.0, 70.0]]),
+        (2, [[90.0, None, None], [None, 50.0, None], [70.0, 20.0, 60.0]]),
+    ):
+        put(rec, "o-lora", seed, 50.0, -10.0, accuracy_matrix=m, tasks=tasks)
+    joint = [[None] * 3, [None] * 3, [81.0, 45.0, 66.0]]  # trained on all at once: only the last row
+    put(rec, "mtl", 1, 64.0, None, accuracy_matrix=joint, tasks=tasks)
+    put(rec, "seq-lora", 1, 10.0, -50.0)  # no matrix in the record: no row, never a zero
+    text = lb.build_table(rec, tmp_path / "lb.md")
+    per_task = text.split("Per task, mean over seeds")[1].split("\n\n")[1]  # the table after its caption
+    assert "| method | topic | mood | qa |" in per_task
+    assert "| o-lora | 85.0 → 65.0 | 45.0 → 25.0 | 65.0 |" in per_task  # means of seeds 1 and 2
+    assert "| mtl | - → 81.0 | - → 45.0 | 66.0 |" in per_task
+    assert "seq-lora" not in per_task and "0.0" not in per_task
+
+
 def test_tied_names_the_best_and_the_methods_within_its_seed_spread(lb, tmp_path):
     rec = tmp_path / "records"
     assert lb.tied_with_best(rec, TAG, "4task") == []  # no records: no best
