@@ -930,8 +930,8 @@ def cmd_plan(args) -> None:
         + pace_text
         + "; two runs side by side take about half as long"
     )
+    tag = budget_tag(s)
     for seq, seeds in TIE_BREAK_SEEDS.items():
-        tag = budget_tag(s)
         tied = tied_with_best(args.records, tag, seq)
         todo = [(m, run_path(args.records, tag, seq, m, seed)) for m in tied for seed in seeds]
         todo = [(m, p) for m, p in todo if not p.is_file()]
@@ -1223,21 +1223,18 @@ def group_table(
 def per_task_table(recs: list[dict], methods: list[str]) -> list[str]:
     """Where each method learns and forgets: per task, the mean over seeds of its accuracy right after training
     on it (the matrix's diagonal) and after the last task (its last row); METHODS gives the row order."""
-    by_method: dict[str, list[dict]] = {}
-    for r in recs:
-        if r.get("accuracy_matrix") and r.get("tasks"):
-            by_method.setdefault(r["method"], []).append(r)
-    if not by_method:
+    with_matrix = [r for r in recs if r.get("accuracy_matrix") and r.get("tasks")]
+    if not with_matrix:
         return []
-    tasks = max((r["tasks"] for rs in by_method.values() for r in rs), key=len)
+    tasks = max((r["tasks"] for r in with_matrix), key=len)
+    by_method: dict[str, list[list]] = {}  # the matrices of the records over these tasks, per method
+    for r in with_matrix:
+        by_method.setdefault(r["method"], [])
+        if r["tasks"] == tasks and len(r["accuracy_matrix"]) == len(tasks):
+            by_method[r["method"]].append(r["accuracy_matrix"])
 
-    def mean_at(rs: list[dict], row: int | None, j: int) -> float | None:
-        vals = []
-        for r in rs:
-            m = r["accuracy_matrix"]
-            if r["tasks"] == tasks and len(m) == len(tasks):
-                vals.append(m[j if row is None else row][j])
-        return mean_sd(vals)[0]
+    def mean_at(matrices: list[list], row: int | None, j: int) -> float | None:
+        return mean_sd([m[j if row is None else row][j] for m in matrices])[0]
 
     lines = [
         "Per task, mean over seeds: accuracy right after training on it → after the last task (exact match, %; "
@@ -1408,7 +1405,7 @@ def budget_section(groups: dict) -> list[str]:
             f"| epochs | {a} AA (seeds) | {b} AA (seeds) | ΔAA | {a} BWT | {b} BWT | ΔBWT | ahead on AA |",
             "|---|---|---|---|---|---|---|---|",
         ]
-        verdicts = []  # (epochs, leader or None, the paired AA difference)
+        verdicts = []  # (epochs, the method ahead on AA or "tie", the paired AA difference)
         for epochs, r in rows.items():
             c = pair(r, "aa")
             ahead = "-" if c is None else (a if c["mean"] > 0 else b if c["mean"] < 0 else "tie")
