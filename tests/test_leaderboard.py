@@ -75,7 +75,7 @@ def test_table_pairs_by_seed_with_a_hand_computed_t(lb, tmp_path):
         put(rec, "o-lora", seed, aa, bwt)
     for seed, aa in ((1, 60.0), (3, 58.0)):  # a higher mean, but only two seeds: not the best, marked
         put(rec, "n-lora", seed, aa, -1.0)
-    text = lb.build_table(rec, tmp_path / "lb.md")
+    text = lb.table.build_table(rec, tmp_path / "lb.md")
     assert "Best by mean AA: **seq-lora**" in text  # the highest mean among the methods with all three seeds
     # o-lora - seq-lora, seeds 1,2,3: -4, -3, -5 -> mean -4, sd 1, t = -4 / (1 / sqrt 3) = -6.93 (beyond 4.30)
     o = row_of(text, "o-lora")
@@ -101,13 +101,13 @@ def test_the_upper_bound_is_shown_with_its_gap_but_is_never_the_best(lb, tmp_pat
         put(rec, "mtl", seed, aa + 30.0 + seed, None)  # joint training, far ahead: +31, +32, +33, t = 32 sqrt 3
     for seed, aa in ((1, 40.0), (2, 45.0)):  # ahead of seq-lora beyond the spread, with fewer seeds so far
         put(rec, "o-lora", seed, aa, -10.0)
-    text = lb.build_table(rec, tmp_path / "lb.md")
+    text = lb.table.build_table(rec, tmp_path / "lb.md")
     assert "Best by mean AA: **seq-lora**" in text
     assert row_of(text, "mtl")[1] == "no, upper bound §" and row_of(text, "mtl")[6].startswith("+32.00 (t ")
     assert "The upper bound's gap to it (AA, paired by seed): mtl +32.00 (n 3, t 55.43)." in text
     # o-lora - seq-lora: +10, +11 (t 21.0 with 1 degree of freedom, beyond 12.71): above it, not below
     assert "Above it beyond the seed spread, with fewer seeds so far: o-lora." in text and "Below it" not in text
-    assert lb.best_of(rec, TAG, "4task", 5) == ["o-lora", "seq-lora"]  # the 10-task best five: never mtl
+    assert lb.standings.best_of(rec, TAG, "4task", 5) == ["o-lora", "seq-lora"]  # the 10-task best five: never mtl
 
 
 def test_per_task_table_shows_where_each_method_learns_and_forgets(lb, tmp_path):
@@ -121,7 +121,7 @@ def test_per_task_table_shows_where_each_method_learns_and_forgets(lb, tmp_path)
     joint = [[None] * 3, [None] * 3, [81.0, 45.0, 66.0]]  # trained on all at once: only the last row
     put(rec, "mtl", 1, 64.0, None, accuracy_matrix=joint, tasks=tasks)
     put(rec, "seq-lora", 1, 10.0, -50.0)  # no matrix in the record: no row, never a zero
-    text = lb.build_table(rec, tmp_path / "lb.md")
+    text = lb.table.build_table(rec, tmp_path / "lb.md")
     per_task = text.split("Per task, mean over seeds")[1].split("\n\n")[1]  # the table after its caption
     assert "| method | topic | mood | qa |" in per_task
     assert "| o-lora | 85.0 → 65.0 | 45.0 → 25.0 | 65.0 |" in per_task  # means of seeds 1 and 2
@@ -131,7 +131,7 @@ def test_per_task_table_shows_where_each_method_learns_and_forgets(lb, tmp_path)
 
 def test_tied_names_the_best_and_the_methods_within_its_seed_spread(lb, tmp_path):
     rec = tmp_path / "records"
-    assert lb.tied_with_best(rec, TAG, "4task") == []  # no records: no best
+    assert lb.standings.tied_with_best(rec, TAG, "4task") == []  # no records: no best
     for seed, best, close, far in ((1, 50.0, 48.0, 30.0), (2, 52.0, 53.0, 31.0), (3, 54.0, 50.0, 33.0)):
         put(rec, "o-lora", seed, best, -1.0)
         put(rec, "n-lora", seed, close, -1.0)  # -2, +1, -4: t -1.15, within 4.30
@@ -140,15 +140,15 @@ def test_tied_names_the_best_and_the_methods_within_its_seed_spread(lb, tmp_path
     put(rec, "ewc", 1, 51.0, -1.0)  # one seed so far: it gets seeds 2-3 first, not 4-5
     put(rec, "lwf", 1, 49.0, -1.0)
     put(rec, "lwf", 2, 55.0, -1.0)  # two of the plan's three seeds: not yet
-    assert lb.tied_with_best(rec, TAG, "4task") == ["o-lora", "n-lora"]
+    assert lb.standings.tied_with_best(rec, TAG, "4task") == ["o-lora", "n-lora"]
     assert lb.expand_methods("tied,seq-lora", rec, TAG, "4task") == ["o-lora", "n-lora", "seq-lora"]
-    assert lb.tied_with_best(rec, TAG, "10task") == []  # another sequence's table
+    assert lb.standings.tied_with_best(rec, TAG, "10task") == []  # another sequence's table
     put(rec, "n-lora", 3, 40.0, -1.0)
     put(rec, "n-lora", 2, 30.0, -1.0)  # -2, -22, -14: t -2.18, still within 4.30
-    assert lb.tied_with_best(rec, TAG, "4task") == ["o-lora", "n-lora"]
+    assert lb.standings.tied_with_best(rec, TAG, "4task") == ["o-lora", "n-lora"]
     put(rec, "n-lora", 2, 41.0, -1.0)
     put(rec, "n-lora", 1, 38.0, -1.0)  # -12, -11, -14: t -13.98, beyond: nothing tied
-    assert lb.tied_with_best(rec, TAG, "4task") == []
+    assert lb.standings.tied_with_best(rec, TAG, "4task") == []
 
 
 def test_time_column_is_cpu_time_never_mixed_with_wall_time(lb, tmp_path):
@@ -157,7 +157,7 @@ def test_time_column_is_cpu_time_never_mixed_with_wall_time(lb, tmp_path):
     put(rec, "seq-lora", 2, 41.0, -1.0, cpu_time_s=720.0)
     put(rec, "o-lora", 1, 42.0, -1.0, cpu_time_s=600.0)
     put(rec, "o-lora", 2, 43.0, -1.0)  # a record of an earlier version: no CPU time
-    text = lb.build_table(rec, tmp_path / "lb.md")
+    text = lb.table.build_table(rec, tmp_path / "lb.md")
     assert "| saved per task (KiB) | CPU time (min) |" in text
     assert row_of(text, "seq-lora")[-1] == "11.0 ± 1.4"  # (10 + 12) / 2 minutes
     assert row_of(text, "o-lora")[-1] == "2.0 ± 0.0 (wall)"  # both seeds' wall time, marked, rather than a mix
@@ -169,7 +169,7 @@ def test_time_column_keeps_gpu_seeds_apart(lb, tmp_path):
     put(rec, "seq-lora", 2, 41.0, -1.0, cpu_time_s=5.0, wall_time_s=90.0, device_type="cuda")  # a lent GPU
     put(rec, "seq-lora", 3, 42.0, -1.0, cpu_time_s=4.0, wall_time_s=150.0, device_type="cuda")
     put(rec, "o-lora", 1, 43.0, -1.0, cpu_time_s=7.0, wall_time_s=60.0, device_type="cuda")
-    text = lb.build_table(rec, tmp_path / "lb.md")
+    text = lb.table.build_table(rec, tmp_path / "lb.md")
     # the CPU seed's CPU time, the GPU seeds' wall time beside it: never averaged together
     assert row_of(text, "seq-lora")[-1] == "10.0; 2.0 ± 0.7 (GPU wall)"
     assert row_of(text, "o-lora")[-1] == "1.0 (GPU wall)"
@@ -200,7 +200,7 @@ def test_missing_runs_are_missing_never_zero(lb, tmp_path):
     put(rec, "seq-lora", 2, 42.0, -8.0)
     put(rec, "mtl", 1, 44.0, None)  # mtl has no BWT: shown as "-", not 0
     expected = {"seq-lora": [1, 2, 3], "mtl": [1, 2, 3], "ewc": [1, 2, 3]}
-    lines, rows = lb.group_table(TAG, "4task", lb.load_runs(rec)[(TAG, "4task")], expected)
+    lines, rows = lb.table.group_table(TAG, "4task", lb.standings.load_runs(rec)[(TAG, "4task")], expected)
     text = "\n".join(lines)
     ewc = row_of(text, "ewc")
     assert ewc[3] == "0 (missing 3)" and ewc[4] == ewc[5] == ewc[6] == "-"
@@ -212,10 +212,10 @@ def test_missing_runs_are_missing_never_zero(lb, tmp_path):
 
 def test_the_plan_puts_missing_methods_in_the_table(lb, tmp_path, monkeypatch):
     rec = tmp_path / "records"
-    s = dict(lb.BUDGETS["main"])
-    tag = lb.budget_tag(s)
+    s = dict(lb.spec.BUDGETS["main"])
+    tag = lb.spec.budget_tag(s)
     put(rec, "seq-lora", 1, 40.0, -10.0, tag=tag)
-    text = lb.build_table(rec, tmp_path / "lb.md", s)
+    text = lb.table.build_table(rec, tmp_path / "lb.md", s)
     four = text.split("### 4task")[1].split("### ")[0]
     assert row_of("### " + four, "seq-lora")[3] == "1 (missing 2)"
     assert row_of("### " + four, "ewc")[3] == "0 (missing 3)"  # every registered method appears
@@ -228,7 +228,7 @@ def test_the_plan_puts_missing_methods_in_the_table(lb, tmp_path, monkeypatch):
         choice = {"kind": "choice", "method": method, "budget_tag": tag, "sequence": "4task", "knob": knob}
         choice |= {"chosen": value, "points": [{"value": value, "aa": 50.0, "bwt": -1.0}]}
         (sel / method / "choice.json").write_text(json.dumps(choice))
-    text = lb.build_table(rec, tmp_path / "lb.md", s)
+    text = lb.table.build_table(rec, tmp_path / "lb.md", s)
     tables = ["### " + t for t in text.split("### ")[1:]]
     four, ten, three = (
         next(t for t in tables if t.splitlines()[0].startswith(f"### {seq} (") and t.splitlines()[0].endswith(b))
@@ -241,25 +241,27 @@ def test_the_plan_puts_missing_methods_in_the_table(lb, tmp_path, monkeypatch):
 
 def test_results_document_gets_the_main_budget_between_its_markers(lb, tmp_path):
     rec = tmp_path / "records"
-    s = dict(lb.BUDGETS["main"])
-    tag = lb.budget_tag(s)
+    s = dict(lb.spec.BUDGETS["main"])
+    tag = lb.spec.budget_tag(s)
     put(rec, "seq-lora", 1, 40.0, -10.0, tag=tag)
     put(rec, "n-lora", 1, 47.0, -3.0, tag=tag.replace("-e1-", "-e3-"))  # the budget question's runs belong too
     put(rec, "o-lora", 1, 12.0, -1.0)  # another budget: the leaderboard's, not the document's
     docs = tmp_path / "docs"
     head, tail = "# Results\n\nWritten by hand.\n", "\n## Earlier studies\n\nAlso by hand.\n"
     (docs / "results.md").parent.mkdir()
-    (docs / "results.md").write_text(f"{head}{lb.RESULTS_BEGIN}\nold table\n{lb.RESULTS_END}{tail}")
+    (docs / "results.md").write_text(f"{head}{lb.table.RESULTS_BEGIN}\nold table\n{lb.table.RESULTS_END}{tail}")
     (docs / "other.md").write_text("no markers here\n")
-    full = lb.build_table(rec, docs / "leaderboard.md", s, docs / "results.md")
+    full = lb.table.build_table(rec, docs / "leaderboard.md", s, docs / "results.md")
     text = (docs / "results.md").read_text()
-    assert text.startswith(head + lb.RESULTS_BEGIN) and text.endswith(lb.RESULTS_END + tail)  # the rest kept
-    block = text.split(lb.RESULTS_BEGIN)[1].split(lb.RESULTS_END)[0]
+    assert text.startswith(head + lb.table.RESULTS_BEGIN) and text.endswith(
+        lb.table.RESULTS_END + tail
+    )  # the rest kept
+    block = text.split(lb.table.RESULTS_BEGIN)[1].split(lb.table.RESULTS_END)[0]
     assert "old table" not in block and f"### 4task (agnews → amazon → MNLI → QQP), budget {tag}" in block
     assert row_of(block, "seq-lora")[4] == "40.00" and "### 10task" in block
     assert f"budget {tag.replace('-e1-', '-e3-')}" in block and TAG not in block and TAG in full
     assert f"](leaderboard/{tag}-4task-aa-bwt.png)" in block  # the figure, linked from the document's folder
-    lb.build_table(rec, docs / "leaderboard.md", s, docs / "other.md")
+    lb.table.build_table(rec, docs / "leaderboard.md", s, docs / "other.md")
     assert (docs / "other.md").read_text() == "no markers here\n"  # without markers: left alone
 
 
@@ -273,10 +275,10 @@ def test_budgets_never_mix(lb, tmp_path):
     wrong = put(rec, "o-lora", 2, 99.0, 0.0)  # a record whose content names another budget than its folder
     data = json.loads(wrong.read_text())
     wrong.write_text(json.dumps({**data, "budget_tag": other}))
-    groups = lb.load_runs(rec)
+    groups = lb.standings.load_runs(rec)
     assert sorted(groups) == [(TAG, "4task"), (other, "4task")]
     assert sorted(r["aa"] for r in groups[(TAG, "4task")]) == [40.0, 50.0]  # the misfiled record is not read
-    text = lb.build_table(rec, tmp_path / "lb.md")
+    text = lb.table.build_table(rec, tmp_path / "lb.md")
     assert row_of(text, "n-lora", 0)[4] == "50.00" and row_of(text, "n-lora", 1)[4] == "10.00"  # one seed: no sd
     assert "| 30.00 ±" not in text  # no mean across budgets
     # the budget question: n-lora vs o-lora at each epoch count
@@ -294,7 +296,7 @@ def test_the_papers_claims_are_judged_paired_by_seed(lb, tmp_path):
     for seed, aa, bwt, acr, nn in ((1, 42.0, -6.0, 0.95, 5.0), (2, 45.0, -6.0, 0.96, 6.0), (3, 45.0, -6.0, 0.97, 7.0)):
         put(rec, "o-lora", seed, aa, bwt, acr=acr, nuclear_norm_mean=nn)
     put(rec, "seq-lora", 2, 30.0, -20.0)  # one shared seed: no t
-    text = lb.build_table(rec, tmp_path / "lb.md")
+    text = lb.table.build_table(rec, tmp_path / "lb.md")
     claims = text.split("The N-LoRA paper's claims on this table")[1].split("###")[0]
     said = {line.split(" (paper:")[0][2:]: line for line in claims.splitlines() if line.startswith("- ")}
     assert said["higher AA than o-lora"].endswith(
@@ -314,7 +316,7 @@ def test_the_papers_claims_are_judged_paired_by_seed(lb, tmp_path):
     )
     assert "higher AA than inc-lora" not in said  # no inc-lora record: nothing said
     # without n-lora, no claims at all
-    text = lb.build_table(tmp_path / "none", tmp_path / "none.md")
+    text = lb.table.build_table(tmp_path / "none", tmp_path / "none.md")
     assert "paper's claims" not in text
 
 
@@ -329,7 +331,7 @@ def test_the_budget_question_pairs_by_seed_and_says_whether_the_ranking_changes(
     for seed, n_aa in ((1, 50.0), (2, 53.0)):
         put(rec, "n-lora", seed, n_aa, -2.0, tag=e3)
     put(rec, "o-lora", 1, 45.0, -6.0, tag=e3)
-    text = lb.build_table(rec, tmp_path / "lb.md")
+    text = lb.table.build_table(rec, tmp_path / "lb.md")
     budget = "### " + text.split("### The budget question")[1].split("### ")[0]
     one = row_of(budget, "1")
     assert one[1:4] == ["40.50 ± 0.71 (2)", "45.50 ± 2.12 (2)", "-5.00 (t -5.00, n 2)"] and one[-1] == "o-lora"
@@ -347,23 +349,23 @@ def test_the_budget_question_pairs_by_seed_and_says_whether_the_ranking_changes(
     assert "- The ranking on AA changes with the epochs: o-lora at 1, n-lora at 3." in budget
     # the same order at both epoch counts: the ranking holds
     put(rec, "o-lora", 1, 60.0, -6.0, tag=e3)
-    text = lb.build_table(rec, tmp_path / "lb.md")
+    text = lb.table.build_table(rec, tmp_path / "lb.md")
     assert "- The ranking on AA holds across 1, 3 epoch(s)." in text
 
 
 def test_budget_tag_names_what_changes_training(lb):
-    s = dict(lb.BUDGETS["main"])
+    s = dict(lb.spec.BUDGETS["main"])
     tags = {
-        lb.budget_tag(s),
-        lb.budget_tag(dict(s, epochs=3.0)),
-        lb.budget_tag(dict(s, max_train=500)),
-        lb.budget_tag(dict(s, max_test=100)),
-        lb.budget_tag(dict(s, lr=1e-3)),
-        lb.budget_tag(dict(s, precision="bf16")),
-        lb.budget_tag(dict(s, lora_r=16, lora_alpha=64.0)),
-        lb.budget_tag(dict(s, model="/some/where/other-model/")),
+        lb.spec.budget_tag(s),
+        lb.spec.budget_tag(dict(s, epochs=3.0)),
+        lb.spec.budget_tag(dict(s, max_train=500)),
+        lb.spec.budget_tag(dict(s, max_test=100)),
+        lb.spec.budget_tag(dict(s, lr=1e-3)),
+        lb.spec.budget_tag(dict(s, precision="bf16")),
+        lb.spec.budget_tag(dict(s, lora_r=16, lora_alpha=64.0)),
+        lb.spec.budget_tag(dict(s, model="/some/where/other-model/")),
     }
-    assert len(tags) == 8 and lb.budget_tag(s) == "smollm2-n1000-t200-e1-b8-lr0.002-fp32"
+    assert len(tags) == 8 and lb.spec.budget_tag(s) == "smollm2-n1000-t200-e1-b8-lr0.002-fp32"
 
 
 # ---------------------------------------------------------------------------------------- validation split
@@ -416,16 +418,16 @@ def toy(lb, tmp_path, monkeypatch, model_dirs):
     """leaderboard.py pointed at the tiny LLaMA and toy tasks, records and runs in tmp_path."""
     for name in ("topic", "mood"):
         write_task(tmp_path / "CL", name, n_train=8, n_test=4)
-    monkeypatch.setattr(lb, "SEQUENCES", {"4task": "topic,mood", "10task": "mood,topic"})
+    monkeypatch.setattr(lb.spec, "SEQUENCES", {"4task": "topic,mood", "10task": "mood,topic"})
     budget = dict(model=str(model_dirs["llama"]), max_train=8, max_test=4, epochs=1.0, batch_size=4, lr=1e-3)
-    monkeypatch.setattr(lb, "BUDGETS", {"main": dict(budget, precision="fp32")})
+    monkeypatch.setattr(lb.spec, "BUDGETS", {"main": dict(budget, precision="fp32")})
     flags = ["--records", str(tmp_path / "rec"), "--data-dir", str(tmp_path / "CL")]
     return flags, ["--runs", str(tmp_path / "runs"), "--device", "cpu"]
 
 
 def test_run_skips_recorded_and_writes_a_record(lb, toy, tmp_path, capsys):
     flags, running = toy
-    tag = lb.budget_tag(lb.BUDGETS["main"])
+    tag = lb.spec.budget_tag(lb.spec.BUDGETS["main"])
     rec = tmp_path / "rec"
     put(rec, "inc-lora", 1, 12.0, -1.0, tag=tag)
     lb.main(["run", "--sequence", "4task", "--methods", "seq-lora,inc-lora", "--seeds", "1", *flags, *running])
@@ -466,9 +468,9 @@ def test_select_on_validation_then_run_uses_the_choice(lb, toy, tmp_path, monkey
     flags, running = toy
     calls = []
     monkeypatch.setattr(lb, "run_one", fake_run(calls))
-    monkeypatch.setattr(lb, "GRIDS", {"ewc": [1e3, 1e4, 1e5]})
+    monkeypatch.setattr(lb.spec, "GRIDS", {"ewc": [1e3, 1e4, 1e5]})
     lb.main(["select", "--methods", "ewc,seq-lora", *flags, *running])  # seq-lora has no knob: no selection
-    tag = lb.budget_tag(lb.BUDGETS["main"])
+    tag = lb.spec.budget_tag(lb.spec.BUDGETS["main"])
     assert [(m, s, lam) for m, s, _, lam, _ in calls] == [("ewc", 1, 1e3), ("ewc", 1, 1e4), ("ewc", 1, 1e5)]
     val_dir = tmp_path / "runs" / tag / "valdata" / "4task"
     assert all(d == val_dir for _, _, d, _, _ in calls)  # trained and scored on the validation split only
@@ -489,7 +491,7 @@ def test_select_on_validation_then_run_uses_the_choice(lb, toy, tmp_path, monkey
     r = json.loads((tmp_path / "rec" / tag.replace("-e1-", "-e3-") / "4task" / "ewc" / "seed-2.json").read_text())
     assert r["hyperparameter"] == {"name": "lambda", "value": 1e4, "source": f"{tag}/selection/4task/ewc/choice.json"}
     assert r["stored_bytes_per_task"] == [100, 100]
-    text = lb.build_table(tmp_path / "rec", tmp_path / "lb.md")
+    text = lb.table.build_table(tmp_path / "rec", tmp_path / "lb.md")
     assert "| ewc | 1000: 41.00 / -1.00, 10000: 50.00 / -1.00, 100000: 5.00 / -1.00 | 10000 |" in text
 
 
@@ -506,11 +508,15 @@ def test_prompt_and_full_finetuning_methods_select_their_learning_rate(lb, toy, 
         return {"tasks": tasks.split(","), "aa": aa, "bwt": -2.0, "accuracy_matrix": [[aa]], "wall_time_s": 1.0}
 
     monkeypatch.setattr(lb, "run_one", run_one)
-    monkeypatch.setattr(lb, "GRIDS", {"seq-prompt": [2e-3, 2e-2, 2e-1]})
-    assert lb.knob_of("seq-prompt") == "lr" and lb.knob_of("seq-ft") == "lr" and lb.knob_of("ewc") == "lambda"
+    monkeypatch.setattr(lb.spec, "GRIDS", {"seq-prompt": [2e-3, 2e-2, 2e-1]})
+    assert (
+        lb.spec.knob_of("seq-prompt") == "lr"
+        and lb.spec.knob_of("seq-ft") == "lr"
+        and lb.spec.knob_of("ewc") == "lambda"
+    )
     lb.main(["select", "--methods", "seq-prompt", *flags, *running])
     assert calls == [("seq-prompt", 1, 2e-3, None), ("seq-prompt", 1, 2e-2, None), ("seq-prompt", 1, 2e-1, None)]
-    tag = lb.budget_tag(lb.BUDGETS["main"])
+    tag = lb.spec.budget_tag(lb.spec.BUDGETS["main"])
     sel = tmp_path / "rec" / tag / "selection" / "4task" / "seq-prompt"
     assert sorted(p.name for p in sel.iterdir()) == ["choice.json", "lr-0.002.json", "lr-0.02.json", "lr-0.2.json"]
     assert json.loads((sel / "lr-0.02.json").read_text())["hyperparameter"]["name"] == "lr"
@@ -521,7 +527,7 @@ def test_prompt_and_full_finetuning_methods_select_their_learning_rate(lb, toy, 
     assert calls == [("seq-prompt", 1, 2e-2, None)]
     r = json.loads((tmp_path / "rec" / tag / "4task" / "seq-prompt" / "seed-1.json").read_text())
     assert r["hyperparameter"]["name"] == "lr" and r["hyperparameter"]["value"] == 2e-2
-    text = lb.build_table(tmp_path / "rec", tmp_path / "lb.md")
+    text = lb.table.build_table(tmp_path / "rec", tmp_path / "lb.md")
     assert "| seq-prompt | lr 0.002: 20.00 / -2.00, lr 0.02: 45.00 / -2.00, lr 0.2: 30.00 / -2.00 | lr 0.02 |" in text
     assert "| seq-prompt | no | lr 0.02 (chosen) | 1 |" in text
 
@@ -533,7 +539,7 @@ def test_a_learning_rate_knob_reaches_the_real_run(lb, toy, tmp_path):
     flags, running = toy
     args = ["run", "--sequence", "4task", "--methods", "seq-prompt", "--seeds", "1", "--lambda", "seq-prompt=0.05"]
     lb.main([*args, *flags, *running])
-    tag = lb.budget_tag(lb.BUDGETS["main"])
+    tag = lb.spec.budget_tag(lb.spec.BUDGETS["main"])
     cfg = yaml.safe_load((tmp_path / "runs" / tag / "4task" / "seq-prompt" / "seed-1" / "config.yaml").read_text())
     assert {t["lr"] for t in cfg["tasks"]} == {0.05}
     r = json.loads((tmp_path / "rec" / tag / "4task" / "seq-prompt" / "seed-1.json").read_text())
@@ -551,12 +557,12 @@ def test_a_selection_still_running_shows_its_points_so_far(lb, toy, tmp_path, mo
         return fake(args, method, tasks, seed, out, data_dir, lam)
 
     monkeypatch.setattr(lb, "run_one", run_one)
-    monkeypatch.setattr(lb, "GRIDS", {"ewc": [1e3, 1e4, 1e5]})
+    monkeypatch.setattr(lb.spec, "GRIDS", {"ewc": [1e3, 1e4, 1e5]})
     with pytest.raises(SystemExit, match="1 run\\(s\\) failed"):  # the third point has not finished
         lb.main(["select", "--methods", "ewc", *flags, *running])
-    tag = lb.budget_tag(lb.BUDGETS["main"])
+    tag = lb.spec.budget_tag(lb.spec.BUDGETS["main"])
     assert not (tmp_path / "rec" / tag / "selection" / "4task" / "ewc" / "choice.json").exists()
-    text = lb.build_table(tmp_path / "rec", tmp_path / "lb.md")
+    text = lb.table.build_table(tmp_path / "rec", tmp_path / "lb.md")
     assert "| ewc | 1000: 41.00 / -1.00, 10000: 50.00 / -1.00 | running: 2 of 3 points |" in text
 
 
@@ -575,10 +581,10 @@ def test_a_best_value_on_an_end_of_the_grid_adds_the_next_one_beyond_it(
     flags, running = toy
     calls = []
     monkeypatch.setattr(lb, "run_one", fake_run(calls, aa_of))
-    monkeypatch.setattr(lb, "GRIDS", {"ewc": [1e3, 1e4, 1e5]})
+    monkeypatch.setattr(lb.spec, "GRIDS", {"ewc": [1e3, 1e4, 1e5]})
     lb.main(["select", "--methods", "ewc", *flags, *running])
     assert [lam for *_, lam, _ in calls] == ran
-    sel = tmp_path / "rec" / lb.budget_tag(lb.BUDGETS["main"]) / "selection" / "4task" / "ewc"
+    sel = tmp_path / "rec" / lb.spec.budget_tag(lb.spec.BUDGETS["main"]) / "selection" / "4task" / "ewc"
     choice = json.loads((sel / "choice.json").read_text())
     assert choice["chosen"] == chosen and choice["grid"] == [1e3, 1e4, 1e5]
     assert [p["value"] for p in choice["points"]] == sorted(ran)
@@ -597,19 +603,19 @@ def test_a_linear_grid_is_not_extended_and_a_choice_on_an_end_is_not_used_until_
     calls = []
     rising = {0.5: 10.0, 0.7: 20.0, 0.9: 30.0, 1e3: 10.0, 1e4: 20.0, 1e5: 30.0, 1e6: 25.0}
     monkeypatch.setattr(lb, "run_one", fake_run(calls, rising))
-    monkeypatch.setattr(lb, "GRIDS", {"migu-lora": [0.5, 0.7, 0.9], "ewc": [1e3, 1e4, 1e5]})
+    monkeypatch.setattr(lb.spec, "GRIDS", {"migu-lora": [0.5, 0.7, 0.9], "ewc": [1e3, 1e4, 1e5]})
     lb.main(["select", "--methods", "migu-lora", *flags, *running])
     assert [lam for *_, lam, _ in calls] == [0.5, 0.7, 0.9]  # best on its end, but a range, not a scale
-    monkeypatch.setattr(lb, "EDGE_STEPS", 0)  # as an earlier version selected: the grid alone
+    monkeypatch.setattr(lb.spec, "EDGE_STEPS", 0)  # as an earlier version selected: the grid alone
     lb.main(["select", "--methods", "ewc", *flags, *running])
-    tag = lb.budget_tag(lb.BUDGETS["main"])
+    tag = lb.spec.budget_tag(lb.spec.BUDGETS["main"])
     assert json.loads((tmp_path / "rec" / tag / "selection/4task/ewc/choice.json").read_text())["chosen"] == 1e5
-    monkeypatch.setattr(lb, "EDGE_STEPS", 2)
+    monkeypatch.setattr(lb.spec, "EDGE_STEPS", 2)
     calls.clear()
     capsys.readouterr()
     lb.main(["run", "--sequence", "4task", "--methods", "ewc", "--seeds", "1", *flags, *running])
     assert calls == [] and "is not final" in capsys.readouterr().out
-    text = lb.build_table(tmp_path / "rec", tmp_path / "lb.md")
+    text = lb.table.build_table(tmp_path / "rec", tmp_path / "lb.md")
     assert "| ewc | 1000: 10.00 / -1.00, 10000: 20.00 / -1.00, 100000: 30.00 / -1.00 | running: 3 of 4 points |" in text
     lb.main(["select", "--methods", "ewc", *flags, *running])
     assert [lam for *_, lam, _ in calls] == [1e6]
@@ -627,7 +633,7 @@ def test_run_without_a_selection_refuses_the_method(lb, toy, tmp_path, monkeypat
 
 def test_plan_lists_missing_records(lb, toy, tmp_path, capsys):
     flags, _ = toy
-    tag = lb.budget_tag(lb.BUDGETS["main"])
+    tag = lb.spec.budget_tag(lb.spec.BUDGETS["main"])
     put(tmp_path / "rec", "seq-lora", 2, 40.0, -1.0, tag=tag)
     started = tmp_path / "runs" / tag / "4task" / "seq-lora" / "seed-3"  # stopped after its first task
     write_json(
@@ -648,7 +654,7 @@ def test_plan_lists_missing_records(lb, toy, tmp_path, capsys):
 
 def test_plan_names_the_tie_break_runs_past_it(lb, toy, tmp_path, capsys):
     flags, _ = toy
-    tag = lb.budget_tag(lb.BUDGETS["main"])
+    tag = lb.spec.budget_tag(lb.spec.BUDGETS["main"])
     lb.main(["plan", *flags])
     assert "past the plan" not in capsys.readouterr().out  # nothing to tell apart yet
     for seed, a, b in ((1, 50.0, 48.0), (2, 52.0, 53.0), (3, 54.0, 50.0)):
@@ -665,7 +671,7 @@ def test_plan_names_the_tie_break_runs_past_it(lb, toy, tmp_path, capsys):
 
 def test_plan_estimates_from_the_budgets_own_records(lb, toy, tmp_path, capsys):
     flags, _ = toy
-    tag = lb.budget_tag(lb.BUDGETS["main"])
+    tag = lb.spec.budget_tag(lb.spec.BUDGETS["main"])
     timing = dict(train_steps_per_task=[2, 2], accuracy_matrix=[[50.0, None], [40.0, 60.0]], settings={"max_test": 4})
     # 4 steps and 3 cells x 4 answers: wall time 40 s of training (a pause in it), 24 s of evaluation
     put(tmp_path / "rec", "seq-lora", 1, 40.0, -1.0, tag=tag, train_seconds=40.0, eval_seconds=24.0, **timing)
@@ -682,12 +688,12 @@ def test_plan_estimates_from_the_budgets_own_records(lb, toy, tmp_path, capsys):
     put(tmp_path / "rec", "inc-lora", 1, 9.0, -1.0, tag=tag, device_type="cuda", **cpu, **timing)
     # a wall-only record counts only for a method with no CPU-timed record: ewc's 60 s / 4 steps is left out
     put(tmp_path / "rec", "ewc", 2, 9.0, -1.0, tag=tag, train_seconds=60.0, eval_seconds=20.0, **timing)
-    rates = lb.measured_rates(tmp_path / "rec", tag)
+    rates = lb.pacing.measured_rates(tmp_path / "rec", tag)
     assert rates == {"seq-lora": (10.0, 2.0), "l2p": (2.0, 0.5), "ewc": (3.0, pytest.approx(4.0 / 12))}
-    s = lb.BUDGETS["main"]
-    one = lb.estimate_s(s, "4task", 1.0, tmp_path / "CL", rates["seq-lora"])
+    s = lb.spec.BUDGETS["main"]
+    one = lb.pacing.estimate_s(s, "4task", 1.0, tmp_path / "CL", rates["seq-lora"])
     # topic and mood: 2 steps each at 10 s, (2 x 4) answers each at 2 s, and the model load
-    assert one == pytest.approx(lb.SEC_PER_RUN + 4 * 10.0 + 16 * 2.0)
+    assert one == pytest.approx(lb.pacing.SEC_PER_RUN + 4 * 10.0 + 16 * 2.0)
     lb.main(["plan", *flags])
     out = capsys.readouterr().out
     assert "seq-lora 10.0 s/step, 2.00 s/answer" in out and "l2p 2.0 s/step, 0.50 s/answer" in out
@@ -708,7 +714,9 @@ def test_a_failing_run_is_reported_and_the_others_go_on(lb, toy, tmp_path, monke
         lb.main(["run", "--sequence", "4task", "--methods", "seq-lora,inc-lora", "--seeds", "1", *flags, *running])
     assert calls == [("seq-lora", 1), ("inc-lora", 1)] and "FAILED seq-lora seed 1" in capsys.readouterr().out
     recs = sorted(p.relative_to(tmp_path / "rec").as_posix() for p in (tmp_path / "rec").rglob("seed-*.json"))
-    assert recs == [f"{lb.budget_tag(lb.BUDGETS['main'])}/4task/inc-lora/seed-1.json"]  # none for the failed run
+    assert recs == [
+        f"{lb.spec.budget_tag(lb.spec.BUDGETS['main'])}/4task/inc-lora/seed-1.json"
+    ]  # none for the failed run
 
 
 def test_commit_commits_only_the_record(lb, tmp_path, monkeypatch):
@@ -749,7 +757,7 @@ def test_tree_is_dirty_for_code_changes_not_for_records(lb, tmp_path, monkeypatc
     git("init", "-q")
     git("add", ".")
     git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "start")
-    monkeypatch.setattr(lb, "ROOT", repo)
+    monkeypatch.setattr(lb.spec, "ROOT", repo)
     assert lb.code_changed() is False
     record.write_text("rewritten by the runner\n")
     (repo / "benchmarks" / "records" / "new.json").write_text("{}")
@@ -781,7 +789,7 @@ def test_record_takes_a_run_made_elsewhere_only_at_its_budget(lb, toy, tmp_path,
     args = ["--max-test-per-task", "4", "--batch-size", "4", "--lr", "1e-3", "--precision", "fp32", "--seed", "2"]
     extra = ["--eval-scope", "needed", "--unknown-labels", "drop", "--device", "cpu", "--method", "o-lora"]
     assert nlora(["run", *common, "--output-dir", str(out), "--max-train-per-task", "8", *args, *extra]) == 0
-    tag = lb.budget_tag(lb.BUDGETS["main"])
+    tag = lb.spec.budget_tag(lb.spec.BUDGETS["main"])
     lb.main(["record", str(out), "--sequence", "4task", "--run-commit", "abc123", *flags])
     r = json.loads((tmp_path / "rec" / tag / "4task" / "o-lora" / "seed-2.json").read_text())
     summary = json.loads((out / "summary.json").read_text())
@@ -804,13 +812,13 @@ def test_every_method_has_its_own_figure_style_and_neighbours_differ_in_hue(lb):
 
     from nlora.methods import REGISTRY
 
-    styles = {m: lb.method_style(m) for m in REGISTRY}
+    styles = {m: lb.table.method_style(m) for m in REGISTRY}
     assert len(set(styles.values())) == len(REGISTRY)  # no two methods look alike
     tab20 = [tuple(c) for c in matplotlib.colormaps["tab20"].colors]
     hue = {m: tab20.index(tuple(color[:3])) // 2 for m, (color, _) in styles.items()}  # tab20: two shades a hue
     ordered = sorted(REGISTRY)
     assert all(hue[a] != hue[b] for a, b in zip(ordered, ordered[1:]))
-    assert lb.method_style("seq-lora") == styles["seq-lora"]  # fixed: the same on every call
+    assert lb.table.method_style("seq-lora") == styles["seq-lora"]  # fixed: the same on every call
 
 
 def test_until_reads_a_clock_time_or_an_iso_moment(lb):
@@ -818,13 +826,13 @@ def test_until_reads_a_clock_time_or_an_iso_moment(lb):
     import datetime
 
     now = datetime.datetime.now().astimezone()
-    soon = lb.until_time((now + datetime.timedelta(minutes=5)).strftime("%H:%M"))
+    soon = lb.pacing.until_time((now + datetime.timedelta(minutes=5)).strftime("%H:%M"))
     assert datetime.timedelta(minutes=3) < soon - now <= datetime.timedelta(minutes=5)  # today, ahead
-    past = lb.until_time((now - datetime.timedelta(minutes=5)).strftime("%H:%M"))
+    past = lb.pacing.until_time((now - datetime.timedelta(minutes=5)).strftime("%H:%M"))
     assert datetime.timedelta(hours=23) < past - now < datetime.timedelta(days=1)  # its next occurrence
-    assert lb.until_time("2030-01-02T03:04").year == 2030
+    assert lb.pacing.until_time("2030-01-02T03:04").year == 2030
     with pytest.raises(argparse.ArgumentTypeError, match="25:99"):
-        lb.until_time("25:99")
+        lb.pacing.until_time("25:99")
 
 
 def test_until_starts_only_runs_expected_to_end_before_it(lb, toy, tmp_path, monkeypatch, capsys):
@@ -833,13 +841,13 @@ def test_until_starts_only_runs_expected_to_end_before_it(lb, toy, tmp_path, mon
     import datetime
 
     flags, running = toy
-    tag = lb.budget_tag(lb.BUDGETS["main"])
+    tag = lb.spec.budget_tag(lb.spec.BUDGETS["main"])
     rec = tmp_path / "rec"
     timing = dict(train_steps_per_task=[2, 2], accuracy_matrix=[[50.0, None], [40.0, 60.0]], settings={"max_test": 4})
     # inc-lora's measured pace: 4 steps in 400 CPU s, 12 answers in 120 s -> 100 s/step, 10 s/answer
     put(rec, "inc-lora", 1, 9.0, -1.0, tag=tag, train_cpu_seconds=400.0, eval_cpu_seconds=120.0, **timing)
     # one toy run: 4 steps x 100 s + 16 answers x 10 s + the load, then x UNTIL_MARGIN at one thread: about 12 min
-    need = (lb.SEC_PER_RUN + 4 * 100.0 + 16 * 10.0) * lb.UNTIL_MARGIN
+    need = (lb.pacing.SEC_PER_RUN + 4 * 100.0 + 16 * 10.0) * lb.pacing.UNTIL_MARGIN
     calls = []
     monkeypatch.setattr(lb, "run_one", fake_run(calls))
 
@@ -865,9 +873,9 @@ def test_until_starts_only_runs_expected_to_end_before_it(lb, toy, tmp_path, mon
     # 20 s/answer, not inc-lora's (the median of the two would be 150 s and 15 s)
     put(rec, "mtl", 1, 9.0, None, tag=tag, train_cpu_seconds=800.0, eval_cpu_seconds=240.0, **timing)
     paths = SimpleNamespace(records=rec, runs=tmp_path / "runs", data_dir=tmp_path / "CL", budget="main")
-    assert lb.Pace(paths, lb.BUDGETS["main"]).slowest == (200.0, 20.0)
-    monkeypatch.setattr(lb, "GRIDS", {"ewc": [1e3, 1e4, 1e5]})
-    slow = (lb.SEC_PER_RUN + 4 * 200.0 + 16 * 20.0) * lb.UNTIL_MARGIN
+    assert lb.pacing.Pace(paths, lb.spec.BUDGETS["main"]).slowest == (200.0, 20.0)
+    monkeypatch.setattr(lb.spec, "GRIDS", {"ewc": [1e3, 1e4, 1e5]})
+    slow = (lb.pacing.SEC_PER_RUN + 4 * 200.0 + 16 * 20.0) * lb.pacing.UNTIL_MARGIN
     # 2 minutes short of that pace's end: at the median's (R + 4 x 150 + 16 x 15) x 1.2 it would fit by 3.6 min
     soon = (datetime.datetime.now().astimezone() + datetime.timedelta(minutes=slow / 60 - 2)).isoformat()
     lb.main(["select", "--methods", "ewc", "--threads", "1", "--until", soon, *flags, *running])
@@ -910,3 +918,21 @@ def test_queue_fill_goes_through_it_again_without_until(tmp_path):
     assert [[x for x in c if x not in ("--until", "17:05")] for c in first] == second  # the same lines, in order
     rc, calls, err = _queue_calls(tmp_path / "alone", "--fill")
     assert rc == 2 and not calls and "--fill needs --until" in err
+
+
+def test_the_script_runs_as_the_queue_calls_it(tmp_path):
+    """`python benchmarks/leaderboard.py ...` as a command (the queue's and the docs' way), not only lb.main: the
+    modules beside it import, and the command does its work."""
+    records = tmp_path / "records"
+    for seed in (1, 2):
+        put(records, "seq-lora", seed, 30.0 + seed, -40.0)
+    out = tmp_path / "board.md"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "leaderboard.py"), "table", "--records", str(records), "--out", str(out)]
+        + ["--no-plan"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "| seq-lora |" in out.read_text() and "31.50 ± 0.71" in out.read_text()

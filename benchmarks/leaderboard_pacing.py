@@ -1,0 +1,179 @@
+"""What the leaderboard's missing runs cost: seconds per step and per answer measured from the budget's own CPU
+records, a run's estimate from its sequence's sizes, how far a stopped run got, and whether a run fits before
+--until (a session's end)."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import functools
+import json
+import re
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+from nlora.errors import NloraError
+from nlora.status import read_status
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import leaderboard_spec as spec  # noqa: E402
+
+# Rough cost for `plan` (SmolLM2-135M fp32, batch 8, on this 2-core Xeon): seconds per optimizer step with 2
+# threads (one thread: about twice), seconds per generated test answer, and the model load.
+SEC_PER_STEP, SEC_PER_TEST, SEC_PER_RUN = 2.5, 0.05, 20.0
+
+
+# --until turns a run's CPU seconds (the records' rates, nearly all at one thread) into wall seconds at T threads:
+# / T ** THREAD_SCALING (measured on the 2-core EPYC: a run alone at 2 threads took 1,499-1,529 s where its
+# 1-thread CPU time is about 2,700 s, 1.78x, 2 ** 0.83), then x UNTIL_MARGIN for other load and the estimate's
+# own error (1-thread runs side by side took 1.04-1.08x their CPU time).
+THREAD_SCALING, UNTIL_MARGIN = 0.8, 1.2
+
+
+def measured_rates(records: Path, tag: str) -> dict[str, tuple[float, float]]:
+    """Per method, from its records at budget TAG (runs and selection points): the median seconds per training
+    step and per evaluated test answer, as the machine that made them ran them (here: one thread, two runs side
+    by side). A soft-prompt method that has not learnt to stop generates to the length limit: its own figure
+    says so, where a flat rate would not. A record with wall seconds only (early versions) counts only for a
+    method with no CPU-timed record: its wall time holds every pause and every other process on the machine
+    (clora's three such records ran 2.5 times slower than its CPU-timed one)."""
+    found: dict[str, list[tuple[float, float]]] = {}
+    wall_only: dict[str, list[tuple[float, float]]] = {}
+    for path in sorted((records / tag).rglob("*.json")) if (records / tag).is_dir() else []:
+        r = spec.read(path)
+        if not r or r.get("kind") not in ("run", "selection") or spec.ran_on_gpu(r):  # the hours are this CPU's
+            continue
+        steps = sum(x or 0 for x in r.get("train_steps_per_task") or [])
+        cells = sum(v is not None for row in r.get("accuracy_matrix") or [] for v in row)
+        answers = cells * r.get("settings", {}).get("max_test", 0)  # a task with fewer test rows counts max_test
+        # CPU seconds where the record has them: a pause or other load on the machine does not count there
+        train, test = (
+            r.get("train_cpu_seconds") or r.get("train_seconds"),
+            r.get("eval_cpu_seconds") or r.get("eval_seconds"),
+        )
+        wall = (r.get("train_seconds") or 0.0) + (r.get("eval_seconds") or 0.0)
+        if r.get("train_cpu_seconds") is None and r.get("cpu_time_s") and train and test and wall:
+            # only the run's total CPU time (records of early versions): split as its wall seconds are
+            train, test = r["cpu_time_s"] * r["train_seconds"] / wall, r["cpu_time_s"] * r["eval_seconds"] / wall
+        if steps and answers and train and test:
+            timed = r.get("train_cpu_seconds") is not None or r.get("cpu_time_s") is not None
+            (found if timed else wall_only).setdefault(r["method"], []).append((train / steps, test / answers))
+    found = {**wall_only, **found}  # a method's CPU-timed records replace its wall-only ones
+    return {m: (statistics.median(a for a, _ in v), statistics.median(b for _, b in v)) for m, v in found.items()}
+
+
+def estimate_s(s: dict, seq: str, epochs: float, data_dir: Path, rate: tuple[float, float] | None = None) -> float:
+    """Rough seconds for one run: steps x seconds per step + generated answers x seconds per answer (scope
+    'needed': each task after its own training, then all tasks once more at the end); ``rate``: those two
+    seconds as measured (``measured_rates``), else SEC_PER_STEP and SEC_PER_TEST."""
+    per_step, per_test = rate or (SEC_PER_STEP, SEC_PER_TEST)
+    steps = tests = 0
+    for task in spec.SEQUENCES[seq].split(","):
+        rows = task_rows(Path(data_dir), task)
+        n_train, n_test = (
+            (s["max_train"], s["max_test"]) if rows is None else map(min, (s["max_train"], s["max_test"]), rows)
+        )
+        steps += -(-int(n_train * epochs) // s["batch_size"])
+        tests += 2 * n_test
+    return SEC_PER_RUN + steps * per_step + tests * per_test
+
+
+@functools.cache
+def task_rows(data_dir: Path, task: str) -> tuple[int, int] | None:
+    """A task's training and test rows in DATA_DIR (None where it is not there): read once per process, since
+    `plan` estimates every missing run (the 10-task sequence's files parsed anew for each made half its time)."""
+    try:
+        d = next(data_dir.glob(f"*/{task}"))
+        return len(json.loads((d / "train.json").read_text())), len(json.loads((d / "test.json").read_text()))
+    except (StopIteration, OSError, ValueError):
+        return None
+
+
+class Pace:
+    """What the runs still missing cost, at the pace of the budget's own CPU records (``measured_rates``; a
+    method without records at the median of the others, or SEC_PER_STEP / SEC_PER_TEST when none has any); a
+    started run costs only what it has left. Runs at other epochs (the budget question) use the rates of the
+    named budget, since their steps cost the same. ``cautious`` (--until) puts a method without records at the
+    slowest measured pace instead: its steps may hold more work than the others' (lwf's teacher pass, ewc's
+    Fisher), and a run the session's end cuts is lost with the machine."""
+
+    def __init__(self, args, s: dict):
+        self.s, self.data_dir, self.runs, self.records = s, Path(args.data_dir), args.runs, args.records
+        self.rates = measured_rates(args.records, spec.budget_tag(dict(s, epochs=spec.BUDGETS[args.budget]["epochs"])))
+        self.typical = (
+            (statistics.median(a for a, _ in self.rates.values()), statistics.median(b for _, b in self.rates.values()))
+            if self.rates
+            else None
+        )
+        self.slowest = (
+            (max(a for a, _ in self.rates.values()), max(b for _, b in self.rates.values())) if self.rates else None
+        )
+
+    def progress(self, record: Path) -> tuple[str, float] | None:
+        return run_progress(self.runs, self.records, record)
+
+    def seconds_left(
+        self, seq: str, method: str, epochs: float, progress: tuple[str, float] | None, cautious: bool = False
+    ) -> float:
+        """CPU seconds a run needs from where its run directory stands (``progress``: ``self.progress(record)``,
+        None for a run not started)."""
+        left = 1.0 - (progress[1] if progress else 0.0)
+        rate = self.rates.get(method, self.slowest if cautious else self.typical)
+        return left * estimate_s(self.s, seq, epochs, self.data_dir, rate)
+
+
+def until_time(text: str) -> datetime.datetime:
+    """--until: HH:MM (its next occurrence, local time) or an ISO date and time."""
+    now = datetime.datetime.now().astimezone()
+    try:
+        if re.fullmatch(r"\d{1,2}:\d{2}", text):
+            hour, minute = map(int, text.split(":"))
+            at = now.replace(hour=hour, minute=minute, second=0, microsecond=0)
+            return at if at > now else at + datetime.timedelta(days=1)
+        at = datetime.datetime.fromisoformat(text)
+        return at if at.tzinfo else at.astimezone()
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--until {text!r}: not HH:MM or an ISO date and time") from None
+
+
+def fits_before_until(args, pace: Pace, record: Path, seq: str, method: str, epochs: float, what: str) -> bool:
+    """Whether the run of ``record`` is expected to finish before --until (always, without it); a run that would
+    not is skipped with one line, so a session's last hour never starts a run its end would cut (a stopped run
+    resumes only on the machine that has its run directory)."""
+    if args.until is None:
+        return True
+    threads = args.threads or torch.get_num_threads()
+    left = pace.seconds_left(seq, method, epochs, pace.progress(record), cautious=True)
+    wall = left * UNTIL_MARGIN / threads**THREAD_SCALING
+    end = datetime.datetime.now().astimezone() + datetime.timedelta(seconds=wall)
+    if end <= args.until:
+        return True
+    print(
+        f"[leaderboard] {what}: about {wall / 60:.0f} min at {threads} thread(s), would end {end:%H:%M}, after "
+        f"--until {args.until:%H:%M}; not started",
+        flush=True,
+    )
+    return False
+
+
+def run_progress(runs: Path, records: Path, record: Path) -> tuple[str, float] | None:
+    """How far the run directory of a missing ``record`` got (as `nlora status` reads it): a phrase, and the share
+    of its work done (tasks done, and the current task's steps); None where it has not started."""
+    folder = Path(runs) / record.relative_to(records).with_suffix("")
+    if not (folder / "config.yaml").is_file():
+        return None
+    try:
+        status = read_status(folder)
+    except NloraError:
+        return None
+    done, current = len(status.done), status.current
+    phrase = f"{done} of {len(status.tasks)} tasks done"
+    share = done
+    if current is not None and current.step and current.steps:
+        phrase += f", {current.name} at step {current.step} of {current.steps}"
+        share += current.step / current.steps
+    phrase += f", running (pid {status.holder})" if status.holder else ", stopped: resumes where it stopped"
+    return phrase, share / max(1, len(status.tasks))
