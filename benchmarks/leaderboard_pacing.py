@@ -33,19 +33,23 @@ SEC_PER_STEP, SEC_PER_TEST, SEC_PER_RUN = 2.5, 0.05, 20.0
 THREAD_SCALING, UNTIL_MARGIN = 0.8, 1.2
 
 
-def measured_rates(records: Path, tag: str) -> dict[str, tuple[float, float]]:
+def measured_rates(records: Path, tag: str, on_gpu: bool = False) -> dict[str, tuple[float, float]]:
     """Per method, from its records at budget TAG (runs and selection points): the median seconds per training
     step and per evaluated test answer, as the machine that made them ran them (here: one thread, two runs side
     by side). A soft-prompt method that has not learnt to stop generates to the length limit: its own figure
     says so, where a flat rate would not. A record with wall seconds only (early versions) counts only for a
     method with no CPU-timed record: its wall time holds every pause and every other process on the machine
-    (clora's three such records ran 2.5 times slower than its CPU-timed one)."""
+    (clora's three such records ran 2.5 times slower than its CPU-timed one). ``on_gpu``: the records of runs on
+    a GPU instead, by their wall seconds (a GPU process's CPU time says nothing of its pace), which hold the
+    other workers sharing the GPU as the next run will."""
     found: dict[str, list[tuple[float, float]]] = {}
     wall_only: dict[str, list[tuple[float, float]]] = {}
     for path in sorted((records / tag).rglob("*.json")) if (records / tag).is_dir() else []:
         r = spec.read(path)
-        if not r or r.get("kind") not in ("run", "selection") or spec.ran_on_gpu(r):  # the hours are this CPU's
+        if not r or r.get("kind") not in ("run", "selection") or spec.ran_on_gpu(r) != on_gpu:
             continue
+        if on_gpu:  # wall seconds only
+            r = {k: v for k, v in r.items() if k not in ("train_cpu_seconds", "eval_cpu_seconds", "cpu_time_s")}
         steps = sum(x or 0 for x in r.get("train_steps_per_task") or [])
         cells = sum(v is not None for row in r.get("accuracy_matrix") or [] for v in row)
         answers = cells * r.get("settings", {}).get("max_test", 0)  # a task with fewer test rows counts max_test
@@ -59,7 +63,7 @@ def measured_rates(records: Path, tag: str) -> dict[str, tuple[float, float]]:
             # only the run's total CPU time (records of early versions): split as its wall seconds are
             train, test = r["cpu_time_s"] * r["train_seconds"] / wall, r["cpu_time_s"] * r["eval_seconds"] / wall
         if steps and answers and train and test:
-            timed = r.get("train_cpu_seconds") is not None or r.get("cpu_time_s") is not None
+            timed = on_gpu or r.get("train_cpu_seconds") is not None or r.get("cpu_time_s") is not None
             (found if timed else wall_only).setdefault(r["method"], []).append((train / steps, test / answers))
     found = {**wall_only, **found}  # a method's CPU-timed records replace its wall-only ones
     return {m: (statistics.median(a for a, _ in v), statistics.median(b for _, b in v)) for m, v in found.items()}
@@ -98,11 +102,14 @@ class Pace:
     started run costs only what it has left. Runs at other epochs (the budget question) use the rates of the
     named budget, since their steps cost the same. ``cautious`` (--until) puts a method without records at the
     slowest measured pace instead: its steps may hold more work than the others' (lwf's teacher pass, ewc's
-    Fisher), and a run the session's end cuts is lost with the machine."""
+    Fisher), and a run the session's end cuts is lost with the machine. Runs on a GPU (``--device cuda``) go at
+    the pace of the budget's GPU records instead, in wall seconds."""
 
     def __init__(self, args, s: dict):
         self.s, self.data_dir, self.runs, self.records = s, Path(args.data_dir), args.runs, args.records
-        self.rates = measured_rates(args.records, spec.budget_tag(dict(s, epochs=spec.BUDGETS[args.budget]["epochs"])))
+        self.on_gpu = str(getattr(args, "device", "cpu")).startswith("cuda")
+        base = spec.budget_tag(dict(s, epochs=spec.BUDGETS[args.budget]["epochs"]))
+        self.rates = measured_rates(args.records, base, on_gpu=self.on_gpu)
         self.typical = (
             (statistics.median(a for a, _ in self.rates.values()), statistics.median(b for _, b in self.rates.values()))
             if self.rates
@@ -142,17 +149,23 @@ def until_time(text: str) -> datetime.datetime:
 def fits_before_until(args, pace: Pace, record: Path, seq: str, method: str, epochs: float, what: str) -> bool:
     """Whether the run of ``record`` is expected to finish before --until (always, without it); a run that would
     not is skipped with one line, so a session's last hour never starts a run its end would cut (a stopped run
-    resumes only on the machine that has its run directory)."""
+    resumes only on the machine that has its run directory). On a GPU with no GPU record at this budget yet there
+    is nothing to estimate from: the run starts (a lent GPU's first runs measure its pace for the later ones)."""
     if args.until is None:
         return True
-    threads = args.threads or torch.get_num_threads()
+    if pace.on_gpu and not pace.rates:
+        return True
     left = pace.seconds_left(seq, method, epochs, pace.progress(record), cautious=True)
-    wall = left * UNTIL_MARGIN / threads**THREAD_SCALING
+    if pace.on_gpu:  # the records' wall seconds, with the GPU shared as it is now
+        wall, where = left * UNTIL_MARGIN, "on the GPU"
+    else:
+        threads = args.threads or torch.get_num_threads()
+        wall, where = left * UNTIL_MARGIN / threads**THREAD_SCALING, f"at {threads} thread(s)"
     end = datetime.datetime.now().astimezone() + datetime.timedelta(seconds=wall)
     if end <= args.until:
         return True
     print(
-        f"[leaderboard] {what}: about {wall / 60:.0f} min at {threads} thread(s), would end {end:%H:%M}, after "
+        f"[leaderboard] {what}: about {wall / 60:.0f} min {where}, would end {end:%H:%M}, after "
         f"--until {args.until:%H:%M}; not started",
         flush=True,
     )

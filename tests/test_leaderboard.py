@@ -837,7 +837,7 @@ def test_until_reads_a_clock_time_or_an_iso_moment(lb):
 
 def test_until_starts_only_runs_expected_to_end_before_it(lb, toy, tmp_path, monkeypatch, capsys):
     """A run is started only if the budget's CPU rates say it ends before --until; a started run counts only what
-    it has left; the flag is refused with a GPU."""
+    it has left; on a GPU the budget's GPU records' wall seconds are the pace, and with none yet a run starts."""
     import datetime
 
     flags, running = toy
@@ -866,9 +866,20 @@ def test_until_starts_only_runs_expected_to_end_before_it(lb, toy, tmp_path, mon
     write_json(started / "tasks" / "01-topic" / "predict_results.json", {"predict_runtime": 1.0})
     run(need / 60 / 2 + 2)
     assert [c[:2] for c in calls] == [("inc-lora", 2)] and (rec / tag / "4task" / "inc-lora" / "seed-2.json").exists()
-    with pytest.raises(SystemExit):
-        run(60, "--device", "cuda")
-    assert "--until estimates from CPU records" in capsys.readouterr().err
+    # on a GPU the CPU records say nothing: with no GPU record yet the run starts (the first runs measure the pace)
+    run(1, "--device", "cuda", "--seeds", "3")
+    assert [c[:2] for c in calls][-1] == ("inc-lora", 3) and "not started" not in capsys.readouterr().out
+    # then the GPU records' wall seconds are the pace: 4 steps in 40 s, 12 answers in 12 s -> 10 s/step, 1 s/answer
+    gpu = dict(timing, device_type="cuda", train_seconds=40.0, eval_seconds=12.0, train_cpu_seconds=4000.0)
+    put(rec, "inc-lora", 9, 9.0, -1.0, tag=tag, **gpu)
+    need_gpu = (lb.pacing.SEC_PER_RUN + 4 * 10.0 + 16 * 1.0) * lb.pacing.UNTIL_MARGIN  # about 1.5 min
+    run(need_gpu / 60 - 0.5, "--device", "cuda", "--seeds", "4")
+    assert len(calls) == 2 and f"inc-lora seed 4: about {need_gpu / 60:.0f} min on the GPU" in capsys.readouterr().out
+    run(need_gpu / 60 + 0.5, "--device", "cuda", "--seeds", "4")
+    assert [c[:2] for c in calls][-1] == ("inc-lora", 4)
+    # and a GPU record is not a CPU pace: the CPU estimate is still inc-lora's 100 s/step
+    assert lb.pacing.measured_rates(rec, tag)["inc-lora"] == (100.0, 10.0)
+    assert lb.pacing.measured_rates(rec, tag, on_gpu=True) == {"inc-lora": (10.0, 1.0)}
     # selection points too: ewc has no records, so it goes at the slowest measured pace: mtl's 200 s/step and
     # 20 s/answer, not inc-lora's (the median of the two would be 150 s and 15 s)
     put(rec, "mtl", 1, 9.0, None, tag=tag, train_cpu_seconds=800.0, eval_cpu_seconds=240.0, **timing)
@@ -880,7 +891,7 @@ def test_until_starts_only_runs_expected_to_end_before_it(lb, toy, tmp_path, mon
     soon = (datetime.datetime.now().astimezone() + datetime.timedelta(minutes=slow / 60 - 2)).isoformat()
     lb.main(["select", "--methods", "ewc", "--threads", "1", "--until", soon, *flags, *running])
     out = capsys.readouterr().out
-    assert len(calls) == 1 and out.count("; not started") == 3 and "selection incomplete" in out
+    assert len(calls) == 3 and out.count("; not started") == 3 and "selection incomplete" in out
     assert f"about {slow / 60:.0f} min at 1 thread(s)" in out
 
 

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # On the device machine, through stage2.sh: issue 18's leaderboard queue in WORKERS copies side by side on the
 # one GPU for SECONDS, then every record they finished into $OUT/records, to bring into benchmarks/records and
-# commit (a run still going at the end is lost: nothing of it comes back). The carried tree's records are the
-# start, so what is recorded is skipped, as on the CPU runners.
+# commit (a run still going at the end is lost: nothing of it comes back, so once GPU records exist no run is
+# started that they say would end after the window). The carried tree's records are the start, so what is
+# recorded is skipped, as on the CPU runners.
 #   bash tools/device/pack.sh MNLI,CB,WiC,COPA,QQP,BoolQA,RTE,amazon,SST-2,agnews
 #   run(command="bash tools/device/stage1.sh", carry=[".device/a"])
 #   run(command="NLORA_COMMIT=<HEAD> bash tools/device/stage2.sh bash tools/device/leaderboard.sh 8 420",
@@ -31,10 +32,14 @@ device=(--device cuda --threads 2)
 "$PYTHON" -c "import torch; assert torch.cuda.is_available()" 2>/dev/null || device=(--device cpu --threads 1)
 echo "leaderboard: $WORKERS workers for ${SECONDS_FOR_RUNS}s on ${device[1]}, records from $(find "$WORK/records" -name 'seed-*.json' -o -name 'lambda-*.json' -o -name 'lr-*.json' | wc -l) present"
 mkdir -p "$OUT/logs"
+# No run starts that the GPU records made so far (the first runs' wall time, the GPU shared as it is) say would
+# end after the window: a run cut by the timeout is lost, its run directory stays on the machine. Step
+# checkpoints are of no use for the same reason, so none are written.
+until=$(date -d "+$((SECONDS_FOR_RUNS - 20)) seconds" --iso-8601=seconds)
 for w in $(seq 1 "$WORKERS"); do
   # started a few seconds apart, so each takes a different run from the first line on
   timeout -k 15 "$SECONDS_FOR_RUNS" bash benchmarks/leaderboard_queue.sh "${device[@]}" --records "$WORK/records" \
-    --runs "$WORK/runs" --data-dir "$DATA" "$@" > "$OUT/logs/worker-$w.log" 2>&1 &
+    --runs "$WORK/runs" --data-dir "$DATA" --until "$until" --save-every 0 "$@" > "$OUT/logs/worker-$w.log" 2>&1 &
   sleep 3
 done
 wait
