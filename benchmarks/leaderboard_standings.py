@@ -37,10 +37,9 @@ def tied_with_best(records: Path, tag: str, seq: str) -> list[str]:
         for m, c in comparisons(rows, best).items()
         if m not in spec.UPPER_BOUNDS
         and c["aa"] is not None
-        and c["aa"]["t"] is not None
         # a method still short of the plan's seeds gets those first
         and len(c["aa"]["diffs"]) >= len(spec.PLAN_SEEDS.get(seq, [1, 2]))
-        and abs(c["aa"]["t"]) <= t_critical(c["aa"])
+        and beyond_spread(c["aa"]) is False
     ]
     return [best, *sorted(tied)] if tied else []
 
@@ -200,6 +199,12 @@ def comparisons(rows: dict[str, dict], best: str) -> dict[str, dict]:
 def t_critical(diff: dict) -> float:
     """The two-sided 5% t value for a paired difference (``paired``'s dict) over its seeds."""
     return T_CRIT_5.get(len(diff["diffs"]) - 1, 99)
+
+
+def beyond_spread(diff: dict) -> bool | None:
+    """Whether a paired difference (``paired``'s dict) lies beyond the seed spread: |t| above the two-sided 5%
+    value for its seeds. None where it has no t (one seed, or the same difference on every seed)."""
+    return None if diff["t"] is None else abs(diff["t"]) > t_critical(diff)
 
 
 def expected_seeds(records: Path, s: dict | None) -> dict[tuple[str, str], dict[str, list[int]]]:

@@ -30,7 +30,7 @@ def _diff(c: dict | None) -> str:
     if c is None:
         return "-"
     t = "-" if c["t"] is None else f"{c['t']:.2f}"
-    sig = "*" if c["t"] is not None and abs(c["t"]) > standings.t_critical(c) else ""
+    sig = "*" if standings.beyond_spread(c) else ""
     return f"{c['mean']:+.2f} (t {t}{sig}, n {len(c['diffs'])})"
 
 
@@ -175,7 +175,7 @@ def summary_sentences(rows: dict, best: str | None, comp: dict) -> list[str]:
                 bounds.append(f"{m} {a['mean']:+.2f} (n {len(a['diffs'])}{t})")
         elif a is None or a["t"] is None:
             untested.append(m)
-        elif abs(a["t"]) > standings.t_critical(a):
+        elif standings.beyond_spread(a):
             (above if a["mean"] > 0 else below).append(m)  # above: a method with fewer seeds than the best
         else:
             ahead = a["mean"] > 0
@@ -241,7 +241,7 @@ def paper_claims(rows: dict) -> list[str]:
         if c["t"] is None:
             verdict = f"not testable yet (n {n}, no t); in its direction on {agree} of {n}"
         else:
-            beyond = abs(c["t"]) > standings.t_critical(c)
+            beyond = standings.beyond_spread(c)
             stat = f"t {c['t']:.2f} against ±{standings.t_critical(c):.2f}"
             if c["mean"] * sign > 0:
                 verdict = f"holds {'beyond the seed spread' if beyond else 'in direction, within the seed spread'}"
@@ -355,10 +355,8 @@ def budget_sentences(verdicts: list[tuple[float, str, dict]]) -> list[str]:
         if c["t"] is None:
             how = f"n {n}, no t"
         else:
-            beyond = abs(c["t"]) > standings.t_critical(c)
-            how = (
-                f"t {c['t']:.2f}, n {n}: {'beyond' if beyond else 'within'} the 5% value ±{standings.t_critical(c):.2f}"
-            )
+            where = "beyond" if standings.beyond_spread(c) else "within"
+            how = f"t {c['t']:.2f}, n {n}: {where} the 5% value ±{standings.t_critical(c):.2f}"
         lead = "neither is ahead" if ahead == "tie" else f"{ahead} is ahead by {abs(c['mean']):.2f} AA"
         out.append(f"- At {epochs:g} epoch(s) {lead} ({how}).")
     leaders = {ahead for _, ahead, _ in verdicts}

@@ -151,6 +151,15 @@ def test_tied_names_the_best_and_the_methods_within_its_seed_spread(lb, tmp_path
     assert lb.standings.tied_with_best(rec, TAG, "4task") == []
 
 
+def test_beyond_the_spread_is_the_two_sided_5_percent_t_of_its_seeds(lb):
+    three = [1.0, 2.0, 3.0]  # two degrees of freedom: 4.30
+    assert lb.standings.beyond_spread({"t": 4.31, "diffs": three}) is True
+    assert lb.standings.beyond_spread({"t": -4.31, "diffs": three}) is True
+    assert lb.standings.beyond_spread({"t": -4.29, "diffs": three}) is False
+    assert lb.standings.beyond_spread({"t": 4.29, "diffs": [1.0, 2.0, 3.0, 4.0]}) is True  # 3.18 with three
+    assert lb.standings.beyond_spread({"t": None, "diffs": [1.0]}) is None  # one seed: no t, untested
+
+
 def test_time_column_is_cpu_time_never_mixed_with_wall_time(lb, tmp_path):
     rec = tmp_path / "records"
     put(rec, "seq-lora", 1, 40.0, -1.0, cpu_time_s=600.0)  # wall time 120 s in put(): paused or not, CPU counts
