@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import random
@@ -198,3 +199,59 @@ def model_dirs(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(params=["t5", "llama"])
 def model_kind(request) -> str:
     return request.param
+
+
+# ------------------------------------------------------------------ benchmarks/: their scripts, loaded as modules
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load_benchmark(name: str):
+    """benchmarks/NAME.py as a module (the folder is no package; a script puts it on sys.path for its siblings)."""
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def lb():
+    """benchmarks/leaderboard.py; its modules as lb.spec, lb.standings, lb.table, lb.pacing."""
+    return load_benchmark("leaderboard")
+
+
+LEADERBOARD_TAG = "m-n8-t4-e1-b4-lr0.001-fp32"
+
+
+def put_run_record(
+    records: Path, method: str, seed: int, aa, bwt, tag: str = LEADERBOARD_TAG, seq: str = "4task", **extra
+) -> Path:
+    """A leaderboard run record as benchmarks/leaderboard.py writes one, with what the table reads; EXTRA adds or
+    overrides fields."""
+    rec = {
+        "kind": "run",
+        "budget_tag": tag,
+        "sequence": seq,
+        "method": method,
+        "seed": seed,
+        "aa": aa,
+        "bwt": bwt,
+        "hyperparameter": {"name": "lambda", "value": None, "source": "no coefficient"},
+        "stored_bytes_per_task": [2048, 2048],
+        "wall_time_s": 120.0,
+        "acr": None,
+        "nuclear_norm_mean": None,
+        "routing": None,
+        **extra,
+    }
+    path = records / tag / seq / method / f"seed-{seed}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(rec))
+    return path
+
+
+def row_of(text: str, method: str, section: int = 0) -> list[str]:
+    """The cells of METHOD's row in the SECTION-th table of the leaderboard's markdown."""
+    tables = text.split("### ")[1:]
+    line = next(x for x in tables[section].splitlines() if x.startswith(f"| {method} |"))
+    return [c.strip() for c in line.strip("|").split("|")]

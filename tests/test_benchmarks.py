@@ -1,26 +1,16 @@
 """The benchmark scripts: their bookkeeping, and the throughput script's lines and code paths (its speed figures
 are measured, not tested)."""
 
-import importlib.util
 import statistics
-from pathlib import Path
 
 import pytest
 import torch
+from conftest import load_benchmark
 from test_fetch import write_tree
-
-ROOT = Path(__file__).resolve().parents[1] / "benchmarks"
-
-
-def load(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_paper_workload_counts_examples_epochs_and_generations(tmp_path):
-    paper = load("paper")
+    paper = load_benchmark("paper")
     write_tree(tmp_path / "cl")  # every task, 3 examples per split
     train, tests, missing = paper.workload("t5-order1", tmp_path / "cl")  # 4 tasks, 10 epochs each
     assert missing == [] and train == 4 * 3 * 10 and tests == 3 + 6 + 9 + 12
@@ -29,7 +19,7 @@ def test_paper_workload_counts_examples_epochs_and_generations(tmp_path):
 
 
 def test_paper_estimate_from_given_rates(tmp_path, capsys):
-    paper = load("paper")
+    paper = load_benchmark("paper")
     write_tree(tmp_path / "cl")
     paper.main(
         [
@@ -55,7 +45,7 @@ def test_paper_estimate_from_given_rates(tmp_path, capsys):
 def test_accuracy_validation_split_never_uses_test_rows(tmp_path):
     import json
 
-    acc = load("accuracy")
+    acc = load_benchmark("accuracy")
     write_tree(tmp_path / "cl")
     out = acc.carve_validation(tmp_path / "cl", ["SST-2"], tmp_path / "val", n_val=2, seed=0)
     train = json.loads((out / "SC" / "SST-2" / "train.json").read_text())
@@ -66,7 +56,7 @@ def test_accuracy_validation_split_never_uses_test_rows(tmp_path):
 
 
 def test_accuracy_paired_comparisons_pair_runs_by_seed():
-    acc = load("accuracy")
+    acc = load_benchmark("accuracy")
     runs = {
         "n-lora": [(1, 50.0, -2.0), (2, 48.0, -4.0), (3, 52.0, None)],
         "o-lora": [(2, 45.0, -1.0), (1, 46.0, -3.0), (3, 47.0, -2.0)],
@@ -115,7 +105,7 @@ def test_throughput_times_the_real_train_task_and_predict_tasks(toy_cl, monkeypa
     import nlora.evaluate
     import nlora.train
 
-    tp = load("throughput")
+    tp = load_benchmark("throughput")
     import nlora.recipe
 
     trained = _counting(monkeypatch, nlora.train, "train_task")
@@ -178,7 +168,7 @@ def test_throughput_times_the_real_train_task_and_predict_tasks(toy_cl, monkeypa
 def test_throughput_e2e_runs_nlora_recipe_against_the_reference_loop(toy_cl, model_dirs, monkeypatch, capsys):
     import nlora.recipe
 
-    tp = load("throughput")
+    tp = load_benchmark("throughput")
     runs = _counting(monkeypatch, nlora.recipe, "run")
     tp.main(
         [
@@ -220,7 +210,7 @@ def test_throughput_e2e_runs_nlora_recipe_against_the_reference_loop(toy_cl, mod
 
 
 def test_throughput_e2e_skips_cleanly_without_the_data(tmp_path, capsys):
-    tp = load("throughput")
+    tp = load_benchmark("throughput")
     tp.main(["--cases", "e2e", "--data-dir", str(tmp_path / "absent"), "--e2e-tasks", "agnews"])
     (rec,) = _lines(capsys)
     assert rec["case"] == "e2e" and "not found" in rec["skipped"] and "wall_s" not in rec
@@ -230,7 +220,7 @@ def test_reference_keeps_finished_adapters_live_as_one_stacked_lora(monkeypatch)
     """The baseline's stacked frozen LoRA adds exactly the finished tasks' updates, and only the new one trains."""
     from conftest import tiny_llama
 
-    tp = load("throughput")
+    tp = load_benchmark("throughput")
     model, tok = tiny_llama()
     ref = tp.Reference(model, False, tok, torch.device("cpu"), None)
     deltas = []
@@ -250,7 +240,7 @@ def test_reference_keeps_finished_adapters_live_as_one_stacked_lora(monkeypatch)
 
 
 def test_peak_memory_sees_an_allocation_inside_the_block():
-    tp = load("throughput")
+    tp = load_benchmark("throughput")
     with tp.PeakMemory(torch.device("cpu")) as pm:
         block = torch.ones(64 * 2**20 // 4)  # 64 MiB, written (so resident)
         del block
