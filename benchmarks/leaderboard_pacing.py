@@ -48,25 +48,32 @@ def measured_rates(records: Path, tag: str, on_gpu: bool = False) -> dict[str, t
         r = spec.read(path)
         if not r or r.get("kind") not in ("run", "selection") or spec.ran_on_gpu(r) != on_gpu:
             continue
-        if on_gpu:  # wall seconds only
-            r = {k: v for k, v in r.items() if k not in ("train_cpu_seconds", "eval_cpu_seconds", "cpu_time_s")}
         steps = sum(x or 0 for x in r.get("train_steps_per_task") or [])
         cells = sum(v is not None for row in r.get("accuracy_matrix") or [] for v in row)
         answers = cells * r.get("settings", {}).get("max_test", 0)  # a task with fewer test rows counts max_test
-        # CPU seconds where the record has them: a pause or other load on the machine does not count there
-        train, test = (
-            r.get("train_cpu_seconds") or r.get("train_seconds"),
-            r.get("eval_cpu_seconds") or r.get("eval_seconds"),
-        )
-        wall = (r.get("train_seconds") or 0.0) + (r.get("eval_seconds") or 0.0)
-        if r.get("train_cpu_seconds") is None and r.get("cpu_time_s") and train and test and wall:
-            # only the run's total CPU time (records of early versions): split as its wall seconds are
-            train, test = r["cpu_time_s"] * r["train_seconds"] / wall, r["cpu_time_s"] * r["eval_seconds"] / wall
+        train, test, timed = paced_seconds(r, on_gpu)
         if steps and answers and train and test:
-            timed = on_gpu or r.get("train_cpu_seconds") is not None or r.get("cpu_time_s") is not None
             (found if timed else wall_only).setdefault(r["method"], []).append((train / steps, test / answers))
     found = {**wall_only, **found}  # a method's CPU-timed records replace its wall-only ones
     return {m: (statistics.median(a for a, _ in v), statistics.median(b for _, b in v)) for m, v in found.items()}
+
+
+def paced_seconds(r: dict, on_gpu: bool) -> tuple[float | None, float | None, bool]:
+    """A record's training and evaluation seconds as its pace counts them, and whether they are timed (not wall
+    seconds that hold pauses and other load): on a GPU its wall seconds, the pace itself; on the CPU its process
+    CPU seconds, or where it has only the run's total (early versions) that total split as its wall seconds
+    are, or where it has none (the earliest) its wall seconds, untimed."""
+    wall_train, wall_test = r.get("train_seconds"), r.get("eval_seconds")
+    if on_gpu:
+        return wall_train, wall_test, True
+    if r.get("train_cpu_seconds") is not None:
+        return r["train_cpu_seconds"] or wall_train, r.get("eval_cpu_seconds") or wall_test, True
+    if r.get("cpu_time_s") is not None:
+        wall = (wall_train or 0.0) + (wall_test or 0.0)
+        if r["cpu_time_s"] and wall_train and wall_test:
+            return r["cpu_time_s"] * wall_train / wall, r["cpu_time_s"] * wall_test / wall, True
+        return wall_train, wall_test, True
+    return wall_train, wall_test, False
 
 
 def estimate_s(s: dict, seq: str, epochs: float, data_dir: Path, rate: tuple[float, float] | None = None) -> float:
