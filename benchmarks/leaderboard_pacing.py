@@ -24,8 +24,6 @@ import leaderboard_spec as spec  # noqa: E402
 # Rough cost for `plan` (SmolLM2-135M fp32, batch 8, on this 2-core Xeon): seconds per optimizer step with 2
 # threads (one thread: about twice), seconds per generated test answer, and the model load.
 SEC_PER_STEP, SEC_PER_TEST, SEC_PER_RUN = 2.5, 0.05, 20.0
-
-
 # --until turns a run's CPU seconds (the records' rates, nearly all at one thread) into wall seconds at T threads:
 # / T ** THREAD_SCALING (measured on the 2-core EPYC: a run alone at 2 threads took 1,499-1,529 s where its
 # 1-thread CPU time is about 2,700 s, 1.78x, 2 ** 0.83), then x UNTIL_MARGIN for other load and the estimate's

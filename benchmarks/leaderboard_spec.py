@@ -12,20 +12,14 @@ from pathlib import Path
 from nlora.methods import REGISTRY
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
 RECORDS = ROOT / "benchmarks" / "records"
-
-
 RUNS = ROOT / "runs" / "leaderboard"
-
 
 SEQUENCES = {
     "4task": "agnews,amazon,MNLI,QQP",
     # in the spirit of the paper's order 4, with the complete tasks of ../shared/CL_Benchmark
     "10task": "MNLI,CB,WiC,COPA,QQP,BoolQA,RTE,amazon,SST-2,agnews",
 }
-
 
 # Per-task budgets, by name (--budget). "main": 1000 training examples per task (125 steps of batch 8, five
 # times the 25 steps after which MNLI and QQP sat at their majority-class rate in docs/results-3seed) and 200
@@ -35,19 +29,10 @@ BUDGETS = {
     "main": dict(model="smollm2", max_train=1000, max_test=200, epochs=1.0, batch_size=8, lr=2e-3, precision="fp32"),
     "pilot": dict(model="smollm2", max_train=200, max_test=100, epochs=1.0, batch_size=8, lr=2e-3, precision="fp32"),
 }
-
-
 VAL_ROWS = 200  # validation rows carved from each task's training data ...
-
-
 VAL_MAX_SHARE = 0.25  # ... at most this share of the task's training rows
-
-
 VAL_SPLIT_SEED = 0  # which training rows become validation rows (the same for every method)
-
-
 SELECT_SEQUENCE, SELECT_SEED = "4task", 1
-
 
 # The main knob of each method with one (the `lambda` override: each method's main coefficient), 3-4 values
 # around its default (`nlora methods NAME`). n-lora: paper form, where the default 0.4 (the reference code's, for
@@ -69,22 +54,16 @@ GRIDS = {
     "progprompt": [2e-3, 2e-2, 2e-1],
     "seq-prompt": [2e-3, 2e-2, 2e-1],
 }
-
-
 # Methods whose grid is the learning rate instead of a coefficient. The budget's lr (2e-3) suits LoRA; soft
 # prompts barely move at it (l2p stayed near its start in docs/leaderboard.md's pilot) and are commonly trained
 # at 1e-2..3e-1, while full fine-tuning of every weight at 2e-3 wrecks a pretrained model (its sources use
 # 1e-4 and below). A single lr for all would make straw men of them; the same data and steps stay fixed.
 LR_KNOB = {"l2p", "progprompt", "seq-prompt", "seq-ft", "migu"}
-
-
 # A best value on an end of its grid says the grid was too narrow on that side: selection then runs the next value
 # beyond that end, a step of the grid's own ratio there, up to EDGE_STEPS values per end, inside the option's
 # limits. Only geometric grids are extended (neighbours at least MIN_EDGE_RATIO apart): migu-lora's quantile grid
 # (0.5, 0.7, 0.9) is a range of its own, not a scale to go on along.
 EDGE_STEPS = 2
-
-
 MIN_EDGE_RATIO = 2.0
 
 
@@ -95,28 +74,16 @@ def knob_of(method: str) -> str:
 
 # issue 18's plan
 PLAN_SEEDS = {"4task": [1, 2, 3], "10task": [1, 2]}
-
-
 TEN_TASK_FIXED = ["seq-lora", "inc-lora", "o-lora", "n-lora", "mtl"]
-
-
 TEN_TASK_BEST = 5  # ... and the best five of the 4-task table
-
-
 # Past the plan, the queue's last lines (benchmarks/leaderboard_queue.sh): more seeds for the best method and
 # those not distinguishable from it (`--methods tied`), the next step toward a method ahead beyond the spread
 TIE_BREAK_SEEDS = {"4task": [4, 5], "10task": [3]}
-
-
 BUDGET_METHODS, BUDGET_EPOCHS = ["n-lora", "o-lora"], [1.0, 3.0]
 
 
 EPOCHS_IN_TAG = re.compile(r"-n\d+-t\d+-e([0-9.]+)-")
-
-
 GATED_BY_INPUT = {"gainlora", "sapt-arm", "sapt-sals"}  # learnt gates on the input choose the adapters' mix
-
-
 # Trained on every task's data at once, so not continual: the upper bound the others are measured against. Its
 # row stays in the table (with its paired gap to the best), but it is never the best nor one of the best five.
 UPPER_BOUNDS = {"mtl"}

@@ -376,8 +376,6 @@ def budget_sentences(verdicts: list[tuple[float, str, dict]]) -> list[str]:
 # Ten hues, dark shades first, then light ones (tab20 pairs a dark and a light shade of each hue), and a marker
 # per round of them: neighbours in the method list never share a hue.
 PALETTE = (*range(0, 20, 2), *range(1, 20, 2))
-
-
 MARKERS = "osD^v"
 
 
@@ -429,8 +427,6 @@ def aa_bwt_figure(tag: str, seq: str, rows: dict, path: Path) -> Path | None:
 
 
 RESULTS_BEGIN = "<!-- leaderboard: begin (written by `python benchmarks/leaderboard.py table`; edit outside) -->"
-
-
 RESULTS_END = "<!-- leaderboard: end -->"
 
 
