@@ -33,7 +33,8 @@ tar -C "$SHARED" -czf .device/b/cl.tar.gz "${dirs[@]}"
 # The model is cut where the first carry is full: each call also carries the working tree, and the limit is
 # 64 MiB a call (1 MiB kept spare).
 limit=$((63 * 1024 * 1024))
-tree=$(git ls-files -z | xargs -0 cat | wc -c)
+# what travels besides: the tracked files and the untracked ones git does not ignore
+tree=$( (git ls-files -z --cached --others --exclude-standard | xargs -0 cat 2>/dev/null || true) | wc -c)
 head_bytes=$((limit - tree - $(cat .device/a/* | wc -c)))
 model=$(wc -c < "$GGUF")
 ((head_bytes > 0 && model - head_bytes + tree + $(wc -c < .device/b/cl.tar.gz) <= limit)) || {
