@@ -130,8 +130,8 @@ class Pace:
     def seconds_left(
         self, seq: str, method: str, epochs: float, progress: tuple[str, float] | None, cautious: bool = False
     ) -> float:
-        """CPU seconds a run needs from where its run directory stands (``progress``: ``self.progress(record)``,
-        None for a run not started)."""
+        """Seconds a run needs from where its run directory stands (``progress``: ``self.progress(record)``, None
+        for a run not started): CPU seconds, or on a GPU wall seconds, as the rates are."""
         left = 1.0 - (progress[1] if progress else 0.0)
         rate = self.rates.get(method, self.slowest if cautious else self.typical)
         return left * estimate_s(self.s, seq, epochs, self.data_dir, rate)
