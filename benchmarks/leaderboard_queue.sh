@@ -24,6 +24,9 @@ queue() {
     lb run "$@" --sequence 4task --methods "$core" --seeds 1,2,3
     lb run "$@" --sequence 4task --methods n-lora,o-lora --seeds 1,2,3 --epochs 3  # the budget question
   done
+  # the methods already selected whose validation AA lies above the chosen o-lora's (docs/leaderboard.md, the
+  # selection table): their seeds may name a new best, which the best-five 10-task line further down takes
+  lb run "$@" --sequence 4task --methods clora,ewc,l2 --seeds 1,2,3
   lb run "$@" --sequence 10task --methods seq-lora,inc-lora,o-lora,n-lora,mtl --seeds 1,2
   lb select "$@" --methods lwf,replay,migu-lora,sapt-arm,seq-ft,migu
   lb run "$@" --sequence 4task --methods all --seeds 1,2,3  # every method with a final choice or no knob
