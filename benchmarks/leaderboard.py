@@ -572,7 +572,8 @@ def cmd_table(args) -> None:
 # ------------------------------------------------------------------------------------------------------- main
 
 
-def main(argv=None) -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line: plan, select, run, record and table, with the flags each takes."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     common = argparse.ArgumentParser(add_help=False)
@@ -645,7 +646,11 @@ def main(argv=None) -> None:
         default=str(spec.ROOT / "docs" / "results.md"),
         help="the document whose marked block gets the main budget's tables (left alone without the markers)",
     )
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None) -> None:
+    args = build_parser().parse_args(argv)
     if getattr(args, "fixed_lambda", None) is not None:
         args.fixed_lambda = {m: float(v) for m, v in (x.split("=", 1) for x in args.fixed_lambda)}
     if getattr(args, "threads", None):

@@ -593,16 +593,14 @@ def test_queue_fill_goes_through_it_again_without_until(tmp_path):
 
 
 def test_every_queue_line_names_what_leaderboard_py_knows(tmp_path, lb):
-    """A misspelt method or sequence in the queue would fail only when the queue reaches its line, hours into a
-    session: each line's subcommand, sequence and --methods must be known now."""
+    """A misspelt flag, method or sequence in the queue would fail only when the queue reaches its line, hours into
+    a session: each line must parse as leaderboard.py parses it, and its --methods must be known, now."""
     rc, calls, _ = _queue_calls(tmp_path, "--threads", "1")
     assert rc == 0 and calls
     for call in calls:
-        assert call[0] in ("select", "run"), call
-        flags = dict(zip(call[1::2], call[2::2]))
-        assert flags.get("--sequence", lb.spec.SELECT_SEQUENCE) in lb.spec.SEQUENCES, call
-        if "--methods" in flags:  # raises SystemExit on a name that is neither a method nor a keyword
-            lb.expand_methods(flags["--methods"], tmp_path / "no-records", "t")
+        args = lb.build_parser().parse_args(call)  # SystemExit on an unknown subcommand, flag or sequence
+        assert args.cmd in ("select", "run"), call
+        lb.expand_methods(args.methods, tmp_path / "no-records", "t")  # SystemExit on an unknown method
     assert any(c[0] == "run" and "ewc" in c[c.index("--methods") + 1].split(",") for c in calls)
 
 
