@@ -507,7 +507,7 @@ def cmd_plan(args) -> None:
     if len(best) < spec.TEN_TASK_BEST:  # the 4-task table does not rank five methods yet
         n = spec.TEN_TASK_BEST - len(best)
         runs = n * len(spec.PLAN_SEEDS["10task"])
-        pending = runs * pacing.estimate_s(s, "10task", s["epochs"], Path(args.data_dir), typical)
+        pending = runs * pacing.estimate_s(s, "10task", s["epochs"], Path(args.data_dir), typical) * pace.scale
         print(
             f"(10task: {', '.join(spec.TEN_TASK_FIXED)} and the 4-task table's best five, of which {n} are not known "
             f"yet: up to {runs} more runs, ~{pending / 3600:.1f} h, fewer where they overlap)"
@@ -542,7 +542,7 @@ def cmd_plan(args) -> None:
         if rates
         else f"at {pacing.SEC_PER_STEP:g} s per step and {pacing.SEC_PER_TEST:g} s per test answer (no records at "
         "this budget yet)"
-    )
+    ) + (f", x {pace.scale:g} for this machine (--pace-scale)" if pace.scale != 1.0 else "")
     print(
         f"\n{total_missing} of {len(entries)} records missing: about {total_s / 3600:.1f} h of runs one after "
         + (f"another (+ up to {pending / 3600:.1f} h for the best five on 10task) " if pending else "another ")
@@ -613,7 +613,15 @@ def build_parser() -> argparse.ArgumentParser:
         "while it has none a run starts); the ones that fit still run",
     )
 
+    pace_help = (
+        "this CPU's seconds per step over those of the machine that made the records (default 1): a slower "
+        "machine's factor keeps --until and plan's hours true (time a run's first steps, e.g. with `nlora status`, "
+        "against the s/step plan lists)"
+    )
+    running.add_argument("--pace-scale", type=pacing.pace_scale, default=1.0, help=pace_help)
+
     pl = sub.add_parser("plan", parents=[common], help="records present and missing for issue 18's plan")
+    pl.add_argument("--pace-scale", type=pacing.pace_scale, default=1.0, help=pace_help)
     pl.add_argument("--verbose", action="store_true")
     pl.add_argument("--runs", type=Path, default=spec.RUNS, help="run directories, for how far unrecorded runs got")
     se = sub.add_parser(

@@ -113,6 +113,9 @@ class Pace:
     def __init__(self, args, s: dict):
         self.s, self.data_dir, self.runs, self.records = s, Path(args.data_dir), args.runs, args.records
         self.on_gpu = str(getattr(args, "device", "cpu")).startswith("cuda")
+        # the records' CPU rates were measured on whatever machine ran them; a slower one (a new machine without
+        # AVX-512 ran the same steps about twice as slowly) says so here, or --until starts runs its end would cut
+        self.scale = 1.0 if self.on_gpu else getattr(args, "pace_scale", 1.0)
         base = spec.budget_tag(dict(s, epochs=spec.BUDGETS[args.budget]["epochs"]))
         self.rates = measured_rates(args.records, base, on_gpu=self.on_gpu)
         self.typical = (
@@ -134,7 +137,18 @@ class Pace:
         for a run not started): CPU seconds, or on a GPU wall seconds, as the rates are."""
         left = 1.0 - (progress[1] if progress else 0.0)
         rate = self.rates.get(method, self.slowest if cautious else self.typical)
-        return left * estimate_s(self.s, seq, epochs, self.data_dir, rate)
+        return left * estimate_s(self.s, seq, epochs, self.data_dir, rate) * self.scale
+
+
+def pace_scale(text: str) -> float:
+    """--pace-scale: a positive number."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0.0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"--pace-scale {text!r}: not a positive number")
+    return value
 
 
 def until_time(text: str) -> datetime.datetime:

@@ -520,6 +520,9 @@ def test_until_starts_only_runs_expected_to_end_before_it(lb, toy, tmp_path, mon
     run(need / 60 - 2)
     assert calls == [] and f"inc-lora seed 2: about {need / 60:.0f} min at 1 thread(s)" in capsys.readouterr().out
     assert not (rec / tag / "4task" / "inc-lora" / "seed-2.json").exists()
+    # on a machine twice as slow as the records' (--pace-scale 2) the time that fits at their pace is too short
+    run(need / 60 + 2, "--pace-scale", "2")
+    assert calls == [] and f"inc-lora seed 2: about {2 * need / 60:.0f} min at 1 thread(s)" in capsys.readouterr().out
     # half done already (its first task of two): half the time is enough
     started = tmp_path / "runs" / tag / "4task" / "inc-lora" / "seed-2"
     write_json(started / "config.yaml", {"method": "inc-lora", "model": "m", "tasks": [{"name": "t"}, {"name": "m"}]})
