@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from nlora.cli import main
-from nlora.dist import Dist, _check_deepspeed_settings, _check_fsdp_settings
+from nlora.dist import Dist, _check_deepspeed_settings, _check_fsdp_settings, machine_name
 from nlora.errors import NloraError
 from nlora.trainlog import read_log
 
@@ -195,6 +195,13 @@ def test_fsdp_refuses_methods_that_train_more_than_lora(model_dirs, data_dir, tm
     assert proc.returncode != 0  # each rank exits 2; the launcher reports its children's failure as 1
     assert "FSDP: method seq-ft trains more than LoRA factors" in proc.stderr + proc.stdout
     assert not (tmp_path / "ft").exists()
+
+
+def test_machine_name_says_which_vector_instructions_the_cpu_kernels_use():
+    # records compare CPU seconds across machines: the same model name ran twice as slowly without AVX-512
+    name = machine_name("cpu")
+    assert f", {torch.backends.cpu.get_cpu_capability()}), " in name
+    assert name.endswith(f", {torch.get_num_threads()} threads")
 
 
 def test_lockstep_pads_sharded_ranks_with_fillers():

@@ -190,12 +190,15 @@ def cpuinfo(field: str) -> str | None:
 
 
 def machine_name(device: torch.device | str) -> str:
-    """What benchmarks print beside their figures: the GPU's name, or the CPU model and thread count."""
+    """What benchmarks print beside their figures: the GPU's name, or the CPU model, the vector instructions
+    torch's kernels use and the thread count. The model name alone can hide a machine twice as slow: two "AMD
+    EPYC" hosts here, one with AVX-512 and one with AVX2 only, trained the same steps at 4.8 and about 9 s each."""
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     cpu = cpuinfo("model name") or platform.processor() or platform.machine()
-    return f"{cpu} CPU ({platform.machine()}), {torch.get_num_threads()} threads"
+    vector = torch.backends.cpu.get_cpu_capability()
+    return f"{cpu} CPU ({platform.machine()}, {vector}), {torch.get_num_threads()} threads"
 
 
 LAUNCHER_VARS = ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
