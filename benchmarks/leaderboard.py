@@ -501,13 +501,13 @@ def cmd_plan(args) -> None:
     entries = standings.plan_entries(args.records, s)
     print(f"plan: issue 18 at budget '{args.budget}' ({spec.budget_tag(s)}), records in {args.records}")
     pace = pacing.Pace(args, s)
-    rates, typical = pace.rates, pace.typical
+    rates = pace.rates
     pending = 0.0
     best = standings.best_of(args.records, spec.budget_tag(s), "4task", spec.TEN_TASK_BEST)
     if len(best) < spec.TEN_TASK_BEST:  # the 4-task table does not rank five methods yet
         n = spec.TEN_TASK_BEST - len(best)
         runs = n * len(spec.PLAN_SEEDS["10task"])
-        pending = runs * pacing.estimate_s(s, "10task", s["epochs"], Path(args.data_dir), typical) * pace.scale
+        pending = runs * pace.seconds_left("10task", None, s["epochs"], None)
         print(
             f"(10task: {', '.join(spec.TEN_TASK_FIXED)} and the 4-task table's best five, of which {n} are not known "
             f"yet: up to {runs} more runs, ~{pending / 3600:.1f} h, fewer where they overlap)"

@@ -131,10 +131,11 @@ class Pace:
         return run_progress(self.runs, self.records, record)
 
     def seconds_left(
-        self, seq: str, method: str, epochs: float, progress: tuple[str, float] | None, cautious: bool = False
+        self, seq: str, method: str | None, epochs: float, progress: tuple[str, float] | None, cautious: bool = False
     ) -> float:
         """Seconds a run needs from where its run directory stands (``progress``: ``self.progress(record)``, None
-        for a run not started): CPU seconds, or on a GPU wall seconds, as the rates are."""
+        for a run not started): CPU seconds, or on a GPU wall seconds, as the rates are. ``method`` None: a method
+        not known yet (the plan's best five), at the pace of a method without records."""
         left = 1.0 - (progress[1] if progress else 0.0)
         rate = self.rates.get(method, self.slowest if cautious else self.typical)
         return left * estimate_s(self.s, seq, epochs, self.data_dir, rate) * self.scale
