@@ -607,6 +607,24 @@ def test_every_queue_line_names_what_leaderboard_py_knows(tmp_path, lb):
     assert any(c[0] == "run" and "ewc" in c[c.index("--methods") + 1].split(",") for c in calls)
 
 
+def test_queue_runs_ewc_on_10_tasks_before_the_other_methods_selections(tmp_path):
+    """ewc, the 4-task best, is the likeliest to pass o-lora on 10 tasks (issue 18's goal): its 10-task seeds come
+    before the selections of the methods not yet measured, not after every 4-task run as the best-five line would."""
+    rc, calls, _ = _queue_calls(tmp_path, "--threads", "1")
+    assert rc == 0
+
+    def first(pred):
+        return next(i for i, c in enumerate(calls) if pred(c))
+
+    def methods(c):
+        return c[c.index("--methods") + 1].split(",") if "--methods" in c else []
+
+    ewc_10 = first(lambda c: c[0] == "run" and "10task" in c and "ewc" in methods(c))
+    assert calls[ewc_10][calls[ewc_10].index("--seeds") + 1] == "1,2"
+    assert ewc_10 < first(lambda c: c[0] == "select" and "replay" in methods(c))
+    assert ewc_10 < first(lambda c: c[0] == "run" and "best5" in methods(c))
+
+
 def test_the_script_runs_as_the_queue_calls_it(tmp_path):
     """`python benchmarks/leaderboard.py ...` as a command (the queue's and the docs' way), not only lb.main: the
     modules beside it import, and the command does its work."""
