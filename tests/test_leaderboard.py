@@ -580,6 +580,11 @@ def _queue_calls(tmp_path, *flags) -> tuple[int, list[list[str]], str]:
     return done.returncode, calls, done.stderr
 
 
+def _methods(call: list[str]) -> list[str]:
+    """The --methods a queue call names ([] for a line without the flag)."""
+    return call[call.index("--methods") + 1].split(",") if "--methods" in call else []
+
+
 def test_queue_fill_goes_through_it_again_without_until(tmp_path):
     rc, calls, _ = _queue_calls(tmp_path, "--threads", "1", "--until", "17:05")
     assert rc == 0 and calls and not any("--fill" in c for c in calls)
@@ -604,7 +609,7 @@ def test_every_queue_line_names_what_leaderboard_py_knows(tmp_path, lb):
         args = lb.build_parser().parse_args(call)  # SystemExit on an unknown subcommand, flag or sequence
         assert args.cmd in ("select", "run"), call
         lb.expand_methods(args.methods, tmp_path / "no-records", "t")  # SystemExit on an unknown method
-    assert any(c[0] == "run" and "ewc" in c[c.index("--methods") + 1].split(",") for c in calls)
+    assert any(c[0] == "run" and "ewc" in _methods(c) for c in calls)
 
 
 def test_queue_runs_ewc_on_10_tasks_before_the_other_methods_selections(tmp_path):
@@ -616,13 +621,10 @@ def test_queue_runs_ewc_on_10_tasks_before_the_other_methods_selections(tmp_path
     def first(pred):
         return next(i for i, c in enumerate(calls) if pred(c))
 
-    def methods(c):
-        return c[c.index("--methods") + 1].split(",") if "--methods" in c else []
-
-    ewc_10 = first(lambda c: c[0] == "run" and "10task" in c and "ewc" in methods(c))
+    ewc_10 = first(lambda c: c[0] == "run" and "10task" in c and "ewc" in _methods(c))
     assert calls[ewc_10][calls[ewc_10].index("--seeds") + 1] == "1,2"
-    assert ewc_10 < first(lambda c: c[0] == "select" and "replay" in methods(c))
-    assert ewc_10 < first(lambda c: c[0] == "run" and "best5" in methods(c))
+    assert ewc_10 < first(lambda c: c[0] == "select" and "replay" in _methods(c))
+    assert ewc_10 < first(lambda c: c[0] == "run" and "best5" in _methods(c))
 
 
 def test_the_script_runs_as_the_queue_calls_it(tmp_path):
