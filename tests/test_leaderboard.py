@@ -580,9 +580,15 @@ def _queue_calls(tmp_path, *flags) -> tuple[int, list[list[str]], str]:
     return done.returncode, calls, done.stderr
 
 
+def _flag(call: list[str], name: str) -> str | None:
+    """The value a queue call gives the flag `name` (None for a line without it)."""
+    return call[call.index(name) + 1] if name in call else None
+
+
 def _methods(call: list[str]) -> list[str]:
     """The --methods a queue call names ([] for a line without the flag)."""
-    return call[call.index("--methods") + 1].split(",") if "--methods" in call else []
+    value = _flag(call, "--methods")
+    return value.split(",") if value is not None else []
 
 
 def test_queue_fill_goes_through_it_again_without_until(tmp_path):
@@ -622,7 +628,7 @@ def test_queue_runs_ewc_on_10_tasks_before_the_other_methods_selections(tmp_path
         return next(i for i, c in enumerate(calls) if pred(c))
 
     ewc_10 = first(lambda c: c[0] == "run" and "10task" in c and "ewc" in _methods(c))
-    assert calls[ewc_10][calls[ewc_10].index("--seeds") + 1] == "1,2"
+    assert _flag(calls[ewc_10], "--seeds") == "1,2"
     assert ewc_10 < first(lambda c: c[0] == "select" and "replay" in _methods(c))
     assert ewc_10 < first(lambda c: c[0] == "run" and "best5" in _methods(c))
 
