@@ -39,6 +39,8 @@ import os
 import platform
 import subprocess
 import sys
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -154,7 +156,11 @@ def analysable(method: str, n_tasks: int) -> bool:
     return n_tasks > 1 and method != "mtl" and trains_lora(method)
 
 
-def make_record(kind: str, summary: dict, run_dir: Path, s: dict, tag: str, seq: str, method: str, seed: int, hp):
+def make_record(
+    kind: str, summary: dict, run_dir: Path, *, settings: dict, tag: str, seq: str, method: str, seed: int, hp: dict
+) -> dict:
+    """The compact record of a finished run (``kind`` "run" or "selection") from its summary and run directory, at
+    the budget ``settings`` (tagged ``tag``) with the hyperparameter ``hp`` it used."""
     from nlora.report import analyze
 
     cls = REGISTRY[method]
@@ -185,7 +191,7 @@ def make_record(kind: str, summary: dict, run_dir: Path, s: dict, tag: str, seq:
         "tasks": summary["tasks"],
         "method": method,
         "seed": seed,
-        "settings": {**s, "eval_scope": "needed", "unknown_labels": "drop"},
+        "settings": {**settings, "eval_scope": "needed", "unknown_labels": "drop"},
         "hyperparameter": hp,
         "needs_task_id": cls.needs_task_id,
         "routes_by_input": cls.routes_by_input,
@@ -241,17 +247,18 @@ def save_record(path: Path, record: dict, commit: bool) -> None:
                 return
 
 
-def attempt(args, fn, *a):
-    """fn(*a), or None when it fails: the error is printed and counted (args.failures), and the loop goes on to the
-    next run, so one broken method does not stop a night of runs. A run directory another process is running is
-    skipped without counting, so two copies of one command share its runs. Ctrl-C still stops."""
+def attempt(args, run: str, out: Path, fn: Callable[[], dict]) -> dict | None:
+    """fn(), the run named ``run`` in directory ``out``, or None when it fails: the error is printed and counted
+    (args.failures), and the loop goes on to the next run, so one broken method does not stop a night of runs. A
+    run directory another process is running is skipped without counting, so two copies of one command share its
+    runs. Ctrl-C still stops."""
     try:
-        return fn(*a)
+        return fn()
     except Exception as e:
         if isinstance(e, NloraError) and "is in use by" in str(e):
-            print(f"[leaderboard] {a[1]} seed {a[3]}: another process is running it, skipped", flush=True)
+            print(f"[leaderboard] {run}: another process is running it, skipped", flush=True)
             return None
-        args.failures.append(f"{a[1]} seed {a[3]} -> {a[4]}: {type(e).__name__}: {e}")
+        args.failures.append(f"{run} -> {out}: {type(e).__name__}: {e}")
         print(f"[leaderboard] FAILED {args.failures[-1]}", flush=True)
         return None
 
@@ -299,10 +306,17 @@ def cmd_select(args) -> None:
                     )
                 hp = {"name": knob, "value": value, "source": source}
                 ns, lam = run_inputs(s, args, hp)
-                summary = attempt(args, run_one, ns, method, spec.SEQUENCES[seq], spec.SELECT_SEED, out, val, lam)
+                summary = attempt(
+                    args,
+                    f"{method} seed {spec.SELECT_SEED}",
+                    out,
+                    partial(run_one, ns, method, spec.SEQUENCES[seq], spec.SELECT_SEED, out, val, lam),
+                )
                 if summary is None:
                     continue
-                rec = make_record("selection", summary, out, s, tag, seq, method, spec.SELECT_SEED, hp)
+                rec = make_record(
+                    "selection", summary, out, settings=s, tag=tag, seq=seq, method=method, seed=spec.SELECT_SEED, hp=hp
+                )
                 rec["validation"] = spec.read(val / "validation.json")
                 save_record(spec.point_path(args.records, tag, seq, method, value), rec, args.commit)
             if not missing:  # all recorded, or what is left failed or runs in another process
@@ -418,10 +432,16 @@ def cmd_run(args) -> None:
                 continue
             out = Path(args.runs) / tag / seq / method / f"seed-{seed}"
             ns, lam = run_inputs(s, args, hp)
-            summary = attempt(args, run_one, ns, method, tasks, seed, out, Path(args.data_dir), lam)
+            summary = attempt(
+                args,
+                f"{method} seed {seed}",
+                out,
+                partial(run_one, ns, method, tasks, seed, out, Path(args.data_dir), lam),
+            )
             if summary is None:
                 continue
-            save_record(path, make_record("run", summary, out, s, tag, seq, method, seed, hp), args.commit)
+            record = make_record("run", summary, out, settings=s, tag=tag, seq=seq, method=method, seed=seed, hp=hp)
+            save_record(path, record, args.commit)
 
 
 def run_dir_record(run_dir: Path, s: dict, tag: str, seq: str) -> dict:
@@ -476,7 +496,7 @@ def run_dir_record(run_dir: Path, s: dict, tag: str, seq: str) -> dict:
         value = main_option.default if given is None else given  # newer configs store the resolved value
         source = "method default" if value == main_option.default else f"set for the run {run_dir}"
         hp = {"name": "lambda", "value": value, "source": source + " (recorded from a run directory)"}
-    return make_record("run", summary, run_dir, s, tag, seq, cfg.method, cfg.seed, hp)
+    return make_record("run", summary, run_dir, settings=s, tag=tag, seq=seq, method=cfg.method, seed=cfg.seed, hp=hp)
 
 
 def cmd_record(args) -> None:
