@@ -111,7 +111,10 @@ def group_table(
         "resumes, at the record's thread count (pauses, other load on the machine and work lost to an "
         "interruption do not count); `(wall)`: records made before nlora measured it, their wall time "
         "instead; `(GPU wall)`: seeds run on a lent GPU (tools/device/leaderboard.sh), their wall time with "
-        "other runs sharing the GPU.",
+        "other runs sharing the GPU. Saved per task: the files a run keeps in each task's directory (the adapter "
+        "that evaluation after that task loads, with any method state saved beside it; not predictions, logs or "
+        "step checkpoints), the same for every method that trains one LoRA of the same shape; it is not what a "
+        "method must keep to go on, which the next table gives.",
     ]
     routed = [r for r in rows.values() if r["routing"][0] is not None]
     if routed:
@@ -120,12 +123,30 @@ def group_table(
             + ", ".join(f"{r['method']} {_ms(r['routing'], 1)}%" for r in routed)
             + "."
         )
+    kept = keeps_per_task([r["method"] for r in order if r["seeds"]])
+    if kept:
+        lines += [
+            "",
+            "| method | what it keeps from task to task, in its own words (`nlora methods <name>`) |",
+            "|---|---|",
+        ]
+        lines += kept
     lines += ["", *summary_sentences(rows, best, comp), ""]
     claims = paper_claims(rows)
     if claims:
         lines += ["The N-LoRA paper's claims on this table (n-lora against each, paired by seed):", "", *claims, ""]
     lines += per_task_table(recs, [r["method"] for r in order])
     return lines, rows
+
+
+def keeps_per_task(methods: list[str]) -> list[str]:
+    """The methods' own statements of the memory they carry from task to task (``stored_per_task``, at their
+    default options): replay's kept examples, ewc's Fisher and anchor, o-lora's earlier A matrices. These are not
+    files in a task's directory (replay draws its sample from the training data again, ewc and l2 rebuild theirs
+    on resume), so the saved-per-task column cannot show them."""
+    return [
+        f"| {m} | {REGISTRY[m].stored_per_task} |" for m in methods if getattr(REGISTRY.get(m), "stored_per_task", "")
+    ]
 
 
 def per_task_table(recs: list[dict], methods: list[str]) -> list[str]:

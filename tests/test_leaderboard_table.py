@@ -154,6 +154,29 @@ def test_missing_runs_are_missing_never_zero(lb, tmp_path):
     assert "| 0.00" not in text
 
 
+def test_what_a_method_keeps_is_said_beside_the_saved_files_column(lb, tmp_path):
+    """The saved-per-task column counts a task directory's files, alike for methods that train one LoRA of one
+    shape; what each measured method carries from task to task (replay's examples, ewc's Fisher) is its own
+    statement under the table, and a method without a record is not listed."""
+    rec = tmp_path / "records"
+    for seed in (1, 2):
+        put(rec, "replay", seed, 50.0 + seed, -5.0)
+        put(rec, "ewc", seed, 48.0 + seed, -2.0)
+    expected = {"replay": [1, 2], "ewc": [1, 2], "l2": [1, 2]}
+    lines, _ = lb.table.group_table(TAG, "4task", lb.standings.load_runs(rec)[(TAG, "4task")], expected)
+    text = "\n".join(lines)
+    assert row_of(text, "replay")[10] == row_of(text, "ewc")[10] == "2 ± 0"  # 2,048 bytes a task: 2 KiB
+    assert "it is not what a method must keep to go on" in text
+    at = next(i for i, x in enumerate(lines) if x.startswith("| method | what it keeps from task to task"))
+    kept = "\n".join(lines[at + 2 : at + 4])
+    # in the table's order (replay's higher AA first), each from the method's own class, and no one else
+    assert (
+        kept == f"| replay | {lb.REGISTRY['replay'].stored_per_task} |\n| ewc | {lb.REGISTRY['ewc'].stored_per_task} |"
+    )
+    assert not lines[at + 4].startswith("|")
+    assert "training examples" in kept and "Fisher" in kept and "l2:" not in kept
+
+
 def test_the_plan_puts_missing_methods_in_the_table(lb, tmp_path, monkeypatch):
     rec = tmp_path / "records"
     s = dict(lb.spec.BUDGETS["main"])
