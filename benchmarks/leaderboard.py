@@ -555,14 +555,22 @@ def cmd_plan(args) -> None:
             print(f"  missing {p.relative_to(args.records)}" + (f" ({progress[p][0]})" if progress[p] else ""))
         if len(missing) > 8 and not args.verbose:
             print(f"  ... and {len(missing) - 8} more (--verbose lists all)")
+    here = " (measured here)"
     pace_text = (
-        f"at the pace of this budget's records ({len(rates)} method(s) measured: "
-        + ", ".join(f"{m} {a:.1f} s/step, {b:.2f} s/answer" for m, (a, b) in sorted(rates.items()))
+        f"at the pace of this budget's records, as one thread spends it ({len(rates)} method(s) measured: "
+        + ", ".join(
+            f"{m} {a:.1f} s/step, {b:.2f} s/answer{here if m in pace.measured_here else ''}"
+            for m, (a, b) in sorted(rates.items())
+        )
         + "; the others at the median of these)"
         if rates
         else f"at {pacing.SEC_PER_STEP:g} s per step and {pacing.SEC_PER_TEST:g} s per test answer (no records at "
         "this budget yet)"
-    ) + (f", x {pace.scale:g} for this machine (--pace-scale)" if pace.scale != 1.0 else "")
+    ) + (
+        f"; other machines' records x {pace.scale:g} for this one (--pace-scale), those{here} as they are"
+        if pace.scale != 1.0
+        else ""
+    )
     print(
         f"\n{total_missing} of {len(entries)} records missing: about {total_s / 3600:.1f} h of runs one after "
         + (f"another (+ up to {pending / 3600:.1f} h for the best five on 10task) " if pending else "another ")
@@ -634,9 +642,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     pace_help = (
-        "this CPU's seconds per step over those of the machine that made the records (default 1): a slower "
+        "this CPU's seconds per step over those of the machines that made the records (default 1): a slower "
         "machine's factor keeps --until and plan's hours true (time a run's first steps, e.g. with `nlora status`, "
-        "against the s/step plan lists)"
+        "against the s/step plan lists); a method's records made on this machine count as they are, unscaled"
     )
     running.add_argument("--pace-scale", type=pacing.pace_scale, default=1.0, help=pace_help)
 

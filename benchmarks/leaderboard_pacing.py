@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from nlora.dist import machine_name
 from nlora.errors import NloraError
 from nlora.status import read_status
 
@@ -24,24 +25,54 @@ import leaderboard_spec as spec  # noqa: E402
 # Rough cost for `plan` (SmolLM2-135M fp32, batch 8, on this 2-core Xeon): seconds per optimizer step with 2
 # threads (one thread: about twice), seconds per generated test answer, and the model load.
 SEC_PER_STEP, SEC_PER_TEST, SEC_PER_RUN = 2.5, 0.05, 20.0
-# --until turns a run's CPU seconds (the records' rates, nearly all at one thread) into wall seconds at T threads:
+# --until turns a run's CPU seconds (the records' rates, as one thread spends them) into wall seconds at T threads:
 # / T ** THREAD_SCALING (measured on the 2-core EPYC: a run alone at 2 threads took 1,499-1,529 s where its
 # 1-thread CPU time is about 2,700 s, 1.78x, 2 ** 0.83), then x UNTIL_MARGIN for other load and the estimate's
 # own error (1-thread runs side by side took 1.04-1.08x their CPU time).
 THREAD_SCALING, UNTIL_MARGIN = 0.8, 1.2
 
 
-def measured_rates(records: Path, tag: str, on_gpu: bool = False) -> dict[str, tuple[float, float]]:
+def host_of(machine: str | None) -> str | None:
+    """A record's machine without its thread count ("AMD EPYC CPU (x86_64, AVX2), 2 threads" -> "AMD EPYC CPU
+    (x86_64, AVX2)"): the same host at another thread count is the same machine."""
+    return re.sub(r", \d+ threads?$", "", machine) if machine else None
+
+
+def one_thread(cpu_seconds: float, threads: int | None) -> float:
+    """CPU seconds spent at T threads as one thread would spend them: T threads run the same work T **
+    THREAD_SCALING times faster while all T are busy, so they spend T ** (1 - THREAD_SCALING) times the CPU time."""
+    return cpu_seconds / max(threads or 1, 1) ** (1 - THREAD_SCALING)
+
+
+def measured_rates(
+    records: Path, tag: str, on_gpu: bool = False, here: str | None = None, scale: float = 1.0
+) -> dict[str, tuple[float, float]]:
     """Per method, from its records at budget TAG (runs and selection points): the median seconds per training
-    step and per evaluated test answer, as the machine that made them ran them (here: one thread, two runs side
-    by side). A soft-prompt method that has not learnt to stop generates to the length limit: its own figure
-    says so, where a flat rate would not. A record with wall seconds only (early versions) counts only for a
-    method with no CPU-timed record: its wall time holds every pause and every other process on the machine
-    (clora's three such records ran 2.5 times slower than its CPU-timed one). ``on_gpu``: the records of runs on
-    a GPU instead, by their wall seconds (a GPU process's CPU time says nothing of its pace), which hold the
-    other workers sharing the GPU as the next run will."""
-    found: dict[str, list[tuple[float, float]]] = {}
-    wall_only: dict[str, list[tuple[float, float]]] = {}
+    step and per evaluated test answer, as one thread spends them (``rate_samples``). ``here``: this machine
+    (``host_of(machine_name(...))``): a method's records made here are its pace as they are; a method without
+    any goes at the pace of other machines' records times ``scale`` (--pace-scale: how much slower this machine
+    is than the one that made them). ``on_gpu``: GPU records by their wall seconds, no scale."""
+    factor = 1.0 if on_gpu else scale
+    return {
+        m: (statistics.median(a for a, _ in v) * f, statistics.median(b for _, b in v) * f)
+        for m, (where, v) in rate_samples(records, tag, on_gpu, here).items()
+        for f in [1.0 if where == "here" else factor]
+    }
+
+
+def rate_samples(
+    records: Path, tag: str, on_gpu: bool = False, here: str | None = None
+) -> dict[str, tuple[str, list[tuple[float, float]]]]:
+    """Per method, where its pace comes from ("here": records this machine made; "elsewhere": CPU-timed records
+    of other machines; "wall": wall seconds only) and each such record's seconds per training step and per
+    evaluated test answer. CPU seconds count as one thread spends them (a record made at T threads through
+    ``one_thread``). A soft-prompt method that has not learnt to stop generates to the length limit: its own
+    figure says so, where a flat rate would not. A record with wall seconds only (early versions) counts only
+    for a method with no CPU-timed record: its wall time holds every pause and every other process on the
+    machine (clora's three such records ran 2.5 times slower than its CPU-timed one). ``on_gpu``: the records of
+    runs on a GPU instead, by their wall seconds (a GPU process's CPU time says nothing of its pace), which hold
+    the other workers sharing the GPU as the next run will."""
+    samples: dict[str, dict[str, list[tuple[float, float]]]] = {}
     for path in sorted((records / tag).rglob("*.json")) if (records / tag).is_dir() else []:
         r = spec.read(path)
         if not r or r.get("kind") not in ("run", "selection") or spec.ran_on_gpu(r) != on_gpu:
@@ -50,10 +81,15 @@ def measured_rates(records: Path, tag: str, on_gpu: bool = False) -> dict[str, t
         cells = sum(v is not None for row in r.get("accuracy_matrix") or [] for v in row)
         answers = cells * r.get("settings", {}).get("max_test", 0)  # a task with fewer test rows counts max_test
         train, test, timed = paced_seconds(r, on_gpu)
-        if steps and answers and train and test:
-            (found if timed else wall_only).setdefault(r["method"], []).append((train / steps, test / answers))
-    found = {**wall_only, **found}  # a method's CPU-timed records replace its wall-only ones
-    return {m: (statistics.median(a for a, _ in v), statistics.median(b for _, b in v)) for m, v in found.items()}
+        if not (steps and answers and train and test):
+            continue
+        if timed and not on_gpu:
+            train, test = one_thread(train, r.get("threads")), one_thread(test, r.get("threads"))
+        same = here is not None and not on_gpu and host_of(r.get("machine")) == here
+        where = "wall" if not timed else "here" if same else "elsewhere"
+        samples.setdefault(r["method"], {}).setdefault(where, []).append((train / steps, test / answers))
+    # the best source a method has: this machine's records, then other machines' CPU-timed ones, then wall time
+    return {m: next((w, by[w]) for w in ("here", "elsewhere", "wall") if w in by) for m, by in samples.items()}
 
 
 def paced_seconds(r: dict, on_gpu: bool) -> tuple[float | None, float | None, bool]:
@@ -114,10 +150,15 @@ class Pace:
         self.s, self.data_dir, self.runs, self.records = s, Path(args.data_dir), args.runs, args.records
         self.on_gpu = str(getattr(args, "device", "cpu")).startswith("cuda")
         # the records' CPU rates were measured on whatever machine ran them; a slower one (a new machine without
-        # AVX-512 ran the same steps about twice as slowly) says so here, or --until starts runs its end would cut
+        # AVX-512 ran the same steps about 1.5 times as slowly) says so here, or --until starts runs its end would
+        # cut; a method's records made on this very machine count as they are (``measured_rates``)
         self.scale = 1.0 if self.on_gpu else getattr(args, "pace_scale", 1.0)
+        self.here = None if self.on_gpu else host_of(machine_name("cpu"))
         base = spec.budget_tag(dict(s, epochs=spec.BUDGETS[args.budget]["epochs"]))
-        self.rates = measured_rates(args.records, base, on_gpu=self.on_gpu)
+        self.rates = measured_rates(args.records, base, on_gpu=self.on_gpu, here=self.here, scale=self.scale)
+        self.measured_here = {
+            m for m, (w, _) in rate_samples(args.records, base, here=self.here).items() if w == "here"
+        }
         self.typical = (
             (statistics.median(a for a, _ in self.rates.values()), statistics.median(b for _, b in self.rates.values()))
             if self.rates
@@ -138,7 +179,8 @@ class Pace:
         not known yet (the plan's best five), at the pace of a method without records."""
         left = 1.0 - (progress[1] if progress else 0.0)
         rate = self.rates.get(method, self.slowest if cautious else self.typical)
-        return left * estimate_s(self.s, seq, epochs, self.data_dir, rate) * self.scale
+        # measured rates carry the scale already (``measured_rates``); the defaults, used without any, do not
+        return left * estimate_s(self.s, seq, epochs, self.data_dir, rate) * (1.0 if self.rates else self.scale)
 
 
 def pace_scale(text: str) -> float:

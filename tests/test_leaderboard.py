@@ -374,6 +374,39 @@ def test_plan_estimates_from_the_budgets_own_records(lb, toy, tmp_path, capsys):
     assert "seq-lora 10.0 s/step, 2.00 s/answer" in out and "l2p 2.0 s/step, 0.50 s/answer" in out
 
 
+def test_records_made_on_this_machine_set_its_pace_unscaled(lb, toy, tmp_path, monkeypatch, capsys):
+    """--pace-scale corrects other machines' records only: a method's records made here are its pace as they
+    are, and CPU seconds at T threads count as one thread spends them (T ** (1 - THREAD_SCALING) less)."""
+    flags, _ = toy
+    tag = lb.spec.budget_tag(lb.spec.BUDGETS["main"])
+    here, there = "Here CPU (x86_64, AVX2)", "There CPU (x86_64, AVX512)"
+    assert lb.pacing.host_of(f"{here}, 2 threads") == lb.pacing.host_of(f"{here}, 1 threads") == here
+    timing = dict(train_steps_per_task=[2, 2], accuracy_matrix=[[50.0, None], [40.0, 60.0]], settings={"max_test": 4})
+    # 4 steps and 12 answers; elsewhere at one thread: 2 s/step, 0.5 s/answer
+    cpu_there = dict(train_cpu_seconds=8.0, eval_cpu_seconds=6.0, machine=f"{there}, 1 threads", threads=1)
+    # here at 2 threads: 2 ** 0.2 times the CPU seconds of one thread, which spends 3 s/step and 1 s/answer
+    extra = 2 ** (1 - lb.pacing.THREAD_SCALING)
+    cpu_here = dict(
+        train_cpu_seconds=12.0 * extra, eval_cpu_seconds=12.0 * extra, machine=f"{here}, 2 threads", threads=2
+    )
+    put(tmp_path / "rec", "seq-lora", 1, 40.0, -1.0, tag=tag, **cpu_there, **timing)
+    put(tmp_path / "rec", "seq-lora", 2, 40.0, -1.0, tag=tag, **cpu_here, **timing)
+    put(tmp_path / "rec", "inc-lora", 1, 40.0, -1.0, tag=tag, **cpu_there, **timing)
+    rates = lb.pacing.measured_rates(tmp_path / "rec", tag, here=here, scale=1.5)
+    assert rates["seq-lora"] == (pytest.approx(3.0), pytest.approx(1.0))  # its record here, unscaled
+    assert rates["inc-lora"] == (3.0, 0.75)  # only records elsewhere: x 1.5
+    # on another machine again, both seq-lora records are elsewhere: the median of 2 and 3 s/step, x 1.5
+    assert lb.pacing.measured_rates(tmp_path / "rec", tag, here="Third CPU", scale=1.5)["seq-lora"] == (
+        pytest.approx(3.75),
+        pytest.approx(1.125),
+    )
+    monkeypatch.setattr(lb.pacing, "machine_name", lambda device: f"{here}, 1 threads")
+    lb.main(["plan", *flags, "--pace-scale", "1.5"])
+    out = capsys.readouterr().out
+    assert "seq-lora 3.0 s/step, 1.00 s/answer (measured here)" in out
+    assert "inc-lora 3.0 s/step, 0.75 s/answer, seq-lora" in out and "other machines' records x 1.5 for this one" in out
+
+
 def test_a_failing_run_is_reported_and_the_others_go_on(lb, toy, tmp_path, monkeypatch, capsys):
     flags, running = toy
     calls, ok = [], fake_run([])
