@@ -52,11 +52,15 @@ def measured_rates(
     (``host_of(machine_name(...))``): a method's records made here are its pace as they are; a method without
     any goes at the pace of other machines' records times ``scale`` (--pace-scale: how much slower this machine
     is than the one that made them). ``on_gpu``: GPU records by their wall seconds, no scale."""
-    factor = 1.0 if on_gpu else scale
+    return rates_of(rate_samples(records, tag, on_gpu, here), 1.0 if on_gpu else scale)
+
+
+def rates_of(samples: dict[str, tuple[str, list[tuple[float, float]]]], scale: float) -> dict[str, tuple[float, float]]:
+    """Per method, the median of its samples (``rate_samples``), times ``scale`` unless they were measured here."""
     return {
         m: (statistics.median(a for a, _ in v) * f, statistics.median(b for _, b in v) * f)
-        for m, (where, v) in rate_samples(records, tag, on_gpu, here).items()
-        for f in [1.0 if where == "here" else factor]
+        for m, (where, v) in samples.items()
+        for f in [1.0 if where == "here" else scale]
     }
 
 
@@ -155,10 +159,9 @@ class Pace:
         self.scale = 1.0 if self.on_gpu else getattr(args, "pace_scale", 1.0)
         self.here = None if self.on_gpu else host_of(machine_name("cpu"))
         base = spec.budget_tag(dict(s, epochs=spec.BUDGETS[args.budget]["epochs"]))
-        self.rates = measured_rates(args.records, base, on_gpu=self.on_gpu, here=self.here, scale=self.scale)
-        self.measured_here = {
-            m for m, (w, _) in rate_samples(args.records, base, here=self.here).items() if w == "here"
-        }
+        samples = rate_samples(args.records, base, on_gpu=self.on_gpu, here=self.here)
+        self.rates = rates_of(samples, self.scale)
+        self.measured_here = {m for m, (where, _) in samples.items() if where == "here"}
         self.typical = (
             (statistics.median(a for a, _ in self.rates.values()), statistics.median(b for _, b in self.rates.values()))
             if self.rates
