@@ -92,26 +92,29 @@ def load_runs(records: Path) -> dict[tuple[str, str], list[dict]]:
 
 
 def load_choices(records: Path) -> list[dict]:
-    """Every selection: its choice.json, or, for one still running, its grid points so far (``chosen`` None)."""
+    """Every selection: its choice.json, or, for one still running, its grid points so far (``chosen`` None).
+    ``outside``: points recorded in its folder that are not candidates (an earlier version's run beyond the upper
+    end of a memory knob's grid, spec.MEMORY_KNOBS): shown apart, never chosen."""
     out = []
     for folder in sorted(p for p in Path(records).glob("*/selection/*/*") if p.is_dir()):
         tag, _, seq, method = folder.relative_to(records).parts
-        choice = spec.read(folder / "choice.json")
-        if choice and not (method in spec.GRIDS and spec.beyond_edge(method, choice["points"]) is not None):
-            out.append(choice)
-            continue  # a choice written before selection went on beyond its grid's end is shown as running
-        points = []
+        recorded = []
         for path in sorted(folder.glob("*.json")):
             rec = spec.read(path)
             if rec and rec.get("kind") == "selection":
-                hp = rec["hyperparameter"]
-                points.append({"value": hp["value"], "aa": rec["aa"], "bwt": rec["bwt"]})
+                recorded.append({"value": rec["hyperparameter"]["value"], "aa": rec["aa"], "bwt": rec["bwt"]})
+        recorded.sort(key=lambda q: q["value"])
+        choice = spec.read(folder / "choice.json")
+        if choice and not (method in spec.GRIDS and spec.beyond_edge(method, choice["points"]) is not None):
+            used = {p["value"] for p in choice["points"]}
+            out.append(choice | {"outside": [p for p in recorded if p["value"] not in used]})
+            continue  # a choice written before selection went on beyond its grid's end is shown as running
+        values = spec.selection_values(records, tag, seq, method)[0] if method in spec.GRIDS else []
+        points = [p for p in recorded if not values or p["value"] in values]
         if points:
-            points.sort(key=lambda q: q["value"])
-            size = len(spec.selection_values(records, tag, seq, method)[0]) if method in spec.GRIDS else 0
             out.append(
                 {"method": method, "budget_tag": tag, "sequence": seq, "knob": spec.knob_of(method), "points": points}
-                | {"chosen": None, "grid_size": size}
+                | {"chosen": None, "grid_size": len(values), "outside": [p for p in recorded if p not in points]}
             )
     return out
 

@@ -277,6 +277,13 @@ def paper_claims(rows: dict) -> list[str]:
     return out
 
 
+def listed_points(points: list[dict], name: str) -> str:
+    """Selection points as "value: validation AA / BWT", ``name`` before each value ("lr " for an lr grid)."""
+    return ", ".join(
+        f"{name}{p['value']:g}: {p['aa']:.2f} / " + ("-" if p["bwt"] is None else f"{p['bwt']:.2f}") for p in points
+    )
+
+
 def selection_table(choices: list[dict]) -> list[str]:
     if not choices:
         return []
@@ -288,16 +295,24 @@ def selection_table(choices: list[dict]) -> list[str]:
     ]
     for c in choices:
         name = "lr " if c.get("knob") == "lr" else ""  # choices written before the knob was recorded: lambda
-        pts = ", ".join(
-            f"{name}{p['value']:g}: {p['aa']:.2f} / " + ("-" if p["bwt"] is None else f"{p['bwt']:.2f}")
-            for p in c["points"]
-        )
+        pts = listed_points(c["points"], name)
+        if c.get("outside"):
+            pts += f"; not candidates, above its memory range: {listed_points(c['outside'], name)}"
         chosen = (
             f"{name}{c['chosen']:g}"
             if c["chosen"] is not None
             else f"running: {len(c['points'])} of {c.get('grid_size') or '?'} points"
         )
         lines.append(f"| {c['budget_tag']} | {c['sequence']} | {c['method']} | {pts} | {chosen} |")
+    memory = sorted({c["method"] for c in choices} & spec.MEMORY_KNOBS)
+    if memory:
+        lines += [
+            "",
+            f"The knob of {', '.join(memory)} is how much of each earlier task's data it keeps: a memory budget, not a "
+            "strength. More memory buys accuracy up to training on every earlier example (the mtl bound's regime), so "
+            "its selection stays inside its grid (the memory range compared) and is never extended above it; what "
+            "it keeps is said under each sequence's table.",
+        ]
     return lines + [""]
 
 

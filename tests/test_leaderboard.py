@@ -271,6 +271,42 @@ def test_a_best_value_on_an_end_of_the_grid_adds_the_next_one_beyond_it(
     assert calls == []  # all recorded: nothing more
 
 
+def test_a_memory_knob_is_not_extended_above_its_grid_and_a_point_above_it_is_shown_apart(
+    lb, toy, tmp_path, monkeypatch
+):
+    """replay's λ is how much of each earlier task it keeps: a best value on the grid's upper end (more memory,
+    more accuracy) adds nothing above it, while the lower end still extends; a point recorded above the grid (by
+    an earlier version) is listed apart in the selection table and never chosen."""
+    flags, running = toy
+    calls = []
+    rising = {0.01: 40.0, 0.02: 50.0, 0.05: 60.0, 0.13: 70.0}
+    monkeypatch.setattr(lb, "run_one", fake_run(calls, rising))
+    monkeypatch.setattr(lb.spec, "GRIDS", {"replay": [0.01, 0.02, 0.05]})
+    lb.main(["select", "--methods", "replay", *flags, *running])
+    assert [lam for *_, lam, _ in calls] == [0.01, 0.02, 0.05]
+    tag = lb.spec.budget_tag(lb.spec.BUDGETS["main"])
+    sel = tmp_path / "rec" / tag / "selection" / "4task" / "replay"
+    assert json.loads((sel / "choice.json").read_text())["chosen"] == 0.05
+    text = lb.table.build_table(tmp_path / "rec", tmp_path / "lb.md")
+    assert "| replay | 0.01: 40.00 / -1.00, 0.02: 50.00 / -1.00, 0.05: 60.00 / -1.00 | 0.05 |" in text
+    assert "The knob of replay is how much of each earlier task's data it keeps" in text
+    above = json.loads((sel / "lambda-0.05.json").read_text())
+    above["aa"], above["hyperparameter"]["value"] = 70.0, 0.13
+    (sel / "lambda-0.13.json").write_text(json.dumps(above))
+    text = lb.table.build_table(tmp_path / "rec", tmp_path / "lb.md")
+    row = "0.05: 60.00 / -1.00; not candidates, above its memory range: 0.13: 70.00 / -1.00 | 0.05 |"
+    assert row in text
+    calls.clear()
+    lb.main(["run", "--sequence", "4task", "--methods", "replay", "--seeds", "1", *flags, *running])
+    assert [lam for *_, lam, _ in calls] == [0.05]
+    falling = {0.005: 30.0, 0.01: 60.0, 0.02: 50.0, 0.05: 40.0}
+    monkeypatch.setattr(lb, "run_one", fake_run(calls, falling))
+    calls.clear()
+    other = ["--records", str(tmp_path / "rec-2"), *flags[2:]]  # a fresh selection, the same data
+    lb.main(["select", "--methods", "replay", *other, "--runs", str(tmp_path / "runs-2"), *running[2:]])
+    assert [lam for *_, lam, _ in calls] == [0.01, 0.02, 0.05, 0.005]  # less memory: the lower end still extends
+
+
 def test_a_linear_grid_is_not_extended_and_a_choice_on_an_end_is_not_used_until_extended(
     lb, toy, tmp_path, monkeypatch, capsys
 ):

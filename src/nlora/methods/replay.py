@@ -18,7 +18,7 @@ class Replay(Method):
     summary = "one LoRA through all tasks; mixes in a kept fraction (2%) of each earlier task's training data"
     venue = "2019 NeurIPS"
     trains = "one LoRA through all tasks, on task data + memory"
-    stored_per_task = "2% of the task's training examples: grows linearly"
+    stored_per_task = "a share `fraction` (default 2%) of the task's training examples: grows linearly"
     uses_replay = True
     source = "arXiv 1906.01076 (episodic memory)"
     fresh_adapter_per_task = False
