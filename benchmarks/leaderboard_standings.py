@@ -171,6 +171,9 @@ def group_rows(recs: list[dict], expected: dict[str, list[int]] | None = None) -
             if on_cpu and all(r.get("cpu_time_s") is not None for r in on_cpu)
             else (None, None),
             "gpu_wall_min": mean_sd1([r["wall_time_s"] / 60 for r in on_gpu if r.get("wall_time_s") is not None]),
+            # the machines (CPU model, vector instructions, threads) its CPU seeds ran on: one method's minutes on
+            # one host and another's on a host twice as fast are not a comparison of the two methods' cost
+            "cpu_machines": sorted({r.get("machine") or "machine not recorded" for r in on_cpu}),
             "routing": mean_sd1([(r.get("routing") or {}).get("accuracy") for r in runs.values()]),
             "hp": hp,
             "needs_task_id": cls.needs_task_id if cls else None,

@@ -45,12 +45,21 @@ def _hp(hp: dict | None) -> str:
     return f"{name}{hp['value']:g}{mark}"
 
 
-def _time(r: dict) -> str:
-    """The row's CPU time, or its wall time marked as such where a seed's record has no CPU time; seeds run on a
-    GPU apart, as their wall time."""
+def machine_keys(rows: list[dict]) -> dict[str, str]:
+    """A short key per machine the rows' CPU seeds ran on ("A", "B", ... in the rows' order), or none where one
+    machine ran them all."""
+    machines = list(dict.fromkeys(m for r in rows if r["seeds"] for m in r["cpu_machines"]))
+    return {m: chr(ord("A") + i) for i, m in enumerate(machines)} if len(machines) > 1 else {}
+
+
+def _time(r: dict, keys: dict[str, str]) -> str:
+    """The row's CPU time, or its wall time marked as such where a seed's record has no CPU time, with the keys of
+    the machines it ran on (``keys``); seeds run on a GPU apart, as their wall time."""
     cpu = _ms(r["cpu_min"], 1) if r["cpu_min"][0] is not None else None
     if cpu is None and r["wall_min"][0] is not None:
         cpu = f"{_ms(r['wall_min'], 1)} (wall)"
+    if cpu and keys:
+        cpu += " [" + ", ".join(keys[m] for m in r["cpu_machines"]) + "]"
     gpu = f"{_ms(r['gpu_wall_min'], 1)} (GPU wall)" if r["gpu_wall_min"][0] is not None else None
     return "; ".join(x for x in (cpu, gpu) if x) or "-"
 
@@ -89,6 +98,7 @@ def group_table(
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     order = sorted(rows.values(), key=lambda r: (r["aa"][0] is None, -(r["aa"][0] or 0.0), r["method"]))
+    keys = machine_keys(order)
     for r in order:
         n, miss = len(r["seeds"]), len(r["missing"])
         seeds = f"{n}" + (f" (missing {miss})" if miss else "") + (" †" if 0 < n < n_max else "")
@@ -98,7 +108,7 @@ def group_table(
             f"| {'(best)' if r['method'] == best else _diff(c.get('aa'))} "
             f"| {'(best)' if r['method'] == best else _diff(c.get('bwt'))} "
             f"| {_ms(r['acr'], 1, 100)} | {_ms(r['nuclear_norm'], 3)} | {_ms(r['stored_kib'], 0)} "
-            f"| {_time(r)} |"
+            f"| {_time(r, keys)} |"
         )
     missing = sum(len(r["missing"]) for r in rows.values())
     lines += [
@@ -111,11 +121,15 @@ def group_table(
         "resumes, at the record's thread count (pauses, other load on the machine and work lost to an "
         "interruption do not count); `(wall)`: records made before nlora measured it, their wall time "
         "instead; `(GPU wall)`: seeds run on a lent GPU (tools/device/leaderboard.sh), their wall time with "
-        "other runs sharing the GPU. Saved per task: the files a run keeps in each task's directory (the adapter "
-        "that evaluation after that task loads, with any method state saved beside it; not predictions, logs or "
+        "other runs sharing the GPU; [A], [B], ...: the machines a row's seeds ran on (below), so that minutes "
+        "are compared between rows of one machine only. Saved per task: the files a run keeps in each task's "
+        "directory (the adapter that evaluation after that task loads, with any method state saved beside it; "
+        "not predictions, logs or "
         "step checkpoints), the same for every method that trains one LoRA of the same shape; it is not what a "
         "method must keep to go on, which the next table gives.",
     ]
+    if keys:
+        lines.append("Machines: " + "; ".join(f"[{k}] {m}" for m, k in keys.items()) + ".")
     routed = [r for r in rows.values() if r["routing"][0] is not None]
     if routed:
         lines.append(

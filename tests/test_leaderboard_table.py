@@ -117,6 +117,25 @@ def test_time_column_is_cpu_time_never_mixed_with_wall_time(lb, tmp_path):
     assert row_of(text, "o-lora")[-1] == "2.0 ± 0.0 (wall)"  # both seeds' wall time, marked, rather than a mix
 
 
+def test_time_column_names_the_machines_when_rows_ran_on_more_than_one(lb, tmp_path):
+    """Minutes from a host twice as fast are no comparison of cost: with more than one machine in a table each row's
+    time carries the keys of its machines, listed under the table; with one machine, no keys."""
+    rec = tmp_path / "records"
+    slow, fast = "AMD EPYC CPU (x86_64, AVX2), 2 threads", "Intel(R) Xeon(R) Processor CPU (x86_64, AVX512), 2 threads"
+    put(rec, "seq-lora", 1, 40.0, -1.0, cpu_time_s=600.0, machine=slow)
+    put(rec, "o-lora", 1, 42.0, -1.0, cpu_time_s=300.0, machine=fast)
+    text = lb.table.build_table(rec, tmp_path / "lb.md")
+    assert row_of(text, "o-lora")[-1] == "5.0 [A]" and row_of(text, "seq-lora")[-1] == "10.0 [B]"
+    assert f"Machines: [A] {fast}; [B] {slow}." in text
+    put(rec, "o-lora", 2, 44.0, -1.0, cpu_time_s=420.0, machine=slow)
+    text = lb.table.build_table(rec, tmp_path / "lb.md")
+    assert row_of(text, "o-lora")[-1] == "6.0 ± 1.4 [A, B]"  # one row over both: both keys
+    assert row_of(text, "seq-lora")[-1] == "10.0 [A]" and f"Machines: [A] {slow}; [B] {fast}." in text
+    put(rec, "o-lora", 1, 42.0, -1.0, cpu_time_s=300.0, machine=slow)
+    text = lb.table.build_table(rec, tmp_path / "lb.md")
+    assert row_of(text, "o-lora")[-1] == "6.0 ± 1.4" and "Machines:" not in text
+
+
 def test_time_column_keeps_gpu_seeds_apart(lb, tmp_path):
     rec = tmp_path / "records"
     put(rec, "seq-lora", 1, 40.0, -1.0, cpu_time_s=600.0)
