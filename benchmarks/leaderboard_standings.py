@@ -94,7 +94,8 @@ def load_runs(records: Path) -> dict[tuple[str, str], list[dict]]:
 def load_choices(records: Path) -> list[dict]:
     """Every selection: its choice.json, or, for one still running, its grid points so far (``chosen`` None).
     ``outside``: points recorded in its folder that are not candidates (an earlier version's run beyond the upper
-    end of a memory knob's grid, spec.MEMORY_KNOBS): shown apart, never chosen."""
+    end of a memory knob's grid, spec.MEMORY_KNOBS, or a value since taken off a grid): shown apart, never
+    chosen."""
     out = []
     for folder in sorted(p for p in Path(records).glob("*/selection/*/*") if p.is_dir()):
         tag, _, seq, method = folder.relative_to(records).parts

@@ -311,7 +311,9 @@ def selection_table(choices: list[dict]) -> list[str]:
         name = "lr " if c.get("knob") == "lr" else ""  # choices written before the knob was recorded: lambda
         pts = listed_points(c["points"], name)
         if c.get("outside"):
-            pts += f"; not candidates, above its memory range: {listed_points(c['outside'], name)}"
+            above = c["method"] in spec.MEMORY_KNOBS and all(p["value"] > max(c["grid"]) for p in c["outside"])
+            where = "above its memory range" if above else "off its grid"
+            pts += f"; not candidates, {where}: {listed_points(c['outside'], name)}"
         chosen = (
             f"{name}{c['chosen']:g}"
             if c["chosen"] is not None

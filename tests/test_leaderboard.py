@@ -299,6 +299,10 @@ def test_a_memory_knob_is_not_extended_above_its_grid_and_a_point_above_it_is_sh
     calls.clear()
     lb.main(["run", "--sequence", "4task", "--methods", "replay", "--seeds", "1", *flags, *running])
     assert [lam for *_, lam, _ in calls] == [0.05]
+    above["aa"], above["hyperparameter"]["value"] = 20.0, 0.03  # a value since taken off the grid: said so
+    (sel / "lambda-0.03.json").write_text(json.dumps(above))
+    text = lb.table.build_table(tmp_path / "rec", tmp_path / "lb.md")
+    assert "0.05: 60.00 / -1.00; not candidates, off its grid: 0.03: 20.00 / -1.00, 0.13: 70.00 / -1.00 |" in text
     falling = {0.005: 30.0, 0.01: 60.0, 0.02: 50.0, 0.05: 40.0}
     monkeypatch.setattr(lb, "run_one", fake_run(calls, falling))
     calls.clear()
