@@ -332,7 +332,7 @@ def cmd_select(args) -> None:
             "sequence": seq,
             "seed": spec.SELECT_SEED,
             "rule": "highest validation AA, then BWT, then the smaller value; a best value on an end of a geometric "
-            f"grid adds the next value beyond it (up to {spec.EDGE_STEPS} per end; never above a memory knob's grid)",
+            f"grid adds the next value beyond it (up to {spec.EDGE_STEPS} per end)",
             "grid": spec.GRIDS[method],
             "validation": {
                 "rows_per_task": spec.VAL_ROWS,
