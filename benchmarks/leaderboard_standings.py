@@ -115,7 +115,8 @@ def load_choices(records: Path) -> list[dict]:
         if points:
             out.append(
                 {"method": method, "budget_tag": tag, "sequence": seq, "knob": spec.knob_of(method), "points": points}
-                | {"chosen": None, "grid_size": len(values), "outside": [p for p in recorded if p not in points]}
+                | {"chosen": None, "grid": spec.GRIDS.get(method, []), "grid_size": len(values)}
+                | {"outside": [p for p in recorded if p not in points]}
             )
     return out
 

@@ -303,6 +303,12 @@ def test_a_memory_knob_is_not_extended_above_its_grid_and_a_point_above_it_is_sh
     (sel / "lambda-0.03.json").write_text(json.dumps(above))
     text = lb.table.build_table(tmp_path / "rec", tmp_path / "lb.md")
     assert "0.05: 60.00 / -1.00; not candidates, off its grid: 0.03: 20.00 / -1.00, 0.13: 70.00 / -1.00 |" in text
+    (sel / "lambda-0.03.json").unlink()
+    (sel / "choice.json").unlink()
+    (sel / "lambda-0.05.json").unlink()  # a selection still running, with a point above its grid: shown apart
+    text = lb.table.build_table(tmp_path / "rec", tmp_path / "lb.md")
+    row = "0.02: 50.00 / -1.00; not candidates, above its memory range: 0.13: 70.00 / -1.00 | running: 2 of 3 points |"
+    assert row in text
     falling = {0.005: 30.0, 0.01: 60.0, 0.02: 50.0, 0.05: 40.0}
     monkeypatch.setattr(lb, "run_one", fake_run(calls, falling))
     calls.clear()
