@@ -245,3 +245,15 @@ def test_peak_memory_sees_an_allocation_inside_the_block():
         block = torch.ones(64 * 2**20 // 4)  # 64 MiB, written (so resident)
         del block
     assert pm.above_start_mib >= 60 and pm.peak_mib >= pm.above_start_mib
+
+
+@pytest.mark.parametrize("kind", ["llama", "t5"])
+def test_probe_passes_keep_covariances_with_one_position_of_logits(model_dirs, data_dir, capsys, kind):
+    probe = load_benchmark("probe_passes")
+    args = ["--model", str(model_dirs[kind]), "--data-dir", str(data_dir), "--task", "topic", "--rows", "6"]
+    result = probe.main([*args, "--batch-size", "4", "--repeats", "1"])
+    assert result["covariances_bit_identical"] is True and result["layers"] > 0 and result["rows"] == 6
+    # decoder-only: the head runs on one position; T5's head reads only the answer tokens, so it is left alone
+    assert result["head_kept_to_one_position"] is (kind == "llama")
+    assert all(len(v) == 1 and v[0] > 0 for v in result["pass_s"].values())
+    assert '"covariances_bit_identical": true' in capsys.readouterr().out

@@ -154,6 +154,22 @@ def test_gpm_energy_rule_matches_a_loop():
     assert more.shape[1] == r and (first.T @ more).abs().max() < 1e-10
 
 
+@pytest.mark.parametrize("kind", ["llama", "t5"])
+def test_inflora_probe_passes_ask_a_decoder_only_head_for_one_position(model_dirs, data_dir, kind):
+    from nlora.methods.inflora import forward_batches
+
+    loaded, lora, method, tasks = setup("inflora", kind, model_dirs, data_dir)
+    lora.start("task0")
+    data = encode(loaded.tokenizer, tasks["topic"].splits["train"], loaded.seq2seq, 256, 8)
+    inputs, _, _ = next(forward_batches(lora, data, 4))
+    with torch.no_grad():
+        logits = lora.model(**inputs).logits
+    if kind == "llama":  # the hooks read layer inputs: the head's other positions would be thrown away
+        assert "logits_to_keep" in inputs and logits.shape[1] == 1
+    else:  # T5's head reads the answer tokens only
+        assert "logits_to_keep" not in inputs and logits.shape[1] == inputs["labels"].shape[1]
+
+
 def test_inflora_state_saved_and_reloaded(model_dirs, data_dir, tmp_path, capsys):
     out = tmp_path / "inf"
     assert run_cli(model_dirs["llama"], data_dir, out, "inflora") == 0
