@@ -23,13 +23,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import SHARED  # noqa: E402
 
 from nlora.adapters import ContinualLoRA  # noqa: E402
-from nlora.batching import encode  # noqa: E402
 from nlora.config import LoraSettings  # noqa: E402
 from nlora.data import load_tasks  # noqa: E402
 from nlora.dist import machine_name  # noqa: E402
 from nlora.methods import inflora  # noqa: E402
 from nlora.models import default_target_modules, load_model  # noqa: E402
 from nlora.prompts import load_instructions  # noqa: E402
+from nlora.runtime import Runtime  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -52,7 +52,8 @@ def main(argv=None) -> dict:
     lora = ContinualLoRA(loaded.model, LoraSettings(dropout=0.0), default_target_modules(loaded.model), loaded.family)
     lora.start("task0")
     rows = load_tasks(args.data_dir, [args.task], load_instructions(), max_train=args.rows, max_test=1)
-    data = encode(loaded.tokenizer, rows[args.task].splits["train"], loaded.family, 512, 50)
+    # encoded as a run encodes its training rows (its default prompt and answer limits)
+    data = Runtime(loaded.tokenizer, loaded.family, torch.device("cpu")).encode(rows[args.task].splits["train"])
     family = type(loaded.family)
     one_position = family.keeps_logits
 
