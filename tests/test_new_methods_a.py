@@ -170,6 +170,34 @@ def test_inflora_probe_passes_ask_a_decoder_only_head_for_one_position(model_dir
         assert "logits_to_keep" not in inputs and logits.shape[1] == inputs["labels"].shape[1]
 
 
+@pytest.mark.parametrize("kind", ["llama", "t5"])
+def test_inflora_layers_reading_one_input_share_its_product(model_dirs, data_dir, monkeypatch, kind):
+    from nlora.methods import inflora
+
+    loaded, lora, method, tasks = setup("inflora", kind, model_dirs, data_dir)
+    lora.start("task0")
+    data = encode(loaded.tokenizer, tasks["topic"].splits["train"], loaded.seq2seq, 256, 8)
+    computed = []
+
+    class Counting(inflora.InputProducts):
+        def of(self, x, mask, role):
+            computed.extend([] if self.cached(x, role) is not None else [role])
+            return super().of(x, mask, role)
+
+    monkeypatch.setattr(inflora, "InputProducts", Counting)
+    covs = inflora.layer_covariances(lora, "task0", data, 3)
+    names = [view.name for view in lora.adapted_layers("task0")]
+    assert sorted(covs) == sorted(names) and all(n.endswith(("q_proj", "v_proj", ".q", ".v")) for n in names)
+    batches, config = -(-len(data) // 3), lora.base_model.config
+    if kind == "llama":  # a block's q_proj and v_proj read its normed hidden states: one product per block
+        assert len(computed) == batches * config.num_hidden_layers
+    else:  # per block: self-attention's q and v share; cross-attention's q reads the decoder, its v the
+        # encoder's output, one tensor for every decoder block
+        assert len(computed) == batches * (config.num_layers + 2 * config.num_decoder_layers + 1)
+    for n in names:  # against one example at a time, token by token (float32 forward passes, hence rtol)
+        torch.testing.assert_close(covs[n], brute_covariance(lora, n, data, loaded.seq2seq), rtol=1e-4, atol=1e-7)
+
+
 def test_inflora_state_saved_and_reloaded(model_dirs, data_dir, tmp_path, capsys):
     out = tmp_path / "inf"
     assert run_cli(model_dirs["llama"], data_dir, out, "inflora") == 0

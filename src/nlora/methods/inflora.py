@@ -37,6 +37,7 @@ task plus at most d_in x d_in per layer in total for the bases. No task id, no r
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -80,6 +81,38 @@ def _reads_encoder(module_name: str) -> bool:
     return ".decoder." not in module_name or module_name.endswith(("EncDecAttention.k", "EncDecAttention.v"))
 
 
+class InputProducts:
+    """x^T x (fp64) over the kept rows of a layer input, computed once per input tensor within a batch.
+
+    Adapted layers often read the very same tensor: a LLaMA block's q_proj and v_proj its normed hidden states,
+    every T5 decoder block's cross-attention v the encoder's output. Such layers share one product, so a pass
+    does that fp64 matmul once per distinct input instead of once per layer: each layer's sum gets the same
+    tensor it computed alone, so the covariances are bit-identical. Products are kept only while their input
+    is alive (a weak reference): a freed tensor's id may be reused by a later layer's input, which must miss."""
+
+    def __init__(self):
+        self._live: dict[tuple[int, str], tuple[weakref.ref, torch.Tensor, int]] = {}
+
+    def clear(self) -> None:
+        self._live.clear()
+
+    def cached(self, x: torch.Tensor, role: str) -> tuple[torch.Tensor, int] | None:
+        hit = self._live.get((id(x), role))
+        return (hit[1], hit[2]) if hit is not None and hit[0]() is x else None
+
+    def of(self, x: torch.Tensor, mask: torch.Tensor | None, role: str) -> tuple[torch.Tensor, int]:
+        """(sum over kept rows of x x^T in fp64, the number of rows); ``role`` names which mask applies."""
+        hit = self.cached(x, role)
+        if hit is not None:
+            return hit
+        rows = x[mask.bool()] if mask is not None and mask.shape == x.shape[:-1] else x.reshape(-1, x.shape[-1])
+        rows = rows.double()
+        product = rows.T @ rows
+        self._live = {key: kept for key, kept in self._live.items() if kept[0]() is not None}
+        self._live[(id(x), role)] = (weakref.ref(x), product, rows.shape[0])
+        return product, rows.shape[0]
+
+
 @torch.no_grad()
 def layer_covariances(lora: LoraBank, adapter: str, examples: list, batch_size: int) -> dict[str, torch.Tensor]:
     """Per layer holding ``adapter``: C = mean over non-padding tokens of x x^T of the layer's input (fp64)."""
@@ -87,15 +120,14 @@ def layer_covariances(lora: LoraBank, adapter: str, examples: list, batch_size: 
     sums: dict[str, torch.Tensor] = {}
     counts = dict.fromkeys(layers, 0)
     masks: dict[str, torch.Tensor | None] = {}
+    products = InputProducts()
 
     def hook_for(name):
         def hook(module, args):
-            x = args[0]
-            mask = masks["enc"] if masks["dec"] is None or _reads_encoder(name) else masks["dec"]
-            rows = x[mask.bool()] if mask is not None and mask.shape == x.shape[:-1] else x.reshape(-1, x.shape[-1])
-            rows = rows.double()
-            sums[name] = sums.get(name, 0) + rows.T @ rows
-            counts[name] += rows.shape[0]
+            role = "enc" if masks["dec"] is None or _reads_encoder(name) else "dec"
+            product, n_rows = products.of(args[0], masks[role], role)
+            sums[name] = sums.get(name, 0) + product
+            counts[name] += n_rows
 
         return hook
 
@@ -105,6 +137,7 @@ def layer_covariances(lora: LoraBank, adapter: str, examples: list, batch_size: 
     try:
         for inputs, enc_mask, dec_mask in forward_batches(lora, examples, batch_size):
             masks["enc"], masks["dec"] = enc_mask, dec_mask
+            products.clear()
             lora.model(**inputs)
     finally:
         for h in handles:
