@@ -1,12 +1,14 @@
 """inflora's and gainlora's covariance passes, as runs call them against what they did before, in one process.
 
 Both methods run a forward-only pass over a task's training rows before and after it trains
-(``methods.inflora.layer_covariances``); the hooks read layer inputs only. This times that function three ways,
-alternating them: as it ran before (the head asked for every position's logits, each adapted layer's fp64 x^T x
-computed on its own), with the head asked for one position only (where the model takes ``logits_to_keep``), and
-as runs call it now (also one product per distinct input tensor, shared by the layers that read it: q_proj and
-v_proj of a block). It checks that all three give the same covariances bit for bit. Runs on the CPU; prints one
-JSON line with the machine.
+(``methods.inflora.layer_covariances``); the hooks read layer inputs only. This times that function four ways,
+alternating them: as it ran before (rows in file order, the head asked for every position's logits, each adapted
+layer's fp64 x^T x computed on its own); with the head asked for one position only (where the model takes
+``logits_to_keep``); also one product per distinct input tensor, shared by the layers that read it (q_proj and
+v_proj of a block); and as runs call it now, also with the rows sorted by length so batches pad little. The first
+three must give the same covariances bit for bit; sorted batches change only the float rounding (other padding
+widths, another summation order), reported as the largest difference relative to each layer's largest entry.
+Runs on the CPU; prints one JSON line with the machine.
 
     python benchmarks/probe_passes.py --rows 48 --task amazon        # SmolLM2, ../shared/CL_Benchmark
 """
@@ -34,6 +36,13 @@ from nlora.prompts import load_instructions  # noqa: E402
 from nlora.runtime import Runtime  # noqa: E402
 
 
+def padding(data: list, batch_size: int, order) -> float:
+    """Tokens the batches hold (prompt plus answer, padded to each batch's longest row) per real token."""
+    rows = [len(e.source) + len(e.target) for e in order(data)]
+    held = sum(max(rows[i : i + batch_size]) * len(rows[i : i + batch_size]) for i in range(0, len(rows), batch_size))
+    return round(held / max(sum(rows), 1), 3)
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="smollm2")
@@ -57,27 +66,28 @@ def main(argv=None) -> dict:
     # encoded as a run encodes its training rows (its default prompt and answer limits)
     data = Runtime(loaded.tokenizer, loaded.family, torch.device("cpu")).encode(rows[args.task].splits["train"])
     family = type(loaded.family)
-    one_position = family.keeps_logits
-    shared_products = inflora.InputProducts
+    one_position, shared_products, by_length = family.keeps_logits, inflora.InputProducts, inflora.probe_order
 
     class ProductPerLayer(shared_products):
         def cached(self, x, role):
             return None
 
-    def timed(every_position: bool, product_per_layer: bool):
+    def timed(every_position: bool, product_per_layer: bool, file_order: bool):
         family.keeps_logits = (lambda self, model: False) if every_position else one_position
         inflora.InputProducts = ProductPerLayer if product_per_layer else shared_products
+        inflora.probe_order = list if file_order else by_length
         try:
             start = time.perf_counter()
             covs = inflora.layer_covariances(lora, "task0", data, args.batch_size)
             return time.perf_counter() - start, covs
         finally:
-            family.keeps_logits, inflora.InputProducts = one_position, shared_products
+            family.keeps_logits, inflora.InputProducts, inflora.probe_order = one_position, shared_products, by_length
 
-    kinds = {  # name: (every position's logits, each layer its own product)
-        "before": (True, True),
-        "one position": (False, True),
-        "as run": (False, False),
+    kinds = {  # name: (every position's logits, each layer its own product, rows in file order)
+        "before": (True, True, True),
+        "one position": (False, True, True),
+        "shared products": (False, False, True),
+        "as run": (False, False, False),
     }
     seconds: dict[str, list[float]] = {kind: [] for kind in kinds}
     covs = {}
@@ -87,10 +97,13 @@ def main(argv=None) -> dict:
             seconds[kind].append(round(dt, 3))
     before = covs["before"]
     same = all(
-        sorted(before) == sorted(other) and all(torch.equal(before[n], other[n]) for n in before)
-        for other in covs.values()
+        sorted(before) == sorted(covs[kind]) and all(torch.equal(before[n], covs[kind][n]) for n in before)
+        for kind in ("one position", "shared products")
     )
+    sorted_rows = covs["as run"]
+    relative = max(float((sorted_rows[n] - c).abs().max() / c.abs().max()) for n, c in before.items())
     best = {k: min(v) for k, v in seconds.items()}
+    orders = [("file order", list), ("sorted", by_length)]
     result = {
         "machine": machine_name("cpu"),  # the model stays where load_model puts it: the CPU
         "torch": torch.__version__,
@@ -100,9 +113,11 @@ def main(argv=None) -> dict:
         "batch": args.batch_size,
         "layers": len(before),
         "head_kept_to_one_position": bool(one_position(loaded.family, lora.model)),
+        "padded_tokens_per_real_token": {kind: padding(data, args.batch_size, order) for kind, order in orders},
         "pass_s": seconds,
-        "speedup": {kind: round(best["before"] / best[kind], 2) for kind in ("one position", "as run")},
+        "speedup": {kind: round(best["before"] / best[kind], 2) for kind in kinds if kind != "before"},
         "covariances_bit_identical": same,
+        "sorted_rows_max_relative_difference": float(f"{relative:.2e}"),
     }
     print(json.dumps(result))
     return result

@@ -248,16 +248,18 @@ def test_peak_memory_sees_an_allocation_inside_the_block():
 
 
 @pytest.mark.parametrize("kind", ["llama", "t5"])
-def test_probe_passes_keep_covariances_with_one_position_of_logits_and_shared_products(
-    model_dirs, data_dir, capsys, kind
-):
+def test_probe_passes_keep_covariances_as_runs_call_them(model_dirs, data_dir, capsys, kind):
     probe = load_benchmark("probe_passes")
     args = ["--model", str(model_dirs[kind]), "--data-dir", str(data_dir), "--task", "topic", "--rows", "6"]
     result = probe.main([*args, "--batch-size", "4", "--repeats", "1"])
     assert result["covariances_bit_identical"] is True and result["layers"] > 0 and result["rows"] == 6
     # decoder-only: the head runs on one position; T5's head reads only the answer tokens, so it is left alone
     assert result["head_kept_to_one_position"] is (kind == "llama")
-    assert sorted(result["pass_s"]) == ["as run", "before", "one position"]
+    assert sorted(result["pass_s"]) == ["as run", "before", "one position", "shared products"]
     assert all(len(v) == 1 and v[0] > 0 for v in result["pass_s"].values())
-    assert sorted(result["speedup"]) == ["as run", "one position"]
+    assert sorted(result["speedup"]) == ["as run", "one position", "shared products"]
+    # rows sorted by length: other batches, the same covariances up to float rounding, never more padding
+    assert 0 <= result["sorted_rows_max_relative_difference"] < 1e-5
+    padded = result["padded_tokens_per_real_token"]
+    assert 1 <= padded["sorted"] <= padded["file order"]
     assert '"covariances_bit_identical": true' in capsys.readouterr().out

@@ -155,15 +155,22 @@ def test_gpm_energy_rule_matches_a_loop():
 
 
 @pytest.mark.parametrize("kind", ["llama", "t5"])
-def test_inflora_probe_passes_ask_a_decoder_only_head_for_one_position(model_dirs, data_dir, kind):
+def test_inflora_probes_read_rows_by_length_and_ask_a_decoder_only_head_for_one_position(model_dirs, data_dir, kind):
     from nlora.methods.inflora import forward_batches
 
     loaded, lora, method, tasks = setup("inflora", kind, model_dirs, data_dir)
     lora.start("task0")
     data = encode(loaded.tokenizer, tasks["topic"].splits["train"], loaded.seq2seq, 256, 8)
-    inputs, _, _ = next(forward_batches(lora, data, 4))
+    batches = list(forward_batches(lora, data, 3))
+    inputs = batches[0][0]
     with torch.no_grad():
         logits = lora.model(**inputs).logits
+    # shortest rows first (the covariance is a sum over real tokens): each batch's rows no longer than the next's
+    lengths = [(b[1].sum(-1) + (0 if b[2] is None else b[2].sum(-1))).tolist() for b in batches]
+    assert sum(map(len, lengths)) == len(data) and len({len(r) for r in lengths[:-1]}) == 1
+    assert all(max(a) <= min(b) for a, b in zip(lengths, lengths[1:]))
+    in_file_order = [len(e.source) + len(e.target) for e in data]
+    assert in_file_order != sorted(in_file_order)  # so the order above is the pass's doing
     if kind == "llama":  # the hooks read layer inputs: the head's other positions would be thrown away
         assert "logits_to_keep" in inputs and logits.shape[1] == 1
     else:  # T5's head reads the answer tokens only
