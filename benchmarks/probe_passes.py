@@ -8,6 +8,9 @@ layer's fp64 x^T x computed on its own); with the head asked for one position on
 v_proj of a block); and as runs call it now, also with the rows sorted by length so batches pad little. The first
 three must give the same covariances bit for bit; sorted batches change only the float rounding (other padding
 widths, another summation order), reported as the largest difference relative to each layer's largest entry.
+Then route's pooled states (``methods.route.pooled_states``, a frozen-base pass over every training prompt
+after its task and every test prompt at evaluation), batches of 32 prompts in file order against prompts sorted
+by length (as runs call it; each row is its own, so only the float rounding may differ).
 Runs on the CPU; prints one JSON line with the machine.
 
     python benchmarks/probe_passes.py --rows 48 --task amazon        # SmolLM2, ../shared/CL_Benchmark
@@ -30,17 +33,49 @@ from nlora.adapters import ContinualLoRA  # noqa: E402
 from nlora.config import LoraSettings  # noqa: E402
 from nlora.data import load_tasks  # noqa: E402
 from nlora.dist import machine_name  # noqa: E402
-from nlora.methods import inflora  # noqa: E402
+from nlora.methods import inflora, route  # noqa: E402
 from nlora.models import default_target_modules, load_model  # noqa: E402
 from nlora.prompts import load_instructions  # noqa: E402
 from nlora.runtime import Runtime  # noqa: E402
 
 
-def padding(data: list, batch_size: int, order) -> float:
-    """Tokens the batches hold (prompt plus answer, padded to each batch's longest row) per real token."""
-    rows = [len(e.source) + len(e.target) for e in order(data)]
+def padding(rows: list[int], batch_size: int) -> float:
+    """Tokens the batches hold (rows of these lengths, in this order, padded to each batch's longest) per real
+    token."""
     held = sum(max(rows[i : i + batch_size]) * len(rows[i : i + batch_size]) for i in range(0, len(rows), batch_size))
     return round(held / max(sum(rows), 1), 3)
+
+
+def in_file_order(rows: list) -> list[int]:
+    return list(range(len(rows)))
+
+
+def route_pooling(lora, prompts: list[list[int]], repeats: int) -> dict:
+    """route's pooled states over ``prompts``: batches in file order against sorted by length, alternating."""
+    by_length, batch = route.pool_order, route.POOL_BATCH
+    seconds: dict[str, list[float]] = {"file order": [], "sorted": []}
+    pooled = {}
+    for _ in range(repeats):
+        for kind in seconds:
+            route.pool_order = in_file_order if kind == "file order" else by_length
+            try:
+                start = time.perf_counter()
+                pooled[kind] = route.pooled_states(lora, prompts, batch)
+                seconds[kind].append(round(time.perf_counter() - start, 3))
+            finally:
+                route.pool_order = by_length
+    lengths = {
+        kind: [len(prompts[i]) for i in order(prompts)]
+        for kind, order in [("file order", in_file_order), ("sorted", by_length)]
+    }
+    return {
+        "prompts": len(prompts),
+        "batch": batch,
+        "padded_tokens_per_real_token": {kind: padding(rows, batch) for kind, rows in lengths.items()},
+        "pass_s": seconds,
+        "speedup": round(min(seconds["file order"]) / min(seconds["sorted"]), 2),
+        "max_abs_difference": float(f"{float((pooled['file order'] - pooled['sorted']).abs().max()):.2e}"),
+    }
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -50,6 +85,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--task", default="amazon", help="the task whose training rows are probed")
     p.add_argument("--rows", type=int, default=48, help="training rows per pass")
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--route-prompts", type=int, default=128, help="training prompts route's pooling reads")
     p.add_argument("--repeats", type=int, default=2, help="passes of each kind, alternating; the fastest counts")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     return p.parse_args(argv)
@@ -62,9 +98,11 @@ def main(argv=None) -> dict:
     loaded = load_model(args.model)
     lora = ContinualLoRA(loaded.model, LoraSettings(dropout=0.0), default_target_modules(loaded.model), loaded.family)
     lora.start("task0")
-    rows = load_tasks(args.data_dir, [args.task], load_instructions(), max_train=args.rows, max_test=1)
+    most = max(args.rows, args.route_prompts)
+    rows = load_tasks(args.data_dir, [args.task], load_instructions(), max_train=most, max_test=1)
     # encoded as a run encodes its training rows (its default prompt and answer limits)
-    data = Runtime(loaded.tokenizer, loaded.family, torch.device("cpu")).encode(rows[args.task].splits["train"])
+    encoded = Runtime(loaded.tokenizer, loaded.family, torch.device("cpu")).encode(rows[args.task].splits["train"])
+    data = encoded[: args.rows]
     family = type(loaded.family)
     one_position, shared_products, by_length = family.keeps_logits, inflora.InputProducts, inflora.probe_order
 
@@ -104,6 +142,7 @@ def main(argv=None) -> dict:
     relative = max(float((sorted_rows[n] - c).abs().max() / c.abs().max()) for n, c in before.items())
     best = {k: min(v) for k, v in seconds.items()}
     orders = [("file order", list), ("sorted", by_length)]
+    pooling = route_pooling(lora, [e.source for e in encoded[: args.route_prompts]], args.repeats)
     result = {
         "machine": machine_name("cpu"),  # the model stays where load_model puts it: the CPU
         "torch": torch.__version__,
@@ -113,11 +152,15 @@ def main(argv=None) -> dict:
         "batch": args.batch_size,
         "layers": len(before),
         "head_kept_to_one_position": bool(one_position(loaded.family, lora.model)),
-        "padded_tokens_per_real_token": {kind: padding(data, args.batch_size, order) for kind, order in orders},
+        "padded_tokens_per_real_token": {
+            kind: padding([len(e.source) + len(e.target) for e in order(data)], args.batch_size)
+            for kind, order in orders
+        },
         "pass_s": seconds,
         "speedup": {kind: round(best["before"] / best[kind], 2) for kind in kinds if kind != "before"},
         "covariances_bit_identical": same,
         "sorted_rows_max_relative_difference": float(f"{relative:.2e}"),
+        "route_pooling": pooling,
     }
     print(json.dumps(result))
     return result

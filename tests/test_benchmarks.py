@@ -251,7 +251,7 @@ def test_peak_memory_sees_an_allocation_inside_the_block():
 def test_probe_passes_keep_covariances_as_runs_call_them(model_dirs, data_dir, capsys, kind):
     probe = load_benchmark("probe_passes")
     args = ["--model", str(model_dirs[kind]), "--data-dir", str(data_dir), "--task", "topic", "--rows", "6"]
-    result = probe.main([*args, "--batch-size", "4", "--repeats", "1"])
+    result = probe.main([*args, "--batch-size", "4", "--repeats", "1", "--route-prompts", "8"])
     assert result["covariances_bit_identical"] is True and result["layers"] > 0 and result["rows"] == 6
     # decoder-only: the head runs on one position; T5's head reads only the answer tokens, so it is left alone
     assert result["head_kept_to_one_position"] is (kind == "llama")
@@ -262,4 +262,9 @@ def test_probe_passes_keep_covariances_as_runs_call_them(model_dirs, data_dir, c
     assert 0 <= result["sorted_rows_max_relative_difference"] < 1e-5
     padded = result["padded_tokens_per_real_token"]
     assert 1 <= padded["sorted"] <= padded["file order"]
+    pooling = result["route_pooling"]  # route's pooled states: the same rows, sorted batches pad no more
+    assert pooling["prompts"] == 8 and 0 <= pooling["max_abs_difference"] < 1e-4
+    assert (
+        1 <= pooling["padded_tokens_per_real_token"]["sorted"] <= pooling["padded_tokens_per_real_token"]["file order"]
+    )
     assert '"covariances_bit_identical": true' in capsys.readouterr().out

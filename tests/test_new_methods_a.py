@@ -262,6 +262,15 @@ def test_route_choice_is_the_nearest_prototype(model_dirs, data_dir):
     test = [e.source for n in NAMES for e in encode(loaded.tokenizer, tasks[n].splits["test"], False, 256, 8)]
     chosen = method.route_examples(lora, 1, test)
     protos = torch.stack([lora.extras[f"task{t}"].prototype for t in range(2)])
+    longest_first = test[::-1]  # batches are cut from the prompts sorted by length: rows must come back in order
+    assert [len(t) for t in longest_first] != sorted(len(t) for t in longest_first)
+    with torch.no_grad(), lora.model.disable_adapter():
+        one_by_one = [
+            lora.model.get_base_model().base_model(input_ids=torch.tensor([t])).last_hidden_state[0].mean(0)
+            for t in longest_first
+        ]
+    pooled = pooled_states(lora, longest_first, batch_size=3)
+    torch.testing.assert_close(pooled, torch.stack(one_by_one), atol=1e-5, rtol=1e-4)
     queries = pooled_states(lora, test)
     for q, c in zip(queries, chosen):
         dist = [float(((q - p) ** 2).sum()) for p in protos]

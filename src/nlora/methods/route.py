@@ -32,20 +32,28 @@ from .pertask import PerTask
 POOL_BATCH = 32
 
 
+def pool_order(sources: list[list[int]]) -> list[int]:
+    """The prompts' indices, shortest first: the order ``pooled_states`` cuts its batches in."""
+    return sorted(range(len(sources)), key=lambda i: len(sources[i]))
+
+
 @torch.no_grad()
 def pooled_states(lora: LoraBank, sources: list[list[int]], batch_size: int = POOL_BATCH) -> torch.Tensor:
     """Per prompt (token ids), the frozen base model's last hidden state averaged over its tokens (N x d, fp32).
-    Right padding with an attention mask, so pads change nothing (causal attention never looks ahead)."""
+    Right padding with an attention mask, so pads change nothing (causal attention never looks ahead). Each row
+    is its own, so batches are cut from the prompts sorted by length (like lengths pad little) and the rows put
+    back in the caller's order."""
     base = lora.base_model
     device = model_device(lora)
     body = model_family(lora).prompt_reader(base)
     was_training = lora.model.training
     lora.model.eval()
+    order = pool_order(sources)
     out = []
     try:
         with lora.without_adapters():
-            for start in range(0, len(sources), batch_size):
-                rows = sources[start : start + batch_size]
+            for start in range(0, len(order), batch_size):
+                rows = [sources[i] for i in order[start : start + batch_size]]
                 width = max(len(r) for r in rows)
                 ids = torch.tensor([r + [0] * (width - len(r)) for r in rows], device=device)
                 mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], device=device)
@@ -54,7 +62,12 @@ def pooled_states(lora: LoraBank, sources: list[list[int]], batch_size: int = PO
                 out.append((hidden * m).sum(1) / m.sum(1).clamp(min=1))
     finally:
         lora.model.train(was_training)
-    return torch.cat(out) if out else torch.zeros(0)
+    if not out:
+        return torch.zeros(0)
+    pooled = torch.cat(out)
+    in_order = torch.empty_like(pooled)
+    in_order[torch.tensor(order, device=pooled.device)] = pooled
+    return in_order
 
 
 def hidden_size(lora: LoraBank) -> int:
