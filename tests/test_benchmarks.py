@@ -268,3 +268,15 @@ def test_probe_passes_keep_covariances_as_runs_call_them(model_dirs, data_dir, c
         1 <= pooling["padded_tokens_per_real_token"]["sorted"] <= pooling["padded_tokens_per_real_token"]["file order"]
     )
     assert '"covariances_bit_identical": true' in capsys.readouterr().out
+
+
+def test_optimizer_step_times_nlora_adamw_against_torch_default(model_dirs, capsys):
+    bench = load_benchmark("optimizer_step")
+    result = bench.main(["--model", str(model_dirs["llama"]), "--steps", "2", "--repeats", "1"])
+    for kind in ("full fine-tuning", "lora"):
+        run = result[kind]
+        assert sorted(run["step_s"]) == ["nlora", "torch default"] and all(v[0] > 0 for v in run["step_s"].values())
+        # the same update rule: the parameters moved by the steps, the two optimizers' results far closer
+        assert run["max_parameter_move"] > 1e-5 and run["max_parameter_gap"] < 1e-3 * run["max_parameter_move"]
+    assert result["full fine-tuning"]["parameters"] > result["lora"]["parameters"] > 0
+    assert '"full fine-tuning"' in capsys.readouterr().out

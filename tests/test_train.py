@@ -40,3 +40,25 @@ def test_compiled_training_matches_eager(model_dirs, data_dir):
     assert s2.mean_loss == pytest.approx(s1.mean_loss, rel=1e-4)
     for name in eager:
         torch.testing.assert_close(compiled[name], eager[name], rtol=1e-4, atol=1e-5)
+
+
+def test_adamw_is_fused_for_plain_cpu_parameters_and_torch_default_otherwise():
+    from nlora.train import FUSED_ADAMW_ON_CPU, adamw
+
+    params = [torch.nn.Parameter(torch.randn(4, 3)), torch.nn.Parameter(torch.randn(3))]
+    built = adamw(params, 1e-3)
+    group = built.param_groups[0]
+    assert group["lr"] == 1e-3 and group["weight_decay"] == 0.0
+    assert group["fused"] is (True if FUSED_ADAMW_ON_CPU else None)
+    assert adamw(params, 1e-3, sharded=True).param_groups[0]["fused"] is None  # sharded: torch's default
+    # the same update rule as torch's default AdamW (no weight decay), other rounding only
+    reference = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    default = torch.optim.AdamW(reference, lr=1e-3, weight_decay=0.0)
+    for step in range(3):
+        for p, q in zip(params, reference):
+            p.grad = torch.full_like(p, 0.1 * (step + 1))
+            q.grad = p.grad.clone()
+        built.step()
+        default.step()
+    for p, q in zip(params, reference):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
