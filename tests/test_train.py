@@ -62,3 +62,33 @@ def test_adamw_is_fused_for_plain_cpu_parameters_and_torch_default_otherwise():
         default.step()
     for p, q in zip(params, reference):
         torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+
+
+def test_resumed_training_keeps_this_process_optimizer_kernel(model_dirs, data_dir, tmp_path, monkeypatch):
+    """A checkpoint written by an optimizer on torch's default kernel (older nlora) resumes on the kernel this
+    process picks: load_state_dict would otherwise bring back the saved param_groups' flags."""
+    import nlora.train as train_module
+
+    loaded = load_model(str(model_dirs["llama"]))
+    lora = LoraBank(loaded.model, LoraSettings(dropout=0.0), default_target_modules(loaded.model), loaded.family)
+    method = make_method("seq-lora")
+    tasks = load_tasks(data_dir, ["topic"], load_instructions(), max_train=8, max_test=4)
+    data = encode(loaded.tokenizer, tasks["topic"].splits["train"], False, 256, 8)
+    settings = TaskSettings(name="topic", lr=1e-2, epochs=1, batch_size=4, grad_accum=1)
+    method.begin_task(lora, 0, settings)
+    rt = Runtime(loaded.tokenizer, loaded.family, torch.device("cpu"))
+    checkpoint = tmp_path / "step.pt"
+    train_task(rt, lora, method, data, settings, TrainLoop(seed=0, checkpoint=checkpoint, save_every=1))
+    blob = torch.load(checkpoint, weights_only=True)
+    for group in blob["optimizer"]["param_groups"]:
+        group.update(fused=None, foreach=None)
+    torch.save(blob, checkpoint)
+    built, original = [], train_module.adamw
+
+    def spy(*args, **kwargs):
+        built.append(original(*args, **kwargs))
+        return built[-1]
+
+    monkeypatch.setattr(train_module, "adamw", spy)
+    train_task(rt, lora, method, data, settings, TrainLoop(seed=0, checkpoint=checkpoint, save_every=1))
+    assert built and built[0].param_groups[0]["fused"] is (True if train_module.FUSED_ADAMW_ON_CPU else None)
