@@ -15,19 +15,15 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from nlora.adapters import ContinualLoRA  # noqa: E402
-from nlora.config import LoraSettings  # noqa: E402
-from nlora.dist import machine_name  # noqa: E402
-from nlora.models import default_target_modules, load_model  # noqa: E402
-from nlora.train import adamw  # noqa: E402
+from nlora.adapters import ContinualLoRA
+from nlora.config import LoraSettings
+from nlora.dist import machine_name
+from nlora.models import default_target_modules, load_model
+from nlora.train import adamw
 
 LR = 1e-4
 

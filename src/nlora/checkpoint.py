@@ -81,7 +81,12 @@ def load(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, d
             f"{path}: checkpoint was written by {blob['world']} process(es), this run has "
             f"{dist.world}; resume with the same number or delete it to restart the task"
         )
+    # the kernel (fused, foreach) is this process's choice, not the checkpoint's: load_state_dict would bring back
+    # the saved groups' flags, so an older checkpoint would resume on torch's default kernel
+    kernel = [{key: group[key] for key in ("fused", "foreach") if key in group} for group in optimizer.param_groups]
     optimizer.load_state_dict(blob["optimizer"])
+    for group, chosen in zip(optimizer.param_groups, kernel):
+        group.update(chosen)
     threads = blob.get("cpu_threads")  # absent in checkpoints of earlier versions
     on_cpu = next(iter(params.values())).device.type == "cpu" if params else False
     if on_cpu and threads is not None and threads != torch.get_num_threads():

@@ -118,10 +118,7 @@ def train_task(
 
     state = ckpt.TrainState()
     if checkpoint is not None and checkpoint.is_file():
-        kernel = {key: optimizer.param_groups[0][key] for key in ("fused", "foreach")}
         state = ckpt.load(checkpoint, model, optimizer, dist)
-        for group in optimizer.param_groups:  # the kernel is this process's choice, not the checkpoint's
-            group.update(kernel)
     start = time.perf_counter() - state.seconds
     cpu_start, cpu_before = time.process_time(), state.cpu_seconds
 

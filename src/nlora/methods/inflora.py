@@ -28,9 +28,8 @@ them); each layer's covariance uses that layer's own input (the T5 code feeds cr
 decoder states); U comes from the SVD restricted to the complement of M (identical to the SVD of
 (I - MM^T) C whenever that has rank >= r, and exactly orthogonal to M otherwise); if fewer than r directions
 are left outside M, the remaining rows of A are zero; T is the run's task count (the T5 code hard-codes 15);
-a pass reads the task's rows shortest first (C is
-order-free; like lengths pad less); only the GPM "remove" mode (the ViT code's DualGPM switch to storing the
-complement is a storage choice).
+a pass reads the task's rows shortest first (C is order-free; like lengths pad less); only the GPM "remove"
+mode (the ViT code's DualGPM switch to storing the complement is a storage choice).
 Stored per task: its LoRA (A designed, B trained) and the GPM columns it added (``method_state.safetensors``
 of its adapter, recorded for continuing runs; evaluation needs only the adapters). Memory: one LoRA per
 task plus at most d_in x d_in per layer in total for the bases. No task id, no replay.
