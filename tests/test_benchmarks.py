@@ -280,3 +280,19 @@ def test_optimizer_step_times_nlora_adamw_against_torch_default(model_dirs, caps
         assert run["max_parameter_move"] > 1e-5 and run["max_parameter_gap"] < 1e-3 * run["max_parameter_move"]
     assert result["full fine-tuning"]["parameters"] > result["lora"]["parameters"] > 0
     assert '"full fine-tuning"' in capsys.readouterr().out
+
+
+def test_dropout_times_the_lora_branches_cpu_dropout_against_torch_dropout(model_dirs, capsys):
+    bench = load_benchmark("dropout")
+    args = ["--model", str(model_dirs["llama"]), "--tokens", "40", "--live", "1,2", "--steps", "1", "--repeats", "1"]
+    result = bench.main(args)
+    branch = result["branch"]
+    assert branch["shape"] == [8, 40, 32] and sorted(branch["seconds"]) == ["nlora CpuDropout", "torch nn.Dropout"]
+    # both kinds keep 1 - p of the entries (10 draws of 10,240 entries: sd 0.001)
+    assert all(abs(share - 0.9) < 0.01 for share in branch["kept_share"].values())
+    passes = result["forward_and_backward"]
+    assert [run["live_adapters"] for run in passes] == [1, 2]
+    # tiny LLaMA: 2 blocks x q_proj, v_proj, one dropout per live adapter in each
+    assert [run["dropout_branches"] for run in passes] == [4, 8]
+    assert all(v[0] > 0 for run in passes for v in run["seconds"].values())
+    assert '"forward_and_backward"' in capsys.readouterr().out

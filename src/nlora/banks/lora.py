@@ -13,6 +13,7 @@ from peft import LoraConfig, PeftModel, TaskType, get_peft_model
 from peft.tuners.lora import LoraLayer
 
 from ..config import LoraSettings
+from ..dropout import swap_dropout
 from ..errors import NloraError
 from ..families import ModelFamily, as_family
 from .files import MethodState, load_peft_adapter, save_peft_adapter
@@ -85,6 +86,7 @@ class LoraBank:
             self.model.add_adapter(name, self.lora_config)
         if name not in self.adapters:
             self.adapters.append(name)
+        self._fast_dropout(name)
         # set_adapter with a list activates every adapter (they all add to the output) ...
         self.model.base_model.set_adapter(self.live_adapters())
         # ... and marks them all trainable, so freeze every adapter but ``name`` again.
@@ -94,6 +96,12 @@ class LoraBank:
         """Only ``names`` take part in the forward pass; only the newest adapter stays trainable."""
         self.model.base_model.set_adapter(list(names))
         self._train_only(self.current)
+
+    def _fast_dropout(self, name: str) -> None:
+        """Adapter ``name``'s dropout draws its mask the fast way on the CPU (``nlora.dropout``)."""
+        for _, layer in self._peft_layers():
+            if name in layer.lora_dropout:
+                swap_dropout(layer.lora_dropout, name)
 
     def _train_only(self, name: str) -> None:
         for pname, p in self.model.named_parameters():
@@ -213,6 +221,7 @@ class LoraBank:
         previous = self.active()
         if name not in self.model.peft_config:
             self.model.add_adapter(name, self.lora_config)
+            self._fast_dropout(name)
         with torch.no_grad():
             for _, layer in self._peft_layers():
                 if source in layer.lora_A:
