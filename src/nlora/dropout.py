@@ -3,12 +3,12 @@
 A LoRA layer drops entries of its input x (the layer's whole input, not its rank-r side) before A, so each of
 a training step's LoRA branches draws one Bernoulli variable per input entry: for SmolLM2 at batch 8 x ~150
 tokens, 60 branches of 691k entries a step, and one more set per live earlier adapter (GainLoRA's gates keep
-every task's adapter live). On the CPU torch draws ``bernoulli_`` at about 5 ns an entry and then scales and
-multiplies in separate passes: 4.2 ms of a forward and backward per branch, twice the q_proj matmul it sits
-beside (``benchmarks/dropout.py``). Here the mask comes from 32 random bits an entry, taken two at a time from
-torch's 64-bit draws, and x is scaled and masked in one pass: the same distribution (each entry kept with
-probability 1 - p, to 2^-32; torch's float path is exact to 2^-24), drawn from torch's default generator, so
-seeding and the step checkpoints' RNG states cover it as before. It is a different draw from the same
+every task's adapter live). On the CPU torch's dropout fills a float mask with ``bernoulli_`` at about 5 ns an
+entry, divides it by 1 - p and multiplies: 4.2 ms of a forward and backward per branch, twice the q_proj
+matmul it sits beside (``benchmarks/dropout.py``). Here the mask comes from 32 random bits an entry, taken two
+at a time from torch's 64-bit draws, and x is multiplied by it as uint8, then scaled in place: the same
+distribution (each entry kept with probability 1 - p, to within 2^-32), drawn from torch's default generator,
+so seeding and the step checkpoints' RNG states cover it as before. It is a different draw from the same
 distribution than ``nn.Dropout``'s, so a run's numbers differ from the older code's as another seed's would.
 
 Other devices keep ``nn.Dropout``: their fused kernels already cost a fraction of the matmuls.
