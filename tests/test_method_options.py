@@ -91,6 +91,12 @@ def test_lambda_and_nlora_form_are_aliases():
     assert replay.method_options == {"fraction": 0.05}
     migu = from_flags("--tasks", "a", "--method", "migu", "--lambda", "0.5")
     assert migu.tasks[0].method_options == {"quantile": 0.5}
+    inflora = from_flags("--tasks", "a", "--method", "inflora", "--lambda", "0.9999")  # its GPM threshold
+    assert inflora.method_options == {"threshold": 0.9999} and build_method(inflora).options.threshold == 0.9999
+    # gainlora's thresholds are its own options, not the main knob: --lambda leaves them at the released value
+    gainlora = from_flags("--tasks", "a", "--method", "gainlora", "--lambda", "0.9999")
+    assert gainlora.method_options.get("threshold", 0.995) == 0.995
+    assert build_method(gainlora).options.threshold == build_method(gainlora).options.gate_threshold == 0.995
     # a method without such an option ignores them, as before options existed
     assert (
         from_flags("--tasks", "a", "--method", "seq-lora", "--lambda", "0.3", "--nlora-form", "reference").to_dict()[

@@ -193,6 +193,12 @@ class GainLoRA(InfLoRA):
 
     @dataclass(frozen=True)
     class Options(InfLoRA.Options):
+        # inflora's threshold without its ``--lambda`` alias: gainlora's knob stays unset (see ``GRIDS``)
+        threshold: float = option(
+            0.995,
+            "GPM energy threshold eps of the LoRA bases (the released scripts' value); same schedule as inflora",
+            limit=(0, 1, True, False),
+        )
         gate_threshold: float = option(
             0.995,
             "GPM energy threshold of the gates' bases (transthreshold of the released scripts; same schedule)",

@@ -236,6 +236,7 @@ class InfLoRA(Method):
         threshold: float = option(
             0.995,
             "GPM energy threshold eps (the released scripts' value); task t's is eps + (1 - eps) * t / tasks",
+            alias="lambda",  # its one knob: how much of old tasks' input space the memory keeps
             limit=(0, 1, True, False),
         )
 
