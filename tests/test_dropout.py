@@ -77,6 +77,18 @@ def test_cpu_dropout_is_the_identity_in_eval_mode_and_at_rate_zero_and_keeps_bf1
     assert yb.dtype == xb.grad.dtype == torch.bfloat16
 
 
+def test_under_torch_compile_it_is_torch_dropout(monkeypatch):
+    x = torch.randn(6, 10)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    torch.manual_seed(5)
+    ours = CpuDropout(0.3)(x)
+    torch.manual_seed(5)
+    assert torch.equal(ours, torch.nn.functional.dropout(x, 0.3, True))
+    monkeypatch.undo()
+    torch.manual_seed(5)
+    assert not torch.equal(CpuDropout(0.3)(x), ours)  # outside it, the other draw
+
+
 @pytest.mark.parametrize("rate", [0.1, 0.0])
 def test_the_lora_bank_gives_every_adapter_the_cpu_dropout(model_dirs, model_kind, rate):
     loaded = load_model(str(model_dirs[model_kind]))

@@ -50,13 +50,20 @@ class _MaskedScale(torch.autograd.Function):
         return (grad * keep.view(torch.uint8)).mul_(ctx.scale), None
 
 
+def _compiling() -> bool:
+    """Inside torch.compile (``--compile``), where the compiler fuses torch's own dropout into its kernels and
+    an autograd.Function with its own draws would only break the graph. (torch < 2.3 has no such check.)"""
+    check = getattr(torch.compiler, "is_compiling", None)
+    return bool(check is not None and check())
+
+
 class CpuDropout(torch.nn.Dropout):
     """``nn.Dropout`` (same ``p``, same module type for whoever checks it) with ``keep_mask`` on the CPU."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0.0:
             return x
-        if self.p == 1.0 or x.device.type != "cpu" or self.inplace:
+        if self.p == 1.0 or x.device.type != "cpu" or self.inplace or _compiling():
             return super().forward(x)
         return _MaskedScale.apply(x, self.p)
 
