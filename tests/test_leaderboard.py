@@ -728,3 +728,28 @@ def test_the_script_runs_as_the_queue_calls_it(tmp_path):
     )
     assert done.returncode == 0, done.stderr
     assert "| seq-lora |" in out.read_text() and "31.50 ± 0.71" in out.read_text()
+
+
+def test_every_grid_value_reaches_its_method_as_the_knob_it_names(lb, tmp_path):
+    """Each GRIDS value, through the path a run takes (run_inputs -> common.run_overrides -> resolve ->
+    build_method), arrives as the run's lr (LR_KNOB) or as the method's main option, the one `--lambda` sets:
+    a grid whose values a method ignored or refused would only show hours into a selection."""
+    from nlora.config import resolve
+    from nlora.methods import REGISTRY, build_method
+    from nlora.methods.options import option_specs
+
+    settings = dict(lb.spec.BUDGETS["main"], lora_r=None, lora_alpha=None, nlora_form="paper")
+    args = SimpleNamespace(save_every=0, device="cpu")
+    for method, grid in lb.spec.GRIDS.items():
+        main = next((o.name for o in option_specs(REGISTRY[method].Options) if o.alias == "lambda"), None)
+        for value in grid:
+            hp = {"name": lb.spec.knob_of(method), "value": value}
+            ns, lam = lb.run_inputs(settings, args, hp)
+            overrides = sys.modules["common"].run_overrides(ns, method, "agnews,amazon", 1, tmp_path, tmp_path, lam)
+            cfg = resolve(overrides=overrides)
+            built = build_method(cfg)
+            if hp["name"] == "lr":
+                assert [t.lr for t in cfg.tasks] == [value, value], method
+            else:
+                assert main is not None, f"{method}: its grid needs an option that --lambda sets"
+                assert getattr(built.task_options(cfg.tasks[1]), main) == value, (method, value)
