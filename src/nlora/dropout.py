@@ -24,12 +24,12 @@ import torch
 def keep_mask(shape: torch.Size | tuple[int, ...], p: float) -> torch.Tensor:
     """A bool CPU tensor of ``shape``, each entry True (kept) with probability 1 - p, independently: entry i
     is kept when its 32 random bits, read as a signed integer, are at least round(p * 2^32) - 2^31."""
-    count = math.prod(shape)
-    # random_ over the full int64 range fills every one of the 64 bits; viewed as int32 it gives two entries
-    words = torch.empty((count + 1) // 2, dtype=torch.int64).random_(-(2**63), None)
     threshold = round(p * 2**32) - 2**31
     if threshold >= 2**31:  # p within 2^-33 of 1: nothing kept (and the bound would not fit an int32)
         return torch.zeros(shape, dtype=torch.bool)
+    count = math.prod(shape)
+    # random_ over the full int64 range fills every one of the 64 bits; viewed as int32 it gives two entries
+    words = torch.empty((count + 1) // 2, dtype=torch.int64).random_(-(2**63), None)
     return (words.view(torch.int32)[:count] >= threshold).view(shape)
 
 

@@ -80,13 +80,10 @@ class LoraBank:
 
     def start(self, name: str) -> None:
         """Add a fresh adapter ``name`` (or keep training it if it exists); freeze all others."""
-        if self.model is None:
-            self.model = get_peft_model(self.base_model, self.lora_config, adapter_name=name)
-        elif name not in self.adapters:
-            self.model.add_adapter(name, self.lora_config)
+        if self.model is None or name not in self.adapters:
+            self._create(name)
         if name not in self.adapters:
             self.adapters.append(name)
-        self._fast_dropout(name)
         # set_adapter with a list activates every adapter (they all add to the output) ...
         self.model.base_model.set_adapter(self.live_adapters())
         # ... and marks them all trainable, so freeze every adapter but ``name`` again.
@@ -97,8 +94,13 @@ class LoraBank:
         self.model.base_model.set_adapter(list(names))
         self._train_only(self.current)
 
-    def _fast_dropout(self, name: str) -> None:
-        """Adapter ``name``'s dropout draws its mask the fast way on the CPU (``nlora.dropout``)."""
+    def _create(self, name: str) -> None:
+        """PEFT's new adapter ``name`` (the PEFT model itself on the first), its dropout drawing its mask the fast
+        way on the CPU (``nlora.dropout``); every adapter of the bank is made here."""
+        if self.model is None:
+            self.model = get_peft_model(self.base_model, self.lora_config, adapter_name=name)
+        else:
+            self.model.add_adapter(name, self.lora_config)
         for _, layer in self._peft_layers():
             if name in layer.lora_dropout:
                 swap_dropout(layer.lora_dropout, name)
@@ -220,8 +222,7 @@ class LoraBank:
         outside the adapter order: never active, trained, folded or saved; run it with ``using(name)``."""
         previous = self.active()
         if name not in self.model.peft_config:
-            self.model.add_adapter(name, self.lora_config)
-            self._fast_dropout(name)
+            self._create(name)
         with torch.no_grad():
             for _, layer in self._peft_layers():
                 if source in layer.lora_A:
